@@ -1,0 +1,4 @@
+"""Cameras, the instrument simulator, hologram reconstruction, segmentation and crops.
+
+This package imports neither ``service`` nor ``training``.
+"""

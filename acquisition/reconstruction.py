@@ -1,0 +1,540 @@
+"""Off-axis hologram reconstruction: hologram -> OPD map in nanometres.
+
+The pipeline (DESIGN, "Physics and units"): real-input FFT of the hologram; the +1
+sideband found away from DC (or a configured carrier); a disk or smooth-disk
+filter whose radius is a fraction of the sideband distance; the filtered sideband
+moved to the centre and the spectrum *cropped* to the filter, so the inverse FFT
+runs at the reduced size that the filter's bandwidth supports; the phase of a
+reference hologram subtracted (processed once per geometry and cached) or else a
+background surface fitted and removed; least-squares unwrapping; OPD = phase *
+lambda / 2 pi, with the sign chosen so that cells are positive.
+
+Everything that depends only on the frame geometry (carrier, crop indices, filter,
+unwrapper, reference field, sign) is computed once per frame shape and cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from scipy.special import erfc
+
+from .backend import ArrayBackend, get_backend
+from .background import remove_background
+from .errors import HologramError, ReferenceMismatchError, SidebandNotFoundError
+from .unwrap import LeastSquaresUnwrapper
+
+logger = logging.getLogger(__name__)
+
+SampleHalf = Literal["left", "right", "top", "bottom", "full"]
+FilterName = Literal["disk", "smooth disk"]
+SAMPLE_HALVES: tuple[str, ...] = ("left", "right", "top", "bottom", "full")
+FILTERS: tuple[str, ...] = ("disk", "smooth disk")
+
+#: The smooth disk is a disk convolved (radially) with a Gaussian of sigma = radius
+#: / 5, truncated at three sigmas: the same shape as qpretrieve's "smooth disk".
+SMOOTH_SIGMA_FRACTION = 0.2
+SMOOTH_SUPPORT_SIGMAS = 3.0
+MIN_FRAME_SIDE = 16
+#: Relative pixel anisotropy tolerated when choosing the reduced grid.
+ANISOTROPY_TOLERANCE = 0.005
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """Options of the off-axis reconstruction.
+
+    Attributes
+    ----------
+    wavelength_nm : illumination wavelength in nm (He-Ne 632.8 by default)
+    pixel_size_um : camera pixel size projected into the sample plane, in um
+    filter : "disk" or "smooth disk"
+    filter_size : filter radius as a fraction of the sideband distance (0 < f < 1)
+    carrier : (ky, kx) of the +1 sideband in cycles per pixel, or None to find it
+    sample_half : the part of the frame that holds the sample ("full" for an
+        ordinary off-axis hologram; a half for a flipping interferometer, whose
+        other half carries the mirrored reference and the cells' negative ghosts)
+    background_order : polynomial order of the background surface removed when
+        there is no reference hologram (2: offset, tilt and second order)
+    reference_background_order : the same after reference subtraction (1: the
+        unwrapping's arbitrary offset plus the tilt that drift between the
+        reference and the frame leaves)
+    sign : +1 or -1 to fix the phase sign, or "auto" to make cells positive
+    output : "reduced" (the filter's resolution) or "full" (camera pixels)
+    min_sideband_distance : sidebands closer to DC than this (cycles/pixel) are
+        not searched
+    min_sideband_prominence : the sideband peak must exceed the spectrum's median
+        magnitude by this factor, else the frame has no usable fringes
+    """
+
+    wavelength_nm: float = 632.8
+    pixel_size_um: float = 0.12
+    filter: FilterName = "disk"
+    filter_size: float = 1 / 3
+    carrier: tuple[float, float] | None = None
+    sample_half: SampleHalf = "full"
+    background_order: int = 2
+    reference_background_order: int = 1
+    sign: Literal["auto", 1, -1] = "auto"
+    output: Literal["reduced", "full"] = "reduced"
+    min_sideband_distance: float = 0.05
+    min_sideband_prominence: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not (self.wavelength_nm > 0 and math.isfinite(self.wavelength_nm)):
+            raise ValueError(f"wavelength_nm must be a positive number, got {self.wavelength_nm}")
+        if not (self.pixel_size_um > 0 and math.isfinite(self.pixel_size_um)):
+            raise ValueError(f"pixel_size_um must be a positive number, got {self.pixel_size_um}")
+        if self.filter not in FILTERS:
+            raise ValueError(f"filter must be one of {FILTERS}, got {self.filter!r}")
+        if not 0 < self.filter_size < 1:
+            raise ValueError(f"filter_size must be between 0 and 1, got {self.filter_size}")
+        if self.sample_half not in SAMPLE_HALVES:
+            raise ValueError(
+                f"sample_half must be one of {SAMPLE_HALVES}, got {self.sample_half!r}"
+            )
+        for name in ("background_order", "reference_background_order"):
+            if getattr(self, name) not in (0, 1, 2, 3):
+                raise ValueError(f"{name} must be 0, 1, 2 or 3, got {getattr(self, name)}")
+        if self.sign not in ("auto", 1, -1):
+            raise ValueError(f"sign must be 'auto', 1 or -1, got {self.sign!r}")
+        if self.output not in ("reduced", "full"):
+            raise ValueError(f"output must be 'reduced' or 'full', got {self.output!r}")
+        if self.carrier is not None:
+            ky, kx = (float(c) for c in self.carrier)
+            dist = math.hypot(ky, kx)
+            if not (abs(ky) < 0.5 and abs(kx) < 0.5 and dist >= self.min_sideband_distance):
+                raise ValueError(
+                    f"carrier must be (ky, kx) in cycles/pixel, each within (-0.5, 0.5) and "
+                    f"at least {self.min_sideband_distance} from DC, got {self.carrier}"
+                )
+
+
+@dataclass(frozen=True)
+class OPDMaps:
+    """Reconstructed OPD maps of the sample region.
+
+    Attributes
+    ----------
+    opd_nm : (N, h, w) float32 ndarray, optical path delay in nm, cells positive
+    amplitude : (N, h, w) float32 ndarray, field amplitude relative to the
+        reference (or to the frame's median amplitude without one)
+    pixel_size_um : (dy, dx) pixel size of the maps in the sample plane, um
+    scale : (sy, sx) camera pixels per map pixel
+    origin_px : (y, x) camera coordinates of map pixel (0, 0)
+    carrier : (ky, kx) of the sideband used, in cycles per camera pixel
+    sign : +1 or -1, the phase sign applied
+    wavelength_nm : the wavelength used for phase -> OPD
+    """
+
+    opd_nm: np.ndarray
+    amplitude: np.ndarray
+    pixel_size_um: tuple[float, float]
+    scale: tuple[float, float]
+    origin_px: tuple[float, float]
+    carrier: tuple[float, float]
+    sign: int
+    wavelength_nm: float
+
+    def to_camera_px(self, y: float, x: float) -> tuple[float, float]:
+        """Camera pixel coordinates of map position (y, x)."""
+        return (self.origin_px[0] + y * self.scale[0], self.origin_px[1] + x * self.scale[1])
+
+
+def validate_holograms(holograms: Any, name: str = "hologram") -> np.ndarray:
+    """Check a hologram or a stack of them at the boundary; return a (N, H, W) view.
+
+    Raises :class:`HologramError` naming the problem: empty, wrong number of
+    dimensions, unsupported dtype, NaN or Inf, too small.
+    """
+    if holograms is None:
+        raise HologramError(f"{name} is missing (got None)")
+    array = np.asarray(holograms)
+    if array.dtype.kind not in "uif":
+        raise HologramError(
+            f"{name} dtype {array.dtype} is not supported: expected unsigned or signed "
+            "integers (camera counts) or floats"
+        )
+    if array.size == 0:
+        raise HologramError(f"{name} is empty (shape {array.shape})")
+    if array.ndim not in (2, 3):
+        raise HologramError(
+            f"{name} must be 2-D (H, W) or a stack (N, H, W), "
+            f"got {array.ndim}-D shape {array.shape}"
+        )
+    frames = array[None] if array.ndim == 2 else array
+    h, w = frames.shape[-2:]
+    if h < MIN_FRAME_SIDE or w < MIN_FRAME_SIDE:
+        raise HologramError(
+            f"{name} of shape ({h}, {w}) is too small: each side needs at least "
+            f"{MIN_FRAME_SIDE} pixels"
+        )
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(frames)
+        if bad.any():
+            n_nan = int(np.isnan(frames).sum())
+            raise HologramError(
+                f"{name} contains {n_nan} NaN and {int(bad.sum()) - n_nan} Inf pixels; "
+                "holograms must be finite"
+            )
+    return frames
+
+
+def _smooth_len(n: int) -> bool:
+    """True when n has no prime factor above 5 (a fast FFT length)."""
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+def choose_reduced_shape(shape: tuple[int, int], min_size: tuple[int, int]) -> tuple[int, int]:
+    """A fast, nearly isotropic (My, Mx) grid at least ``min_size``, at most ``shape``.
+
+    The reduced pixel is H / My by W / Mx camera pixels: the search prefers FFT
+    lengths that keep both equal (within 0.5 %), so crops need no anisotropic
+    resampling, and falls back to the most isotropic candidate.
+    """
+    h, w = shape
+    need_y, need_x = min(min_size[0], h), min(min_size[1], w)
+    scale = min(h / need_y, w / need_x)
+    start = max(need_y, math.ceil(h / scale))
+    best: tuple[float, int, int] | None = None
+    for my in range(start, min(h, 2 * start) + 1):
+        if not (_smooth_len(my) or my == h):
+            continue
+        ideal_x = w * my / h
+        for mx in {math.floor(ideal_x), math.ceil(ideal_x)}:
+            if mx < need_x or mx > w or not (_smooth_len(mx) or mx == w):
+                continue
+            aniso = abs((h / my) / (w / mx) - 1.0)
+            if best is None or aniso < best[0] - 1e-12:
+                best = (aniso, my, mx)
+            if aniso <= ANISOTROPY_TOLERANCE:
+                return my, mx
+    if best is None:  # pragma: no cover - my == h, mx == w is always a candidate
+        return h, w
+    return best[1], best[2]
+
+
+@dataclass
+class _Geometry:
+    """Everything that depends on the frame shape alone; built once, then cached."""
+
+    shape: tuple[int, int]
+    carrier_index: tuple[int, int]
+    carrier: tuple[float, float]
+    out_shape: tuple[int, int]
+    rows: Any  # (My, Mx) row indices into the rfft2 spectrum
+    cols: Any  # (My, Mx) column indices
+    conj: Any  # (My, Mx) bool: values taken by Hermitian symmetry, conjugated
+    filter: Any  # (My, Mx) float32 filter, in ifftshift order
+    region: tuple[slice, slice]
+    unwrapper: LeastSquaresUnwrapper
+    #: When the crop needs neither wrap-around nor Hermitian symmetry, four block
+    #: copies (out_y, out_x, in_y, in_x) replace the gather: a single cheap pass.
+    blocks: list[tuple[slice, slice, slice, slice]] | None = None
+    reference_factor: Any = None  # (My, Mx) complex64: 1 / reference field
+    sign: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Reconstructor:
+    """Reconstructs OPD maps from off-axis holograms of one instrument.
+
+    Parameters
+    ----------
+    config : ReconstructionConfig
+    backend : ArrayBackend, optional (default: :func:`get_backend("auto")`)
+    reference : (H, W) ndarray, optional
+        A hologram recorded without cells; its phase is subtracted from every
+        frame of the same shape.
+
+    Notes
+    -----
+    Safe to share between threads: the per-geometry cache is built under a lock.
+    """
+
+    def __init__(
+        self,
+        config: ReconstructionConfig | None = None,
+        backend: ArrayBackend | None = None,
+        reference: np.ndarray | None = None,
+    ) -> None:
+        self.config = config or ReconstructionConfig()
+        self.backend = backend or get_backend("auto")
+        self._geometries: dict[tuple[int, int], _Geometry] = {}
+        self._lock = threading.Lock()
+        self._reference: np.ndarray | None = None
+        if reference is not None:
+            self.set_reference(reference)
+
+    # -- reference -----------------------------------------------------------------
+
+    def set_reference(self, reference: np.ndarray) -> None:
+        """Use ``reference`` : (H, W) hologram without cells for phase subtraction."""
+        frames = validate_holograms(reference, name="reference hologram")
+        if frames.shape[0] != 1:
+            raise ReferenceMismatchError(
+                f"reference hologram must be one 2-D frame, got shape {np.shape(reference)}"
+            )
+        with self._lock:
+            self._reference = frames[0]
+            self._geometries.clear()
+
+    @property
+    def reference_shape(self) -> tuple[int, int] | None:
+        return None if self._reference is None else self._reference.shape
+
+    # -- geometry --------------------------------------------------------------------
+
+    def _spectrum(self, frames: Any) -> Any:
+        b = self.backend
+        data = b.asarray(frames, dtype=b.xp.float32)
+        return b.fft.rfft2(data, axes=(-2, -1), overwrite_x=True, **b.fft_kwargs())
+
+    def find_carrier(self, hologram: np.ndarray) -> tuple[int, int]:
+        """Find the sideband of ``hologram`` : (H, W); return its (row, column) index
+        in the rfft2 spectrum (row in fftfreq order, column >= 0).
+
+        The frame is Hann-windowed first so that the streaks its borders leave along
+        the spectrum's axes cannot outshine a carrier that lies near an axis.
+        """
+        b, xp = self.backend, self.backend.xp
+        h, w = hologram.shape
+        frame = b.asarray(hologram, dtype=xp.float32)
+        window = xp.outer(xp.hanning(h), xp.hanning(w)).astype(xp.float32)
+        frame = (frame - frame.mean()) * window
+        mag = xp.abs(b.fft.rfft2(frame, **b.fft_kwargs()))
+        ky = xp.asarray(np.fft.fftfreq(h).astype(np.float32))[:, None]
+        kx = xp.asarray(np.fft.rfftfreq(w).astype(np.float32))[None, :]
+        searched = xp.hypot(ky, kx) >= self.config.min_sideband_distance
+        mag = xp.where(searched, mag, 0)
+        peak_index = int(xp.argmax(mag))
+        iy, ix = divmod(peak_index, mag.shape[1])
+        peak = float(mag[iy, ix])
+        median = float(xp.median(mag[searched]))
+        prominence = peak / median if median > 0 else (math.inf if peak > 0 else 0.0)
+        if not prominence >= self.config.min_sideband_prominence:
+            raise SidebandNotFoundError(
+                f"no sideband stands out of the hologram's spectrum (the strongest peak "
+                f"beyond {self.config.min_sideband_distance} cycles/pixel is only "
+                f"{prominence:.1f}x the median, {self.config.min_sideband_prominence:g}x "
+                "needed): the frame shows no interference fringes; check the "
+                "illumination and alignment, or set the carrier explicitly"
+            )
+        return iy, ix
+
+    def _build_geometry(self, shape: tuple[int, int], first_frame: np.ndarray) -> _Geometry:
+        cfg, b, xp = self.config, self.backend, self.backend.xp
+        h, w = shape
+        reference = self._reference
+        if reference is not None and reference.shape != shape:
+            raise ReferenceMismatchError(
+                f"reference hologram shape {reference.shape} differs from the hologram "
+                f"shape {shape}: record the reference with the same camera ROI"
+            )
+        if cfg.carrier is not None:
+            iy = round(cfg.carrier[0] * h) % h
+            ix = round(cfg.carrier[1] * w)
+            if ix < 0:  # the conjugate sideband lies in the rfft half-plane
+                iy, ix = (-iy) % h, -ix
+        else:
+            iy, ix = self.find_carrier(reference if reference is not None else first_frame)
+        ky = (iy if iy <= h // 2 else iy - h) / h
+        kx = ix / w
+        distance = math.hypot(ky, kx)
+        radius = cfg.filter_size * distance
+        support = radius
+        if cfg.filter == "smooth disk":
+            support = radius * (1 + SMOOTH_SUPPORT_SIGMAS * SMOOTH_SIGMA_FRACTION)
+        min_size = (2 * math.ceil(support * h) + 1, 2 * math.ceil(support * w) + 1)
+        my, mx = (h, w) if cfg.output == "full" else choose_reduced_shape(shape, min_size)
+
+        # Offsets from the sideband in ifftshift order put the sideband at [0, 0].
+        oy = np.fft.fftfreq(my, 1 / my).astype(np.int64)[:, None]
+        ox = np.fft.fftfreq(mx, 1 / mx).astype(np.int64)[None, :]
+        fy = (ky + oy / h) * np.ones_like(ox)
+        fx = (kx + ox / w) * np.ones_like(oy)
+        rho = np.hypot(oy / h, ox / w)
+        if cfg.filter == "disk":
+            filt = (rho <= radius).astype(np.float32)
+        else:
+            sigma = SMOOTH_SIGMA_FRACTION * radius
+            filt = 0.5 * erfc((rho - radius) / (math.sqrt(2) * sigma))
+            filt[rho > support] = 0
+            filt = (filt / filt.max()).astype(np.float32)
+        # Full-spectrum indices; columns beyond Nyquist come from Hermitian symmetry.
+        row_full = np.rint(fy * h).astype(np.int64) % h
+        col_full = np.rint(fx * w).astype(np.int64) % w
+        conj = col_full > w // 2
+        rows = np.where(conj, (-row_full) % h, row_full)
+        cols = np.where(conj, w - col_full, col_full)
+
+        blocks = None
+        half_y, half_x = my // 2, mx // 2
+        top_y, top_x = my - half_y, mx - half_x  # offsets 0 .. top-1, then -half .. -1
+        if iy - half_y >= 0 and iy + top_y <= h and ix - half_x >= 0 and ix + top_x - 1 <= w // 2:
+            ys = [
+                (slice(0, top_y), slice(iy, iy + top_y)),
+                (slice(top_y, my), slice(iy - half_y, iy)),
+            ]
+            xs = [
+                (slice(0, top_x), slice(ix, ix + top_x)),
+                (slice(top_x, mx), slice(ix - half_x, ix)),
+            ]
+            blocks = [(oy_, ox_, iy_, ix_) for oy_, iy_ in ys for ox_, ix_ in xs]
+
+        region = self._region((my, mx))
+        region_shape = (
+            len(range(*region[0].indices(my))),
+            len(range(*region[1].indices(mx))),
+        )
+        geometry = _Geometry(
+            shape=shape,
+            carrier_index=(iy, ix),
+            carrier=(ky, kx),
+            out_shape=(my, mx),
+            rows=xp.asarray(rows),
+            cols=xp.asarray(cols),
+            conj=xp.asarray(conj),
+            filter=xp.asarray(filt),
+            region=region,
+            unwrapper=LeastSquaresUnwrapper(region_shape, b),
+            sign=None if cfg.sign == "auto" else int(cfg.sign),
+            blocks=blocks,
+        )
+        if reference is not None:
+            ref_field = self._fields(self._spectrum(reference[None]), geometry)[0]
+            magnitude = xp.abs(ref_field)
+            if float(magnitude.max()) == 0:
+                raise ReferenceMismatchError("reference hologram carries no sideband signal")
+            floor = 1e-6 * float(magnitude.max())
+            geometry.reference_factor = (
+                xp.conj(ref_field) / xp.maximum(magnitude, floor) ** 2
+            ).astype(xp.complex64)
+        logger.info(
+            "reconstruction geometry %sx%s: carrier (%.4f, %.4f) cycles/px, %s filter "
+            "radius %.4f, inverse FFT at %sx%s, %s",
+            h, w, ky, kx, cfg.filter, radius, my, mx,
+            "reference subtraction" if reference is not None else
+            f"background order {cfg.background_order}",
+        )  # fmt: skip
+        return geometry
+
+    def _region(self, shape: tuple[int, int]) -> tuple[slice, slice]:
+        my, mx = shape
+        half = self.config.sample_half
+        full = slice(None)
+        return {
+            "full": (full, full),
+            "left": (full, slice(0, mx // 2)),
+            "right": (full, slice(mx - mx // 2, mx)),
+            "top": (slice(0, my // 2), full),
+            "bottom": (slice(my - my // 2, my), full),
+        }[half]
+
+    def geometry(self, shape: tuple[int, int], first_frame: np.ndarray) -> _Geometry:
+        with self._lock:
+            geometry = self._geometries.get(shape)
+            if geometry is None:
+                geometry = self._build_geometry(shape, first_frame)
+                self._geometries[shape] = geometry
+            return geometry
+
+    # -- reconstruction ----------------------------------------------------------------
+
+    def _fields(self, spectrum: Any, geometry: _Geometry) -> Any:
+        """Crop, filter and inverse-transform the sideband: (N, My, Mx) complex fields."""
+        b, xp = self.backend, self.backend.xp
+        if geometry.blocks is not None:
+            cropped = xp.empty((spectrum.shape[0], *geometry.out_shape), dtype=spectrum.dtype)
+            for out_y, out_x, in_y, in_x in geometry.blocks:
+                xp.multiply(
+                    spectrum[:, in_y, in_x],
+                    geometry.filter[out_y, out_x],
+                    out=cropped[:, out_y, out_x],
+                )
+        else:
+            cropped = spectrum[:, geometry.rows, geometry.cols]
+            cropped = xp.where(geometry.conj, xp.conj(cropped), cropped)
+            cropped *= geometry.filter
+        return b.fft.ifft2(cropped, axes=(-2, -1), overwrite_x=True, **b.fft_kwargs())
+
+    def reconstruct(self, holograms: Any) -> OPDMaps:
+        """Reconstruct one hologram (H, W) or a stack (N, H, W) of the same shape.
+
+        Parameters
+        ----------
+        holograms : (H, W) or (N, H, W) ndarray of uint8, uint16 or float
+            Raw camera frames.
+
+        Returns
+        -------
+        OPDMaps with (N, h, w) maps of the sample region (N = 1 for one frame).
+        """
+        frames = validate_holograms(holograms)
+        cfg, b, xp = self.config, self.backend, self.backend.xp
+        shape = (int(frames.shape[1]), int(frames.shape[2]))
+        geometry = self.geometry(shape, frames[0])
+        fields = self._fields(self._spectrum(frames), geometry)
+        if geometry.reference_factor is not None:
+            fields *= geometry.reference_factor
+            order = cfg.reference_background_order
+        else:
+            order = cfg.background_order
+        fields = fields[(slice(None), *geometry.region)]
+        phase = geometry.unwrapper(xp.angle(fields))
+        amplitude = xp.abs(fields)
+        phase_np = b.to_numpy(phase)
+        amplitude_np = b.to_numpy(amplitude).astype(np.float32, copy=False)
+        if geometry.reference_factor is None:
+            amplitude_np /= np.median(amplitude_np, axis=(-2, -1), keepdims=True) + 1e-30
+        phase_np = np.stack([remove_background(p, order) for p in phase_np])
+        sign = self._sign(geometry, phase_np)
+        opd_nm = (phase_np * (sign * cfg.wavelength_nm / (2 * math.pi))).astype(np.float32)
+
+        h, w = shape
+        my, mx = geometry.out_shape
+        scale = (h / my, w / mx)
+        ry = geometry.region[0].indices(my)[0]
+        rx = geometry.region[1].indices(mx)[0]
+        return OPDMaps(
+            opd_nm=opd_nm,
+            amplitude=amplitude_np,
+            pixel_size_um=(cfg.pixel_size_um * scale[0], cfg.pixel_size_um * scale[1]),
+            scale=scale,
+            origin_px=(ry * scale[0], rx * scale[1]),
+            carrier=geometry.carrier,
+            sign=sign,
+            wavelength_nm=cfg.wavelength_nm,
+        )
+
+    @staticmethod
+    def _sign(geometry: _Geometry, phase: np.ndarray) -> int:
+        """The phase sign that makes cells positive, locked once the evidence is clear.
+
+        Cells stand out of a flat background on one side only: the far tail of the
+        phase distribution on that side is much longer than on the other. A frame
+        whose tails are short (no cells, only noise) keeps the current choice.
+        """
+        if geometry.sign is not None:
+            return geometry.sign
+        sub = phase[:, ::2, ::2]
+        low, mid, high = np.percentile(sub, [0.1, 50.0, 99.9])
+        up, down = float(high - mid), float(mid - low)
+        sign = 1 if up >= down else -1
+        # Noise from neighbour differences, which cells of any size barely affect.
+        noise = 1.4826 * float(np.median(np.abs(np.diff(sub, axis=-1)))) / math.sqrt(2)
+        if max(up, down) >= max(2 * min(up, down), 20 * noise):
+            with geometry.lock:
+                if geometry.sign is None:
+                    geometry.sign = sign
+                    logger.info("phase sign fixed to %+d (cells positive)", sign)
+                return geometry.sign
+        return sign

@@ -1,0 +1,1 @@
+"""One module per ``topgan`` command, imported only when the command runs."""

@@ -1,0 +1,280 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from acquisition.errors import HologramError, ReferenceMismatchError, SidebandNotFoundError
+from acquisition.reconstruction import (
+    ReconstructionConfig,
+    Reconstructor,
+    choose_reduced_shape,
+    validate_holograms,
+)
+from tests.conftest import LEFT_CELLS, Disk, make_scene, truth_on_map
+
+# -- real data against the peer ---------------------------------------------------------
+
+
+def qpretrieve_phase(hologram: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """qpretrieve 0.7.0, padding 0, disk filter 1/3 of the sideband distance; unwrapped
+    with scikit-image, as qpretrieve's users do."""
+    qpretrieve = pytest.importorskip("qpretrieve")
+    from skimage.restoration import unwrap_phase
+
+    holo = qpretrieve.OffAxisHologram(hologram, padding=0)
+    holo.run_pipeline(filter_name="disk", filter_size=1 / 3)
+    bg = qpretrieve.OffAxisHologram(background, padding=0)
+    bg.process_like(holo)
+    phase = unwrap_phase(np.angle(holo.field[0] / bg.field[0]))
+    return phase, holo.pipeline_kws["sideband_freq"]
+
+
+@pytest.fixture(scope="module")
+def hl60(real_dir):
+    data = np.load(real_dir / "hl60_hologram_with_bg.npz")
+    # qpretrieve without padding needs a square frame: take the same 200x200 for both.
+    return data["data"][:, :200], data["bg_data"][:, :200]
+
+
+def test_hl60_phase_agrees_with_qpretrieve(hl60, backend):
+    hologram, background = hl60
+    reference_phase, sideband = qpretrieve_phase(hologram, background)
+    config = ReconstructionConfig(
+        # OPD in units of the wavelength over 2 pi is the phase in radians.
+        wavelength_nm=2 * math.pi,
+        carrier=(float(sideband[0]), float(sideband[1])),
+        output="full",
+        reference_background_order=0,
+    )
+    ours = Reconstructor(config, backend, reference=background).reconstruct(hologram).opd_nm[0]
+    theirs = reference_phase - np.median(reference_phase)
+    cell = theirs > 0.5
+    assert cell.sum() > 5000, "the HL60 cell should cover thousands of pixels"
+    diff = ours - theirs
+    diff -= np.median(diff[~cell])
+    rms = float(np.sqrt(np.mean(diff[cell] ** 2)))
+    assert rms < 0.05, f"phase over the cell differs from qpretrieve by {rms:.4f} rad RMS"
+    # The known facts of this hologram: the cell's phase spans about -0.5 to 5.1 rad.
+    assert 4.3 < float(ours[cell].max()) < 5.5
+
+
+def test_hl60_sideband_found_like_qpretrieve(hl60, backend):
+    hologram, background = hl60
+    _, (fy, fx) = qpretrieve_phase(hologram, background)
+    rec = Reconstructor(ReconstructionConfig(), backend)
+    iy, ix = rec.find_carrier(hologram)
+    h, w = hologram.shape
+    ky = (iy if iy <= h // 2 else iy - h) / h
+    found = np.array([ky, ix / w])
+    # Either sideband of the pair is fine: the sign is settled afterwards.
+    nearest = min(np.abs(found - [fy, fx]).max(), np.abs([*found, fy, fx]).max())
+    assert nearest <= 1.0 / h + 1e-9
+
+
+def test_hl60_reduced_resolution_cell_positive(hl60, backend):
+    hologram, background = hl60
+    config = ReconstructionConfig(wavelength_nm=2 * math.pi)
+    maps = Reconstructor(config, backend, reference=background).reconstruct(hologram)
+    opd = maps.opd_nm[0]
+    assert opd.shape[0] < 100, "the inverse FFT should run at the filter's reduced size"
+    assert maps.sign in (1, -1)
+    assert opd.max() > 4.3
+    assert opd.min() > -1.5
+
+
+# -- simulated flipping interferometer against the exact field -----------------------------
+
+
+def cell_mask(truth: np.ndarray) -> np.ndarray:
+    return truth > 50.0
+
+
+@pytest.mark.parametrize("filter_name", ["disk", "smooth disk"])
+def test_simulated_opd_within_5nm_inside_cells(flipping_scene, backend, filter_name):
+    scene = flipping_scene
+    config = ReconstructionConfig(
+        wavelength_nm=scene.optics.wavelength_nm,
+        pixel_size_um=scene.optics.pixel_size_um,
+        sample_half="left",
+        filter=filter_name,
+    )
+    rec = Reconstructor(config, backend, reference=scene.reference)
+    maps = rec.reconstruct(scene.holograms)
+    assert maps.opd_nm.shape[0] == 2
+    assert maps.opd_nm.max() > 800, "cells must come out positive"
+    for i in range(2):
+        truth = truth_on_map(scene.opd_nm[i], maps.scale, maps.origin_px, maps.opd_nm.shape[1:])
+        inside = cell_mask(truth)
+        assert truth.max() > scene.optics.wavelength_nm, "cells must exceed one wavelength"
+        err = maps.opd_nm[i] - truth
+        rms = float(np.sqrt(np.mean(err[inside] ** 2)))
+        assert rms <= 5.0, f"frame {i}: OPD error inside cells {rms:.2f} nm RMS"
+        outside = ~cell_mask(truth)
+        assert abs(float(np.median(err[outside]))) < 2.0
+
+
+def test_simulated_without_reference_fits_background(backend):
+    # Low-order aberrations only: what a background surface can model.
+    scene = make_scene([LEFT_CELLS], aberration_rms_rad=0.0, seed=3)
+    config = ReconstructionConfig(sample_half="left", pixel_size_um=scene.optics.pixel_size_um)
+    maps = Reconstructor(config, backend).reconstruct(scene.holograms[0])
+    truth = truth_on_map(scene.opd_nm[0], maps.scale, maps.origin_px, maps.opd_nm.shape[1:])
+    err = maps.opd_nm[0] - truth
+    rms = float(np.sqrt(np.mean(err[cell_mask(truth)] ** 2)))
+    assert rms <= 8.0, f"OPD error inside cells without a reference: {rms:.2f} nm RMS"
+
+
+@pytest.mark.parametrize(
+    ("carrier", "mirror_axis", "half"),
+    [
+        ((0.0, 0.3), "x", "left"),  # fringes along x only
+        ((0.3, 0.0), "y", "top"),  # along y only
+        ((-0.22, 0.2), "x", "left"),  # the other diagonal
+        ((0.25, -0.15), "x", "left"),
+    ],
+)
+def test_sideband_found_in_any_direction(backend, carrier, mirror_axis, half):
+    cells = [Disk(150.0, 130.0, 40.0, 800.0)]
+    if mirror_axis == "y":
+        cells = [Disk(130.0, 150.0, 40.0, 800.0)]
+    scene = make_scene([cells], carrier=carrier, mirror_axis=mirror_axis, seed=5)
+    config = ReconstructionConfig(sample_half=half)
+    rec = Reconstructor(config, backend, reference=scene.reference)
+    maps = rec.reconstruct(scene.holograms)
+    found = np.array(maps.carrier)
+    # The sideband's centre is the nominal carrier plus the aberrations' mean tilt.
+    assert min(np.abs(found - carrier).max(), np.abs(found + carrier).max()) < 0.02
+    truth = truth_on_map(scene.opd_nm[0], maps.scale, maps.origin_px, maps.opd_nm.shape[1:])
+    err = maps.opd_nm[0] - truth
+    assert float(np.sqrt(np.mean(err[cell_mask(truth)] ** 2))) <= 5.0
+
+
+def test_configured_carrier_gives_the_same_maps(flipping_scene, backend):
+    scene = flipping_scene
+    auto = Reconstructor(ReconstructionConfig(sample_half="left"), backend, scene.reference)
+    auto_maps = auto.reconstruct(scene.holograms)
+    fixed = Reconstructor(
+        ReconstructionConfig(sample_half="left", carrier=auto_maps.carrier),
+        backend,
+        scene.reference,
+    )
+    np.testing.assert_allclose(
+        fixed.reconstruct(scene.holograms).opd_nm, auto_maps.opd_nm, atol=1e-3
+    )
+    nominal = Reconstructor(
+        ReconstructionConfig(sample_half="left", carrier=scene.optics.carrier),
+        backend,
+        scene.reference,
+    ).reconstruct(scene.holograms)
+    diff = nominal.opd_nm - auto_maps.opd_nm
+    assert float(np.sqrt(np.mean(diff**2))) < 2.0
+
+
+def test_batch_equals_single_frames(flipping_scene, backend):
+    scene = flipping_scene
+    rec = Reconstructor(ReconstructionConfig(sample_half="left", sign=1), backend, scene.reference)
+    batch = rec.reconstruct(scene.holograms).opd_nm
+    for i, frame in enumerate(scene.holograms):
+        np.testing.assert_allclose(rec.reconstruct(frame).opd_nm[0], batch[i], atol=1e-3)
+
+
+def test_full_resolution_output(flipping_scene, backend):
+    scene = flipping_scene
+    config = ReconstructionConfig(sample_half="left", output="full")
+    maps = Reconstructor(config, backend, scene.reference).reconstruct(scene.holograms[0])
+    assert maps.opd_nm.shape == (1, 512, 256)
+    assert maps.scale == (1.0, 1.0)
+    truth = scene.opd_nm[0][:, :256]
+    err = maps.opd_nm[0] - truth
+    assert float(np.sqrt(np.mean(err[cell_mask(truth)] ** 2))) <= 5.0
+
+
+def test_ghosts_are_negative_in_the_mirrored_half(flipping_scene, backend):
+    scene = flipping_scene
+    # Over the full frame cells and ghosts are equally strong, so the sign cannot be
+    # told from the data: take it from the sample half, as an instrument's setting would.
+    left = Reconstructor(ReconstructionConfig(sample_half="left"), backend, scene.reference)
+    sign = left.reconstruct(scene.holograms[0]).sign
+    config = ReconstructionConfig(sample_half="full", sign=sign)  # type: ignore[arg-type]
+    maps = Reconstructor(config, backend, scene.reference).reconstruct(scene.holograms[0])
+    opd = maps.opd_nm[0]
+    w = opd.shape[1]
+    assert opd[:, : w // 2].max() > 800  # the cells
+    assert opd[:, w // 2 :].min() < -800  # their mirrored ghosts
+    assert opd[:, w // 2 :].max() < 50
+
+
+def test_reduced_grid_is_fast_and_isotropic():
+    assert choose_reduced_shape((1024, 1280), (200, 250)) == (200, 250)
+    my, mx = choose_reduced_shape((1024, 1024), (219, 219))
+    assert my == mx
+    assert my >= 219
+    my, mx = choose_reduced_shape((294, 280), (100, 95))
+    assert abs((294 / my) / (280 / mx) - 1) < 0.01
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.zeros((0, 0)), "empty"),
+        (np.zeros(64), "1-D"),
+        (np.zeros((2, 2, 64, 64)), "4-D"),
+        (np.zeros((64, 64), dtype=complex), "dtype complex128"),
+        (np.zeros((64, 64), dtype=bool), "dtype bool"),
+        (np.array([["a"] * 64] * 64), "dtype <U1"),
+        (np.zeros((8, 64)), "too small"),
+        (None, "missing"),
+    ],
+)
+def test_bad_holograms_are_refused_with_the_reason(value, message):
+    with pytest.raises(HologramError, match=message):
+        validate_holograms(value)
+
+
+def test_nan_and_inf_are_refused(backend):
+    frame = np.ones((64, 64), dtype=np.float32)
+    frame[3, 4] = np.nan
+    frame[5, 6] = np.inf
+    with pytest.raises(HologramError, match="1 NaN and 1 Inf"):
+        Reconstructor(ReconstructionConfig(), backend).reconstruct(frame)
+
+
+def test_frame_without_fringes_is_refused(backend):
+    rng = np.random.default_rng(1)
+    flat = rng.poisson(100, size=(256, 256)).astype(np.uint8)
+    with pytest.raises(SidebandNotFoundError, match="no sideband stands out"):
+        Reconstructor(ReconstructionConfig(), backend).reconstruct(flat)
+    with pytest.raises(SidebandNotFoundError):
+        Reconstructor(ReconstructionConfig(), backend).reconstruct(np.full((64, 64), 7, np.uint8))
+
+
+def test_reference_of_another_shape_is_refused(flipping_scene, backend):
+    scene = flipping_scene
+    rec = Reconstructor(ReconstructionConfig(), backend, reference=scene.reference[:, :400])
+    with pytest.raises(
+        ReferenceMismatchError, match=r"\(512, 400\) differs from the hologram shape"
+    ):
+        rec.reconstruct(scene.holograms[0])
+    with pytest.raises(ReferenceMismatchError, match="one 2-D frame"):
+        rec.set_reference(scene.holograms)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"wavelength_nm": -1}, "wavelength_nm"),
+        ({"filter_size": 1.5}, "filter_size"),
+        ({"filter": "gauss"}, "filter"),
+        ({"sample_half": "middle"}, "sample_half"),
+        ({"carrier": (0.01, 0.0)}, "carrier"),
+        ({"sign": 2}, "sign"),
+    ],
+)
+def test_bad_config_names_the_parameter(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ReconstructionConfig(**kwargs)

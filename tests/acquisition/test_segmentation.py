@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from acquisition.reconstruction import ReconstructionConfig, Reconstructor
+from acquisition.segmentation import (
+    SegmentationConfig,
+    Segmenter,
+    otsu_threshold,
+)
+from tests.conftest import LEFT_CELLS, Disk, make_scene
+
+
+def reconstruct(scene, backend, **kwargs):
+    config = ReconstructionConfig(
+        sample_half=kwargs.pop("sample_half", "left"),
+        pixel_size_um=scene.optics.pixel_size_um,
+        **kwargs,
+    )
+    return Reconstructor(config, backend, reference=scene.reference).reconstruct(scene.holograms)
+
+
+def test_every_cell_found_once_and_no_ghost(flipping_scene, backend):
+    maps = reconstruct(flipping_scene, backend)
+    frames = Segmenter().segment(maps)
+    assert [len(f.cells) for f in frames] == [len(c) for c in flipping_scene.cells]
+    for found, truth in zip(frames, flipping_scene.cells, strict=True):
+        for disk in truth:
+            distances = [math.dist(c.position_px, (disk.y, disk.x)) for c in found.cells]
+            assert min(distances) < 2.0, "each cell's centre of mass is where the phantom is"
+
+
+def test_ghosts_never_counted_even_over_the_full_frame(flipping_scene, backend):
+    left = reconstruct(flipping_scene, backend)
+    maps = reconstruct(flipping_scene, backend, sample_half="full", sign=left.sign)
+    frames = Segmenter().segment(maps)
+    assert [len(f.cells) for f in frames] == [len(c) for c in flipping_scene.cells]
+    width = flipping_scene.holograms.shape[-1]
+    assert all(c.position_px[1] < width / 2 for f in frames for c in f.cells)
+
+
+def test_qc_matches_the_phantom(flipping_scene, backend):
+    scene = flipping_scene
+    maps = reconstruct(scene, backend)
+    frame = Segmenter().segment(maps)[0]
+    cells = frame.cells
+    pixel_area = scene.optics.pixel_size_um**2
+    for disk in LEFT_CELLS:
+        cell = min(cells, key=lambda c: math.dist(c.position_px, (disk.y, disk.x)))
+        yy, xx = np.mgrid[: scene.opd_nm.shape[1], : scene.opd_nm.shape[2]]
+        near = np.hypot(yy - disk.y, xx - disk.x) < disk.radius * 1.6
+        true_mass = scene.opd_nm[0][near].sum() * 1e-3 * pixel_area / 0.18
+        assert cell.qc["dry_mass_pg"] == pytest.approx(true_mass, rel=0.05)
+        assert cell.qc["peak_opd_nm"] == pytest.approx(scene.opd_nm[0][near].max(), abs=20)
+        true_area = (scene.opd_nm[0][near] > frame.low_threshold_nm).sum() * pixel_area
+        assert cell.qc["area_um2"] == pytest.approx(true_area, rel=0.05)
+        assert cell.qc["circularity"] > 0.85
+        assert not cell.qc["touching"]
+        assert not cell.qc["clipped"]
+        assert not cell.qc["out_of_focus"]
+
+
+def test_crops_are_centred_and_resampled(flipping_scene, backend):
+    maps = reconstruct(flipping_scene, backend)
+    config = SegmentationConfig(crop_size=128, crop_pixel_size_um=0.25)
+    cells = Segmenter(config).segment(maps)[0].cells
+    for cell in cells:
+        crop = cell.crop_nm
+        assert crop.shape == (128, 128)
+        assert crop.dtype == np.float32
+        weights = np.clip(crop, 0, None) * (crop > 50)
+        yy, xx = np.mgrid[:128, :128]
+        cy = (yy * weights).sum() / weights.sum()
+        cx = (xx * weights).sum() / weights.sum()
+        assert abs(cy - 63.5) < 1.0
+        assert abs(cx - 63.5) < 1.0
+        # Area measured on the crop grid agrees with the QC area at the map's pixel size.
+        area_crop = (crop > 0.2 * crop.max()).sum() * 0.25**2
+        assert area_crop == pytest.approx(cell.qc["area_um2"], rel=0.25)
+
+
+def test_touching_cells_rejected_or_flagged(backend):
+    pair = [Disk(200.0, 100.0, 40.0, 800.0), Disk(200.0, 178.0, 40.0, 800.0)]
+    scene = make_scene([pair], seed=7)
+    maps = reconstruct(scene, backend)
+    rejected = Segmenter(SegmentationConfig(touching="reject")).segment(maps)[0]
+    assert rejected.cells == []
+    assert rejected.rejected == {"touching": 1}
+    flagged = Segmenter(SegmentationConfig(touching="flag")).segment(maps)[0]
+    assert len(flagged.cells) == 1
+    assert flagged.cells[0].qc["touching"]
+
+
+def test_border_debris_and_elongated_objects_rejected(backend):
+    objects = [
+        Disk(256.0, 4.0, 40.0, 800.0),  # clipped by the frame's edge
+        Disk(256.0, 250.0, 40.0, 800.0),  # crosses into the mirrored half
+        Disk(100.0, 120.0, 8.0, 300.0),  # debris, well under a cell's size
+        Disk(420.0, 120.0, 40.0, 800.0),  # the one real cell
+    ]
+    scene = make_scene([objects], seed=11)
+    maps = reconstruct(scene, backend)
+    frame = Segmenter().segment(maps)[0]
+    assert len(frame.cells) == 1
+    assert math.dist(frame.cells[0].position_px, (420.0, 120.0)) < 2.0
+    assert frame.rejected.get("clipped") == 2
+    # A low fixed threshold seeds the debris too; the size filter drops it.
+    low = Segmenter(SegmentationConfig(threshold=50.0)).segment(maps)[0]
+    assert len(low.cells) == 1
+    assert low.rejected.get("too_small") == 1
+    kept = Segmenter(SegmentationConfig(reject_border=False)).segment(maps)[0]
+    assert sum(bool(c.qc["clipped"]) for c in kept.cells) == 2
+
+
+def test_defocused_cell_flagged_out_of_focus(backend):
+    from acquisition.simulator.optics import band_limit, record_hologram
+    from tests.conftest import disk_opd
+
+    scene = make_scene([[LEFT_CELLS[0]]], seed=13)
+    optics = scene.optics
+    rng = np.random.default_rng(2)
+    phase = (
+        2 * math.pi * disk_opd(scene.holograms.shape[1:], [LEFT_CELLS[0]]) / optics.wavelength_nm
+    )
+    field = band_limit(np.exp(1j * phase), optics.cutoff_cycles_per_px)
+    # Angular-spectrum propagation by 10 um in water: the cell leaves the focal plane.
+    h, w = field.shape
+    fy = np.fft.fftfreq(h, optics.pixel_size_um)[:, None]
+    fx = np.fft.fftfreq(w, optics.pixel_size_um)[None, :]
+    k = 1.333 / (optics.wavelength_nm * 1e-3)
+    kz = np.sqrt(np.clip(k**2 - fy**2 - fx**2, 0, None))
+    defocused = np.fft.ifft2(np.fft.fft2(field) * np.exp(2j * math.pi * 10.0 * kz))
+    ref_field = band_limit(np.ones((h, w), complex), optics.cutoff_cycles_per_px)
+    reference = record_hologram(ref_field, optics, rng)
+    hologram = record_hologram(defocused, optics, rng)
+    rec = Reconstructor(ReconstructionConfig(sample_half="left"), backend, reference=reference)
+    in_focus = Segmenter().segment(
+        Reconstructor(
+            ReconstructionConfig(sample_half="left"), backend, reference=reference
+        ).reconstruct(record_hologram(field, optics, rng))
+    )[0]
+    assert len(in_focus.cells) == 1
+    assert not in_focus.cells[0].qc["out_of_focus"]
+    blurred = Segmenter(SegmentationConfig(touching="flag", min_circularity=0.0)).segment(
+        rec.reconstruct(hologram)
+    )[0]
+    assert blurred.cells, "the defocused cell is still found"
+    assert all(c.qc["out_of_focus"] for c in blurred.cells)
+
+
+def test_fixed_threshold(flipping_scene, backend):
+    maps = reconstruct(flipping_scene, backend)
+    frame = Segmenter(SegmentationConfig(threshold=200.0)).segment(maps)[0]
+    assert frame.threshold_nm == 200.0
+    assert len(frame.cells) == len(LEFT_CELLS)
+
+
+def test_empty_frame_has_no_cells(backend):
+    scene = make_scene([[]], seed=17)
+    frame = Segmenter().segment(reconstruct(scene, backend, sign=1))[0]
+    assert frame.cells == []
+
+
+def test_otsu_splits_two_populations():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 5, 9000), rng.normal(400, 30, 1000)])
+    assert 50 < otsu_threshold(values) < 350
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threshold": -3.0}, "threshold"),
+        ({"min_area_um2": 50, "max_area_um2": 10}, "min_area_um2"),
+        ({"touching": "merge"}, "touching"),
+        ({"crop_size": 4}, "crop_size"),
+        ({"crop_pixel_size_um": 0}, "crop_pixel_size_um"),
+    ],
+)
+def test_bad_segmentation_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SegmentationConfig(**kwargs)

@@ -1,0 +1,1 @@
+"""HDF5 datasets, networks, GAN pretraining, TOP-GAN transfer and evaluation (PyTorch)."""
