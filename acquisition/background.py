@@ -9,6 +9,8 @@ cover most of the frame and still not pull the surface towards itself.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import scipy.ndimage as ndi
 
@@ -16,22 +18,26 @@ import scipy.ndimage as ndi
 #: are taken for objects and left out of the next fit.
 OUTLIER_SIGMAS = 3.0
 ITERATIONS = 4
+#: The iteration stops once fewer than this fraction of pixels change side.
+CONVERGED_FRACTION = 0.01
 #: Width of the initial border ring, as a fraction of the map's shorter side.
 BORDER_FRACTION = 0.1
 #: The fit uses every n-th pixel along each axis: the surface is smooth, so a sparse
 #: grid determines it as well as the full one at a fraction of the cost.
-FIT_STRIDE = 2
+FIT_STRIDE = 3
 
 
-def _terms(y: np.ndarray, x: np.ndarray, order: int) -> list[np.ndarray]:
-    return [x**i * y ** (k - i) for k in range(order + 1) for i in range(k + 1)]
-
-
-def _axes(shape: tuple[int, int], stride: int) -> tuple[np.ndarray, np.ndarray]:
+@lru_cache(maxsize=16)
+def _design(shape: tuple[int, int], order: int, stride: int) -> np.ndarray:
+    """Polynomial terms up to ``order`` on a [-1, 1] grid: (rows, cols, terms), read-only."""
     m, n = shape
     y = np.linspace(-1.0, 1.0, m, dtype=np.float32)[::stride, None]
     x = np.linspace(-1.0, 1.0, n, dtype=np.float32)[None, ::stride]
-    return y, x
+    rows, cols = y.shape[0], x.shape[1]
+    terms = [x**i * y ** (k - i) for k in range(order + 1) for i in range(k + 1)]
+    design = np.stack([np.broadcast_to(t, (rows, cols)) for t in terms], axis=-1)
+    design.flags.writeable = False
+    return design
 
 
 def border_ring(shape: tuple[int, int]) -> np.ndarray:
@@ -64,28 +70,23 @@ def remove_background(phase: np.ndarray, order: int) -> np.ndarray:
         return phase - np.median(phase)
     sub = phase[::FIT_STRIDE, ::FIT_STRIDE]
     keep = border_ring(phase.shape)[::FIT_STRIDE, ::FIT_STRIDE]
-    y, x = _axes(phase.shape, FIT_STRIDE)
-    design = np.stack([np.broadcast_to(t, sub.shape) for t in _terms(y, x, order)], axis=-1)
-    coeffs = np.zeros(design.shape[-1])
+    design = _design(phase.shape, order, FIT_STRIDE)
+    n_terms = design.shape[-1]
+    coeffs = np.zeros(n_terms)
     for _ in range(ITERATIONS):
-        if keep.sum() < 4 * design.shape[-1]:
+        if keep.sum() < 4 * n_terms:
             break
-        if order == 0:
-            coeffs[0] = np.median(sub[keep])
-        else:
-            coeffs, *_ = np.linalg.lstsq(design[keep], sub[keep], rcond=None)
-        residual = sub - design @ coeffs
+        a = design[keep]
+        coeffs = np.linalg.solve(a.T @ a + 1e-9 * np.eye(n_terms), a.T @ sub[keep])
+        residual = sub - design @ coeffs.astype(np.float32)
         spread = 1.4826 * np.median(np.abs(residual[keep] - np.median(residual[keep])))
         inside = np.abs(residual) <= OUTLIER_SIGMAS * max(float(spread), 1e-6)
         # Objects' rims (halos, out-of-focus fringes) fall just inside the cut: grow
         # the excluded areas by a pixel before the next fit.
-        keep = ~ndi.binary_dilation(~inside, iterations=1)
-    y_full, x_full = _axes(phase.shape, 1)
-    surface = sum(
-        (
-            c * t
-            for c, t in zip(coeffs.astype(np.float32), _terms(y_full, x_full, order), strict=True)
-        ),
-        np.zeros(phase.shape, dtype=np.float32),
-    )
+        new_keep = ~ndi.binary_dilation(~inside, iterations=1)
+        changed = np.count_nonzero(new_keep != keep)
+        keep = new_keep
+        if changed <= CONVERGED_FRACTION * keep.size:
+            break
+    surface = _design(phase.shape, order, 1) @ coeffs.astype(np.float32)
     return phase - surface

@@ -233,11 +233,13 @@ class _Geometry:
     rows: Any  # (My, Mx) row indices into the rfft2 spectrum
     cols: Any  # (My, Mx) column indices
     conj: Any  # (My, Mx) bool: values taken by Hermitian symmetry, conjugated
-    filter: Any  # (My, Mx) float32 filter, in ifftshift order
+    filter: Any  # (My, Mx) filter, in ifftshift order (complex64: no cast in the product)
     region: tuple[slice, slice]
     unwrapper: LeastSquaresUnwrapper
-    #: When the crop needs neither wrap-around nor Hermitian symmetry, four block
-    #: copies (out_y, out_x, in_y, in_x) replace the gather: a single cheap pass.
+    #: When the crop needs neither wrap-around nor Hermitian symmetry: the window of
+    #: rfft columns it covers, and four block copies (out_y, out_x, in_y, in_x, the
+    #: latter relative to that window) that replace the gather.
+    columns: slice | None = None
     blocks: list[tuple[slice, slice, slice, slice]] | None = None
     reference_factor: Any = None  # (My, Mx) complex64: 1 / reference field
     sign: int | None = None
@@ -293,11 +295,6 @@ class Reconstructor:
 
     # -- geometry --------------------------------------------------------------------
 
-    def _spectrum(self, frames: Any) -> Any:
-        b = self.backend
-        data = b.asarray(frames, dtype=b.xp.float32)
-        return b.fft.rfft2(data, axes=(-2, -1), overwrite_x=True, **b.fft_kwargs())
-
     def find_carrier(self, hologram: np.ndarray) -> tuple[int, int]:
         """Find the sideband of ``hologram`` : (H, W); return its (row, column) index
         in the rfft2 spectrum (row in fftfreq order, column >= 0).
@@ -310,7 +307,7 @@ class Reconstructor:
         frame = b.asarray(hologram, dtype=xp.float32)
         window = xp.outer(xp.hanning(h), xp.hanning(w)).astype(xp.float32)
         frame = (frame - frame.mean()) * window
-        mag = xp.abs(b.fft.rfft2(frame, **b.fft_kwargs()))
+        mag = xp.abs(b.fft.rfft2(frame, **b.fft_kwargs(frame.size)))
         ky = xp.asarray(np.fft.fftfreq(h).astype(np.float32))[:, None]
         kx = xp.asarray(np.fft.rfftfreq(w).astype(np.float32))[None, :]
         searched = xp.hypot(ky, kx) >= self.config.min_sideband_distance
@@ -376,18 +373,16 @@ class Reconstructor:
         rows = np.where(conj, (-row_full) % h, row_full)
         cols = np.where(conj, w - col_full, col_full)
 
-        blocks = None
+        columns, blocks = None, None
         half_y, half_x = my // 2, mx // 2
         top_y, top_x = my - half_y, mx - half_x  # offsets 0 .. top-1, then -half .. -1
         if iy - half_y >= 0 and iy + top_y <= h and ix - half_x >= 0 and ix + top_x - 1 <= w // 2:
+            columns = slice(ix - half_x, ix + top_x)
             ys = [
                 (slice(0, top_y), slice(iy, iy + top_y)),
                 (slice(top_y, my), slice(iy - half_y, iy)),
             ]
-            xs = [
-                (slice(0, top_x), slice(ix, ix + top_x)),
-                (slice(top_x, mx), slice(ix - half_x, ix)),
-            ]
+            xs = [(slice(0, top_x), slice(half_x, mx)), (slice(top_x, mx), slice(0, half_x))]
             blocks = [(oy_, ox_, iy_, ix_) for oy_, iy_ in ys for ox_, ix_ in xs]
 
         region = self._region((my, mx))
@@ -403,14 +398,15 @@ class Reconstructor:
             rows=xp.asarray(rows),
             cols=xp.asarray(cols),
             conj=xp.asarray(conj),
-            filter=xp.asarray(filt),
+            filter=xp.asarray(filt.astype(np.complex64)),
             region=region,
             unwrapper=LeastSquaresUnwrapper(region_shape, b),
             sign=None if cfg.sign == "auto" else int(cfg.sign),
+            columns=columns,
             blocks=blocks,
         )
         if reference is not None:
-            ref_field = self._fields(self._spectrum(reference[None]), geometry)[0]
+            ref_field = self._fields(reference[None], geometry)[0]
             magnitude = xp.abs(ref_field)
             if float(magnitude.max()) == 0:
                 raise ReferenceMismatchError("reference hologram carries no sideband signal")
@@ -449,10 +445,20 @@ class Reconstructor:
 
     # -- reconstruction ----------------------------------------------------------------
 
-    def _fields(self, spectrum: Any, geometry: _Geometry) -> Any:
-        """Crop, filter and inverse-transform the sideband: (N, My, Mx) complex fields."""
+    def _fields(self, frames: Any, geometry: _Geometry) -> Any:
+        """Transform, crop, filter and inverse-transform the sideband.
+
+        frames : (N, H, W) holograms -> (N, My, Mx) complex64 fields.
+        """
         b, xp = self.backend, self.backend.xp
+        data = b.asarray(frames, dtype=xp.float32)
+        kwargs = b.fft_kwargs(data.size)
         if geometry.blocks is not None:
+            # Only the crop's columns need the second, column-wise pass of the 2-D
+            # transform: an rfft2 restricted to the sideband's window costs less than
+            # a full one.
+            rows = b.fft.rfft(data, axis=-1, **kwargs)
+            spectrum = b.fft.fft(rows[..., geometry.columns], axis=-2, overwrite_x=True, **kwargs)
             cropped = xp.empty((spectrum.shape[0], *geometry.out_shape), dtype=spectrum.dtype)
             for out_y, out_x, in_y, in_x in geometry.blocks:
                 xp.multiply(
@@ -461,10 +467,11 @@ class Reconstructor:
                     out=cropped[:, out_y, out_x],
                 )
         else:
+            spectrum = b.fft.rfft2(data, axes=(-2, -1), **kwargs)
             cropped = spectrum[:, geometry.rows, geometry.cols]
             cropped = xp.where(geometry.conj, xp.conj(cropped), cropped)
             cropped *= geometry.filter
-        return b.fft.ifft2(cropped, axes=(-2, -1), overwrite_x=True, **b.fft_kwargs())
+        return b.fft.ifft2(cropped, axes=(-2, -1), overwrite_x=True, **b.fft_kwargs(cropped.size))
 
     def reconstruct(self, holograms: Any) -> OPDMaps:
         """Reconstruct one hologram (H, W) or a stack (N, H, W) of the same shape.
@@ -482,7 +489,7 @@ class Reconstructor:
         cfg, b, xp = self.config, self.backend, self.backend.xp
         shape = (int(frames.shape[1]), int(frames.shape[2]))
         geometry = self.geometry(shape, frames[0])
-        fields = self._fields(self._spectrum(frames), geometry)
+        fields = self._fields(frames, geometry)
         if geometry.reference_factor is not None:
             fields *= geometry.reference_factor
             order = cfg.reference_background_order

@@ -66,7 +66,7 @@ class LeastSquaresUnwrapper:
         rho[..., 1:, :] -= dy
         rho[..., :, :-1] += dx
         rho[..., :, 1:] -= dx
-        kw = self.backend.fft_kwargs()
+        kw = self.backend.fft_kwargs(rho.size)
         spectrum = fft.dctn(rho, type=2, axes=(-2, -1), norm="ortho", **kw)
         spectrum *= self._inv_eig
         return fft.idctn(spectrum, type=2, axes=(-2, -1), norm="ortho", **kw)

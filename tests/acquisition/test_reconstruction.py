@@ -69,7 +69,8 @@ def test_hl60_sideband_found_like_qpretrieve(hl60, backend):
     ky = (iy if iy <= h // 2 else iy - h) / h
     found = np.array([ky, ix / w])
     # Either sideband of the pair is fine: the sign is settled afterwards.
-    nearest = min(np.abs(found - [fy, fx]).max(), np.abs([*found, fy, fx]).max())
+    peer = np.array([fy, fx])
+    nearest = min(np.abs(found - peer).max(), np.abs(found + peer).max())
     assert nearest <= 1.0 / h + 1e-9
 
 
