@@ -279,3 +279,21 @@ def test_reference_of_another_shape_is_refused(flipping_scene, backend):
 def test_bad_config_names_the_parameter(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ReconstructionConfig(**kwargs)
+
+
+def test_12_bit_frames_and_the_geometry_cache(backend):
+    scene = make_scene([LEFT_CELLS], bit_depth=12, seed=21)
+    assert scene.holograms.dtype == np.uint16
+    assert scene.holograms.max() > 255
+    rec = Reconstructor(ReconstructionConfig(sample_half="left"), backend, scene.reference)
+    # Stored MSB-aligned as a Basler Mono12 TIFF would be: the scale does not matter.
+    maps = rec.reconstruct(scene.holograms << 4)
+    truth = truth_on_map(scene.opd_nm[0], maps.scale, maps.origin_px, maps.opd_nm.shape[1:])
+    err = maps.opd_nm[0] - truth
+    assert float(np.sqrt(np.mean(err[cell_mask(truth)] ** 2))) <= 5.0
+    # The reference is processed once per geometry: later frames reuse it.
+    geometry = rec.geometry((512, 512), scene.holograms[0])
+    rec.reconstruct(scene.holograms[0])
+    assert rec.geometry((512, 512), scene.holograms[0]) is geometry
+    rec.set_reference(scene.reference)
+    assert rec.geometry((512, 512), scene.holograms[0]) is not geometry
