@@ -25,6 +25,7 @@ BORDER_FRACTION = 0.1
 #: The fit uses every n-th pixel along each axis: the surface is smooth, so a sparse
 #: grid determines it as well as the full one at a fraction of the cost.
 FIT_STRIDE = 3
+SPARSE_FIT_MIN_SIDE = 60
 
 
 @lru_cache(maxsize=16)
@@ -66,16 +67,20 @@ def remove_background(phase: np.ndarray, order: int) -> np.ndarray:
     """
     if order not in (0, 1, 2, 3):
         raise ValueError(f"background order must be 0, 1, 2 or 3, got {order}")
-    if min(phase.shape) < 8:
-        return phase - np.median(phase)
-    sub = phase[::FIT_STRIDE, ::FIT_STRIDE]
-    keep = border_ring(phase.shape)[::FIT_STRIDE, ::FIT_STRIDE]
-    design = _design(phase.shape, order, FIT_STRIDE)
+    # Small maps are fitted at full density: a sparse grid would leave too few pixels.
+    stride = FIT_STRIDE if min(phase.shape) >= SPARSE_FIT_MIN_SIDE else 1
+    sub = phase[::stride, ::stride]
+    design = _design(phase.shape, order, stride)
     n_terms = design.shape[-1]
+    keep = border_ring(phase.shape)[::stride, ::stride]
+    if keep.sum() < 4 * n_terms:
+        keep = np.ones(sub.shape, dtype=bool)
+    if keep.sum() < 4 * n_terms:  # a map too small for this surface: remove the offset only
+        return phase - np.median(phase)
     coeffs = np.zeros(n_terms)
     for _ in range(ITERATIONS):
         if keep.sum() < 4 * n_terms:
-            break
+            break  # objects cover nearly everything: keep the previous surface
         a = design[keep]
         coeffs = np.linalg.solve(a.T @ a + 1e-9 * np.eye(n_terms), a.T @ sub[keep])
         residual = sub - design @ coeffs.astype(np.float32)

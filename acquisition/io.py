@@ -102,7 +102,13 @@ def _read_npz(path: Path) -> HologramFile:
         reference = None
         for ref_key in ("bg_data", "reference", "background"):
             if ref_key in names:
-                reference = _check(archive[ref_key], path, f"array '{ref_key}'")[0]
+                stack = _check(archive[ref_key], path, f"array '{ref_key}'")
+                if stack.shape[0] != 1:
+                    raise UnreadableFileError(
+                        f"cannot read hologram {path}: its background '{ref_key}' holds "
+                        f"{stack.shape[0]} frames, expected one"
+                    )
+                reference = stack[0]
                 break
     return HologramFile(path, frames, reference=reference)
 

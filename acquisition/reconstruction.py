@@ -40,7 +40,11 @@ FILTERS: tuple[str, ...] = ("disk", "smooth disk")
 #: / 5, truncated at three sigmas: the same shape as qpretrieve's "smooth disk".
 SMOOTH_SIGMA_FRACTION = 0.2
 SMOOTH_SUPPORT_SIGMAS = 3.0
+SMOOTH_SUPPORT = 1 + SMOOTH_SUPPORT_SIGMAS * SMOOTH_SIGMA_FRACTION
+#: The smallest sample region worth reconstructing, in reduced pixels per side.
+MIN_REGION_SIDE = 8
 MIN_FRAME_SIDE = 16
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Relative pixel anisotropy tolerated when choosing the reduced grid.
 ANISOTROPY_TOLERANCE = 0.005
 
@@ -94,6 +98,12 @@ class ReconstructionConfig:
             raise ValueError(f"filter must be one of {FILTERS}, got {self.filter!r}")
         if not 0 < self.filter_size < 1:
             raise ValueError(f"filter_size must be between 0 and 1, got {self.filter_size}")
+        if self.filter == "smooth disk" and self.filter_size * SMOOTH_SUPPORT >= 1:
+            raise ValueError(
+                f"filter_size {self.filter_size} is too large for the smooth disk: its tail "
+                f"({SMOOTH_SUPPORT:g} x the radius) would reach DC; use at most "
+                f"{1 / SMOOTH_SUPPORT:.3f}"
+            )
         if self.sample_half not in SAMPLE_HALVES:
             raise ValueError(
                 f"sample_half must be one of {SAMPLE_HALVES}, got {self.sample_half!r}"
@@ -182,6 +192,13 @@ def validate_holograms(holograms: Any, name: str = "hologram") -> np.ndarray:
                 f"{name} contains {n_nan} NaN and {int(bad.sum()) - n_nan} Inf pixels; "
                 "holograms must be finite"
             )
+    if array.dtype.itemsize > 4 or array.dtype.kind == "f":
+        peak = float(np.abs(frames).max())
+        if peak >= FLOAT32_MAX:
+            raise HologramError(
+                f"{name} values reach {peak:.3g}, beyond single precision: holograms are "
+                "camera counts; rescale them"
+            )
     return frames
 
 
@@ -241,6 +258,8 @@ class _Geometry:
     #: latter relative to that window) that replace the gather.
     columns: slice | None = None
     blocks: list[tuple[slice, slice, slice, slice]] | None = None
+    #: The configured sideband is the conjugate of the one cropped.
+    conjugate: bool = False
     reference_factor: Any = None  # (My, Mx) complex64: 1 / reference field
     sign: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -336,20 +355,23 @@ class Reconstructor:
                 f"reference hologram shape {reference.shape} differs from the hologram "
                 f"shape {shape}: record the reference with the same camera ROI"
             )
+        conjugate = False
         if cfg.carrier is not None:
             iy = round(cfg.carrier[0] * h) % h
             ix = round(cfg.carrier[1] * w)
-            if ix < 0:  # the conjugate sideband lies in the rfft half-plane
-                iy, ix = (-iy) % h, -ix
+            if ix < 0:
+                # Only the conjugate sideband lies in the rfft half-plane: take it and
+                # conjugate the field, so the configured sideband's phase comes out.
+                iy, ix, conjugate = (-iy) % h, -ix, True
         else:
             iy, ix = self.find_carrier(reference if reference is not None else first_frame)
         ky = (iy if iy <= h // 2 else iy - h) / h
         kx = ix / w
+        if conjugate:
+            ky, kx = -ky, -kx
         distance = math.hypot(ky, kx)
         radius = cfg.filter_size * distance
-        support = radius
-        if cfg.filter == "smooth disk":
-            support = radius * (1 + SMOOTH_SUPPORT_SIGMAS * SMOOTH_SIGMA_FRACTION)
+        support = radius * (SMOOTH_SUPPORT if cfg.filter == "smooth disk" else 1.0)
         min_size = (2 * math.ceil(support * h) + 1, 2 * math.ceil(support * w) + 1)
         my, mx = (h, w) if cfg.output == "full" else choose_reduced_shape(shape, min_size)
 
@@ -390,6 +412,14 @@ class Reconstructor:
             len(range(*region[0].indices(my))),
             len(range(*region[1].indices(mx))),
         )
+        if min(region_shape) < MIN_REGION_SIDE:
+            raise HologramError(
+                f"the {cfg.sample_half} sample region of this {h}x{w} hologram reconstructs to "
+                f"only {region_shape[0]}x{region_shape[1]} pixels (the filter passes "
+                f"{radius:.3f} cycles/pixel around a carrier at {distance:.3f}): record a larger "
+                f"ROI or use a finer fringe carrier; at least {MIN_REGION_SIDE} pixels a side "
+                "are needed"
+            )
         geometry = _Geometry(
             shape=shape,
             carrier_index=(iy, ix),
@@ -404,6 +434,7 @@ class Reconstructor:
             sign=None if cfg.sign == "auto" else int(cfg.sign),
             columns=columns,
             blocks=blocks,
+            conjugate=conjugate,
         )
         if reference is not None:
             ref_field = self._fields(reference[None], geometry)[0]
@@ -471,7 +502,8 @@ class Reconstructor:
             cropped = spectrum[:, geometry.rows, geometry.cols]
             cropped = xp.where(geometry.conj, xp.conj(cropped), cropped)
             cropped *= geometry.filter
-        return b.fft.ifft2(cropped, axes=(-2, -1), overwrite_x=True, **b.fft_kwargs(cropped.size))
+        fields = b.fft.ifft2(cropped, axes=(-2, -1), overwrite_x=True, **b.fft_kwargs(cropped.size))
+        return xp.conj(fields) if geometry.conjugate else fields
 
     def reconstruct(self, holograms: Any) -> OPDMaps:
         """Reconstruct one hologram (H, W) or a stack (N, H, W) of the same shape.

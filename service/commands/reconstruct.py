@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition.backend import get_backend
 from acquisition.cropfile import CropDataset, qc_columns, write_crop_dataset
 from acquisition.io import read_hologram
 from acquisition.reconstruction import ReconstructionConfig, Reconstructor
 from acquisition.segmentation import QC_FEATURES, Cell, SegmentationConfig, Segmenter
 
 from ..errors import CommandError
+from . import backend_or_error
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def run_reconstruct(opts: ReconstructOptions) -> list[Cell]:
             "holds one: write their crops in separate runs"
         )
 
-    backend = get_backend(opts.backend)  # type: ignore[arg-type]
+    _check_outputs(opts)
+    backend = backend_or_error(opts.backend)
     segmenter = Segmenter(SegmentationConfig(crop_pixel_size_um=opts.crop_pixel_size_um))
     opts.out.mkdir(parents=True, exist_ok=True)
     reconstructors: dict[tuple[float, float, int], Reconstructor] = {}
@@ -152,6 +153,22 @@ def run_reconstruct(opts: ReconstructOptions) -> list[Cell]:
     if opts.crops is not None:
         write_crops(opts.crops, all_cells, opts, wavelengths[0])
     return [cell for _, cell in all_cells]
+
+
+def _check_outputs(opts: ReconstructOptions) -> None:
+    """Refuse outputs that would overwrite an input, or a --crops path that is a folder."""
+    inputs = {p.resolve() for p in opts.holograms}
+    if opts.reference is not None:
+        inputs.add(opts.reference.resolve())
+    for path in opts.holograms:
+        for suffix in (".npy", ".json"):
+            target = (opts.out / f"{path.stem}{suffix}").resolve()
+            if target in inputs:
+                raise CommandError(
+                    f"--out {opts.out} would overwrite the input {target}: choose another folder"
+                )
+    if opts.crops is not None and (opts.crops.is_dir() or opts.crops.resolve() in inputs):
+        raise CommandError(f"--crops {opts.crops} must be a new or existing .h5 file")
 
 
 def write_crops(

@@ -297,3 +297,43 @@ def test_12_bit_frames_and_the_geometry_cache(backend):
     assert rec.geometry((512, 512), scene.holograms[0]) is geometry
     rec.set_reference(scene.reference)
     assert rec.geometry((512, 512), scene.holograms[0]) is not geometry
+
+
+def test_small_maps_still_lose_their_tilt(backend):
+    # A carrier between frequency bins leaves a tilt that the background fit must take
+    # out even when the reduced map is only 15x15 pixels.
+    y, x = np.mgrid[:64, :64]
+    flat = (100 + 80 * np.cos(2 * np.pi * (0.2037 * y + 0.2519 * x))).astype(np.float32)
+    opd = Reconstructor(ReconstructionConfig(sign=1), backend).reconstruct(flat).opd_nm[0]
+    assert opd.shape == (15, 15)
+    assert float(np.ptp(opd[2:-2, 2:-2])) < 15.0
+
+
+def test_configured_conjugate_carrier_gives_the_same_map(flipping_scene, backend):
+    scene = flipping_scene
+    auto = Reconstructor(ReconstructionConfig(sample_half="left"), backend, scene.reference)
+    maps = auto.reconstruct(scene.holograms[0])
+    ky, kx = maps.carrier
+    # The other sideband of the pair has the opposite phase: the opposite sign undoes it.
+    other = ReconstructionConfig(sample_half="left", carrier=(-ky, -kx), sign=-maps.sign)  # type: ignore[arg-type]
+    conj = Reconstructor(other, backend, scene.reference).reconstruct(scene.holograms[0])
+    assert conj.carrier == pytest.approx((-ky, -kx))
+    np.testing.assert_allclose(conj.opd_nm, maps.opd_nm, atol=1e-2)
+
+
+def test_regions_too_small_and_values_too_large_are_refused(backend):
+    y, x = np.mgrid[:16, :16]
+    tiny = (100 + 80 * np.cos(2 * np.pi * (0.1 * y + 0.1 * x))).astype(np.uint8)
+    with pytest.raises(HologramError, match="reconstructs to only"):
+        Reconstructor(
+            ReconstructionConfig(sample_half="left", carrier=(0.1, 0.1)), backend
+        ).reconstruct(tiny)
+    huge = np.full((64, 64), 1e39)
+    with pytest.raises(HologramError, match="beyond single precision"):
+        validate_holograms(huge)
+
+
+def test_smooth_disk_may_not_reach_dc():
+    ReconstructionConfig(filter="smooth disk", filter_size=0.6)
+    with pytest.raises(ValueError, match="would reach DC"):
+        ReconstructionConfig(filter="smooth disk", filter_size=0.7)

@@ -200,3 +200,57 @@ def test_argument_errors_exit_non_zero(tmp_path):
     result = run_cli("reconstruct", "x.tif", "--out", str(tmp_path), "--carrier", "0.2")
     assert result.returncode == 2
     assert "KY,KX" in result.stderr
+
+
+def test_inputs_are_never_overwritten(real_dir, tmp_path):
+    data = np.load(real_dir / "hl60_hologram_with_bg.npz")
+    np.save(tmp_path / "cell.npy", data["data"])
+    before = (tmp_path / "cell.npy").read_bytes()
+    msg = one_line_error(run_cli("reconstruct", str(tmp_path / "cell.npy"), "--out", str(tmp_path)))
+    assert "would overwrite the input" in msg
+    assert (tmp_path / "cell.npy").read_bytes() == before
+    msg = one_line_error(
+        run_cli(
+            "reconstruct",
+            str(tmp_path / "cell.npy"),
+            "--out",
+            str(tmp_path / "o"),
+            "--crops",
+            str(tmp_path),
+        )
+    )
+    assert "--crops" in msg
+
+
+def test_seed_and_quiet_accepted_after_the_command(real_dir, tmp_path):
+    result = run_cli(
+        "reconstruct",
+        str(real_dir / "single_cell_hologram.tif"),
+        "--out",
+        str(tmp_path),
+        "--seed",
+        "3",
+        "-q",
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_unavailable_backend_is_one_line(real_dir, tmp_path):
+    from acquisition.backend import BackendUnavailableError, get_backend
+
+    try:
+        get_backend("cupy")
+        pytest.skip("a CUDA device answers here")
+    except BackendUnavailableError:
+        pass
+    msg = one_line_error(
+        run_cli(
+            "reconstruct",
+            str(real_dir / "single_cell_hologram.tif"),
+            "--out",
+            str(tmp_path),
+            "--backend",
+            "cupy",
+        )
+    )
+    assert "--backend cupy" in msg
