@@ -39,9 +39,26 @@ def _carrier(text: str) -> tuple[float, float]:
     return ky, kx
 
 
+def _common() -> argparse.ArgumentParser:
+    """--seed and -q on every command too (SUPPRESS keeps the top-level value when
+    the option is given before the command)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--seed",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="random seed for anything random the command does (default 0)",
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings only"
+    )
+    return common
+
+
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "reconstruct",
+        parents=[_common()],
         help="reconstruct holograms into OPD maps (and optionally single-cell crops)",
         description="Reconstruct off-axis holograms into OPD maps in nm: DIR/<stem>.npy with "
         "the pixel size and reconstruction details in DIR/<stem>.json.",
@@ -116,6 +133,143 @@ def _run_reconstruct(args: argparse.Namespace) -> None:
     run_reconstruct(ReconstructOptions.from_args(args))
 
 
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected HxW in pixels, e.g. 1024x1280; got {text!r}"
+        ) from None
+    return h, w
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="simulated holograms and crop datasets")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind in ("holograms", "cells"):
+        k = kinds.add_parser(
+            kind,
+            parents=[_common()],
+            help="hologram frames (TIFF) with reference and ground truth"
+            if kind == "holograms"
+            else "a crop dataset (HDF5) through the full instrument path",
+        )
+        k.add_argument(
+            "--cell-line",
+            required=True,
+            metavar="L[,L...]",
+            help="sperm, hs895-sk, hs895-t, sw480, sw620 (several: comma-separated)",
+        )
+        if kind == "holograms":
+            k.add_argument("--frames", type=int, required=True, metavar="N")
+            k.add_argument("--out", required=True, metavar="DIR")
+        else:
+            k.add_argument(
+                "--count", type=int, required=True, metavar="N", help="crops per cell line"
+            )
+            k.add_argument("--out", required=True, metavar="FILE.h5")
+            k.add_argument(
+                "--direct",
+                action="store_true",
+                help="render phantoms straight at the crop pixel size (fast; for "
+                "large unlabeled pools; recorded in the file's source)",
+            )
+            k.add_argument("--crop-pixel-size-um", type=_positive_float, default=0.25)
+        k.add_argument(
+            "--shape",
+            type=_shape,
+            default=(1024, 1280),
+            metavar="HxW",
+            help="camera frame (default 1024x1280)",
+        )
+        k.add_argument("--bit-depth", type=int, choices=(8, 12), default=8)
+        k.add_argument("--cells-per-frame", type=float, default=4.0)
+    p.set_defaults(handler=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .commands.simulate import parse_lines, scene_config, write_cells, write_holograms
+
+    lines = parse_lines(args.cell_line)
+    scene = scene_config(args.shape, args.bit_depth, args.cells_per_frame)
+    if args.kind == "holograms":
+        write_holograms(Path(args.out), lines, args.frames, args.seed, scene)
+    else:
+        write_cells(Path(args.out), lines, args.count, args.seed, args.direct,
+                    args.crop_pixel_size_um, scene)  # fmt: skip
+
+
+def _add_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dataset", help="inspect and import crop datasets")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    info = actions.add_parser("info", parents=[_common()], help="summary of a crop dataset")
+    info.add_argument("file", metavar="FILE.h5")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    imp = actions.add_parser(
+        "import",
+        parents=[_common()],
+        help="a folder of OPD maps or holograms plus a labels CSV -> a crop dataset",
+        description="Import single-cell OPD maps (--maps: .npy, .tif, .mat, one size) or raw "
+        "holograms (--holograms: reconstructed and segmented here). The labels CSV has the "
+        "columns 'file' and 'label' (empty label: unlabeled).",
+    )
+    src = imp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--maps", metavar="DIR")
+    src.add_argument("--holograms", metavar="DIR")
+    imp.add_argument("--labels", required=True, metavar="CSV")
+    imp.add_argument("--out", required=True, metavar="FILE.h5")
+    imp.add_argument(
+        "--classes",
+        metavar="A,B,...",
+        help="the class names in label order; any other label is an error",
+    )
+    imp.add_argument(
+        "--pixel-size-um",
+        type=_positive_float,
+        help="pixel size of the maps, or the camera's in the sample plane",
+    )
+    imp.add_argument("--wavelength-nm", type=_positive_float, default=632.8)
+    imp.add_argument(
+        "--unit",
+        choices=("nm", "um", "rad"),
+        default="nm",
+        help="unit of the OPD maps (default nm)",
+    )
+    imp.add_argument("--reference", metavar="REF", help="hologram without cells (--holograms)")
+    imp.add_argument(
+        "--sample-half", default="full", choices=("left", "right", "top", "bottom", "full")
+    )
+    imp.add_argument("--crop-pixel-size-um", type=_positive_float, default=0.25)
+    imp.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"))
+    p.set_defaults(handler=_run_dataset)
+
+
+def _run_dataset(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .commands.dataset import import_dataset, print_info
+
+    if args.action == "info":
+        print_info(Path(args.file), args.json)
+        return
+    import_dataset(
+        out=Path(args.out),
+        labels=Path(args.labels),
+        maps=Path(args.maps) if args.maps else None,
+        holograms=Path(args.holograms) if args.holograms else None,
+        pixel_size_um=args.pixel_size_um,
+        wavelength_nm=args.wavelength_nm,
+        unit=args.unit,
+        classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
+        sample_half=args.sample_half,
+        reference=Path(args.reference) if args.reference else None,
+        crop_pixel_size_um=args.crop_pixel_size_um,
+        backend=args.backend,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topgan",
@@ -130,7 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_reconstruct(sub)
+    _add_simulate(sub)
+    _add_dataset(sub)
     return parser
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    words = [args.command, getattr(args, "kind", None), getattr(args, "action", None)]
+    return " ".join(["topgan", *(w for w in words if w)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,10 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ValueError covers the packages' own input errors (HologramError,
         # UnreadableFileError, ...), whose messages already say what is wrong.
         message = " ".join(str(exc).split())  # always exactly one line
-        print(f"topgan {args.command}: error: {message}", file=sys.stderr)
+        print(f"{_command_name(args)}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"topgan {args.command}: interrupted", file=sys.stderr)
+        print(f"{_command_name(args)}: interrupted", file=sys.stderr)
         return 130
     return 0
 

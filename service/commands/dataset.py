@@ -1,0 +1,117 @@
+"""``topgan dataset info`` and ``topgan dataset import``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from acquisition.cropfile import CropDataset, read_crop_dataset, write_crop_dataset
+
+from ..errors import CommandError
+from ..progress import ProgressPrinter
+from . import backend_or_error
+
+
+def summary(path: Path) -> dict[str, Any]:
+    """What ``dataset info`` prints, as a dictionary."""
+    if not path.is_file():
+        raise CommandError(f"{path} does not exist")
+    try:
+        data = read_crop_dataset(path)
+    except (OSError, KeyError) as exc:
+        raise CommandError(f"{path} is not a crop dataset: {exc}") from exc
+    counts = {name: int((data.label == i).sum()) for i, name in enumerate(data.class_names)}
+    counts["unlabeled"] = int((data.label == -1).sum())
+    opd = data.opd
+    info: dict[str, Any] = {
+        "file": str(path),
+        "crops": len(data),
+        "crop_shape": list(opd.shape[1:]),
+        "pixel_size_um": data.pixel_size_um,
+        "wavelength_nm": data.wavelength_nm,
+        "class_names": data.class_names,
+        "counts": counts,
+        "opd_nm": {
+            "min": float(opd.min()) if len(data) else None,
+            "mean": float(opd.mean()) if len(data) else None,
+            "max": float(opd.max()) if len(data) else None,
+        },
+        "source": data.source,
+        "qc": {
+            name: {
+                "mean": float(np.nanmean(v)),
+                "min": float(np.nanmin(v)),
+                "max": float(np.nanmax(v)),
+            }
+            for name, v in data.qc.items()
+            if len(v) and np.isfinite(np.asarray(v, dtype=np.float64)).any()
+        },
+    }
+    return info
+
+
+def print_info(path: Path, as_json: bool) -> None:
+    info = summary(path)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    h, w = info["crop_shape"]
+    print(f"{info['file']}: {info['crops']} crops of {h}x{w} px at {info['pixel_size_um']:g} um, "
+          f"wavelength {info['wavelength_nm']:g} nm")  # fmt: skip
+    classes = ", ".join(f"{name}: {n}" for name, n in info["counts"].items())
+    print(f"classes: {classes}")
+    o = info["opd_nm"]
+    if o["min"] is not None:
+        print(f"OPD (nm): min {o['min']:.1f}, mean {o['mean']:.1f}, max {o['max']:.1f}")
+    print(f"source: {info['source']}")
+    for name, q in info["qc"].items():
+        print(f"qc/{name}: mean {q['mean']:.4g} [{q['min']:.4g}, {q['max']:.4g}]")
+
+
+def import_dataset(
+    out: Path,
+    labels: Path,
+    maps: Path | None,
+    holograms: Path | None,
+    pixel_size_um: float | None,
+    wavelength_nm: float,
+    unit: str,
+    classes: list[str] | None,
+    sample_half: str,
+    reference: Path | None,
+    crop_pixel_size_um: float,
+    backend: str,
+) -> None:
+    from acquisition.importer import import_holograms, import_opd_maps
+
+    if (maps is None) == (holograms is None):
+        raise CommandError("give exactly one of --maps DIR or --holograms DIR")
+    data: CropDataset
+    if maps is not None:
+        if pixel_size_um is None:
+            raise CommandError("--pixel-size-um is required with --maps: the maps' pixel size")
+        data = import_opd_maps(maps, labels, pixel_size_um, wavelength_nm, unit, classes)  # type: ignore[arg-type]
+    else:
+        assert holograms is not None
+        from acquisition.io import read_hologram
+        from acquisition.reconstruction import ReconstructionConfig, Reconstructor
+        from acquisition.segmentation import SegmentationConfig, Segmenter
+
+        ref = read_hologram(reference).frames[0] if reference else None
+        config = ReconstructionConfig(
+            wavelength_nm=wavelength_nm,
+            pixel_size_um=pixel_size_um or ReconstructionConfig().pixel_size_um,
+            sample_half=sample_half,  # type: ignore[arg-type]
+        )
+        reconstructor = Reconstructor(config, backend_or_error(backend), reference=ref)
+        segmenter = Segmenter(SegmentationConfig(crop_pixel_size_um=crop_pixel_size_um))
+        data = import_holograms(
+            holograms, labels, reconstructor, segmenter, classes, ProgressPrinter("holograms")
+        )
+    write_crop_dataset(out, data)
+    print(f"wrote {len(data)} crops ({', '.join(data.class_names) or 'unlabeled'}) to {out}",
+          file=sys.stderr)  # fmt: skip
