@@ -26,6 +26,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/reconstruction.py
+	$(BIN)/python bench/simulate.py
 
 # Until the service and the camera loop exist (they are the next issues), `make
 # serve` runs what exists: the reconstruction of the real holograms.

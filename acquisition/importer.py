@@ -119,15 +119,14 @@ def read_opd_map(path: Path) -> np.ndarray:
 
 
 def _read_mat(path: Path) -> np.ndarray:
+    import h5py
     import scipy.io
 
-    try:
-        content = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
-    except NotImplementedError:  # MATLAB v7.3 files are HDF5
-        import h5py
-
+    if h5py.is_hdf5(path):  # MATLAB v7.3 files are HDF5, arrays stored transposed
         with h5py.File(path, "r") as h5:
-            content = {k: np.asarray(v).T for k, v in h5.items() if hasattr(v, "shape")}
+            content = {k: np.asarray(v).T for k, v in h5.items() if isinstance(v, h5py.Dataset)}
+    else:
+        content = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
     arrays = {k: v for k, v in content.items() if isinstance(v, np.ndarray) and v.ndim == 2}
     for preferred in ("opd", "opd_nm", "phase", "data"):
         if preferred in arrays:

@@ -33,7 +33,7 @@ DIRECT_NOISE_NM = 2.0
 
 #: Sperm are not round and carry a thin tail: they need other segmentation limits.
 SPERM_SEGMENTATION = SegmentationConfig(
-    min_area_um2=3.0,
+    min_area_um2=8.0,  # a head alone covers about 10 um^2; debris stays below
     min_circularity=0.0,
     touching="flag",
     split_levels=(),

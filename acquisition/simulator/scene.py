@@ -183,6 +183,8 @@ class FlowSimulator:
         rows, cols = cfg.region
         y0, y1 = rows.start, rows.stop
         x0, x1 = cols.start, cols.stop
+        if 2 * (radius + 8) >= min(y1 - y0, x1 - x0):
+            return None  # the object does not fit in this sample region
         if allow_events and occupied and rng.random() < cfg.touching_probability:
             oy, ox, oradius = occupied[-1]
             phi = rng.uniform(0, 2 * math.pi)
