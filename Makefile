@@ -28,19 +28,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/reconstruction.py
 	$(BIN)/python bench/simulate.py
 
-# Until the service and the camera loop exist (they are the next issues), `make
-# serve` runs what exists: the reconstruction of the real holograms.
+# The service with the bundled model. The camera loop is the next issue: until it
+# exists the API runs alone (--camera none).
 serve: $(STAMP)
-	@echo "topgan: the HTTP service and camera loop are not built yet; reconstructing the real holograms in $(REAL) into data/demo instead."
-	@if [ -d "$(REAL)" ]; then \
-		$(BIN)/topgan reconstruct $(REAL)/hl60_hologram_with_bg.npz $(REAL)/single_cell_hologram.tif \
-			--out data/demo --crops data/demo/crops-632nm.h5 && \
-		$(BIN)/topgan reconstruct $(REAL)/single_cell_hologram_meta.h5 \
-			--out data/demo --crops data/demo/crops-532nm.h5 && \
-		echo "OPD maps (nm) and crops are in data/demo"; \
-	else \
-		echo "no real holograms at $(REAL): nothing to reconstruct"; \
-	fi
+	$(BIN)/topgan serve --camera none
 
 clean:
 	rm -rf $(VENV) data/demo .pytest_cache .mypy_cache .ruff_cache

@@ -270,6 +270,37 @@ def _run_dataset(args: argparse.Namespace) -> None:
     )
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        parents=[_common()],
+        help="the service: REST API and metrics (and the camera loop)",
+        description="Start the service. Every option is also a setting (TOPGAN_ environment "
+        "variables, or a TOML file with --config).",
+    )
+    p.add_argument("--camera", help="emulator, basler, replay:PATH, simulator or none (API only)")
+    p.add_argument("--model", metavar="DIR", help="model directory (default: models/sw480-sw620)")
+    p.add_argument(
+        "--db", metavar="URL", help="database URL (default: sqlite:///data/results.sqlite)"
+    )
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 8000)")
+    p.add_argument("--config", metavar="FILE.toml", help="settings file")
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .commands.serve import run_serve
+
+    run_serve(
+        Path(args.config) if args.config else None,
+        {"camera": args.camera, "model_dir": args.model, "database_url": args.db,
+         "host": args.host, "port": args.port},
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topgan",
@@ -283,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_serve(sub)
     _add_reconstruct(sub)
     _add_simulate(sub)
     _add_dataset(sub)

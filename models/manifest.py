@@ -1,0 +1,162 @@
+"""Model directories: ``model.onnx`` plus ``manifest.json`` (DESIGN, "Files").
+
+A manifest names the model, its classes, its input (shape, pixel size, and how OPD
+in nm maps to the network's input), how it was trained and evaluated, and the
+sha256 of its ONNX file. A directory whose manifest is incomplete or whose
+checksum does not match is refused with :class:`ModelError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METHODS = ("knn", "cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
+
+
+class ModelError(ValueError):
+    """A model directory that cannot be served as it is."""
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """OPD (nm) -> network input: clip to [opd_min_nm, opd_max_nm], map linearly to
+    [out_min, out_max] (the GAN's tanh range [-1, 1] by default)."""
+
+    opd_min_nm: float
+    opd_max_nm: float
+    out_min: float = -1.0
+    out_max: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Normalization:
+        kind = data.get("kind", "linear")
+        if kind != "linear":
+            raise ModelError(f"unknown normalization kind {kind!r} (expected 'linear')")
+        try:
+            norm = cls(
+                float(data["opd_min_nm"]),
+                float(data["opd_max_nm"]),
+                float(data.get("out_min", -1.0)),
+                float(data.get("out_max", 1.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"normalization needs opd_min_nm and opd_max_nm: {exc}") from None
+        if not norm.opd_max_nm > norm.opd_min_nm:
+            raise ModelError(
+                f"normalization range is empty: {norm.opd_min_nm} .. {norm.opd_max_nm}"
+            )
+        return norm
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "linear", "opd_min_nm": self.opd_min_nm, "opd_max_nm": self.opd_max_nm,
+                "out_min": self.out_min, "out_max": self.out_max}  # fmt: skip
+
+    def apply(self, opd_nm: np.ndarray) -> np.ndarray:
+        """(N, H, W) OPD in nm -> float32 network input of the same shape."""
+        scale = (self.out_max - self.out_min) / (self.opd_max_nm - self.opd_min_nm)
+        clipped = np.clip(opd_nm, self.opd_min_nm, self.opd_max_nm)
+        return ((clipped - self.opd_min_nm) * scale + self.out_min).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    created: str
+    classes: list[str]
+    input_shape: tuple[int, int, int]
+    pixel_size_um: float
+    normalization: Normalization
+    method: str
+    onnx_sha256: str
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        missing = [k for k in ("name", "version", "created", "classes", "input", "method",
+                               "onnx_sha256") if k not in data]  # fmt: skip
+        if missing:
+            raise ModelError(f"manifest lacks {', '.join(missing)}")
+        inp = data["input"]
+        if not isinstance(inp, dict) or "shape" not in inp or "normalization" not in inp:
+            raise ModelError(
+                "manifest input needs shape [C, H, W], pixel_size_um and normalization"
+            )
+        shape = tuple(int(v) for v in inp["shape"])
+        if len(shape) != 3 or min(shape) < 1:
+            raise ModelError(f"manifest input shape must be [C, H, W], got {inp['shape']}")
+        classes = [str(c) for c in data["classes"]]
+        if len(classes) < 2:
+            raise ModelError(f"a classifier needs at least two classes, got {classes}")
+        if data["method"] not in METHODS:
+            raise ModelError(f"unknown method {data['method']!r}; known: {', '.join(METHODS)}")
+        return cls(
+            name=str(data["name"]),
+            version=str(data["version"]),
+            created=str(data["created"]),
+            classes=classes,
+            input_shape=(shape[0], shape[1], shape[2]),
+            pixel_size_um=float(inp.get("pixel_size_um", 0.25)),
+            normalization=Normalization.from_dict(inp["normalization"]),
+            method=str(data["method"]),
+            onnx_sha256=str(data["onnx_sha256"]),
+            training=dict(data.get("training", {})),
+            metrics=dict(data.get("metrics", {})),
+            raw=data,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What the API reports with every classification."""
+        return {"name": self.name, "version": self.version, "method": self.method,
+                "classes": self.classes}  # fmt: skip
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_model_dir(directory: Path) -> tuple[Manifest, Path]:
+    """Check ``directory`` and return its manifest and ONNX path."""
+    if not directory.is_dir():
+        raise ModelError(f"model directory {directory} does not exist")
+    manifest_path = directory / "manifest.json"
+    onnx_path = directory / "model.onnx"
+    if not manifest_path.is_file():
+        raise ModelError(f"{directory} has no manifest.json")
+    if not onnx_path.is_file():
+        raise ModelError(f"{directory} has no model.onnx")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{manifest_path} must hold a JSON object")
+    manifest = Manifest.from_dict(data)
+    actual = sha256_of(onnx_path)
+    if actual != manifest.onnx_sha256:
+        raise ModelError(
+            f"{onnx_path} does not match its manifest (sha256 {actual[:12]}..., manifest says "
+            f"{manifest.onnx_sha256[:12]}...): the file was changed or corrupted"
+        )
+    return manifest, onnx_path
+
+
+def write_model_dir(directory: Path, onnx_bytes: bytes, manifest: dict[str, Any]) -> Path:
+    """Write ``model.onnx`` and ``manifest.json`` (with the ONNX file's sha256)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.onnx").write_bytes(onnx_bytes)
+    manifest = {**manifest, "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest()}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return directory

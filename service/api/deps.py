@@ -1,0 +1,31 @@
+"""Dependencies of the routes: the service state and the API key check."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from ..state import ServiceState
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_api_key(
+    state: State,
+    x_api_key: Annotated[
+        str | None, Header(description="required when TOPGAN_API_KEY is set")
+    ] = None,
+) -> None:
+    expected = state.settings.api_key
+    if expected and not (x_api_key and secrets.compare_digest(x_api_key, expected)):
+        raise HTTPException(401, "missing or wrong X-API-Key header")
+
+
+ApiKey = Depends(require_api_key)

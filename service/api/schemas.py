@@ -1,0 +1,90 @@
+"""Response and request models of the HTTP API (they make its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong, in one sentence")
+
+
+class ModelSummary(BaseModel):
+    name: str
+    version: str
+    method: str
+    classes: list[str]
+
+
+class CellResult(BaseModel):
+    index: int = Field(description="position of the crop (or cell) in the request")
+    id: int = Field(description="the stored result's id")
+    label: str
+    probabilities: dict[str, float]
+    qc: dict[str, float | bool | None] = Field(default_factory=dict)
+    position_px: list[float] | None = Field(None, description="(y, x) in hologram pixels")
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelSummary
+    cells: list[CellResult]
+
+
+class StoredResult(BaseModel):
+    id: int
+    created: float = Field(description="Unix time, seconds")
+    source: str = Field(description="camera or api")
+    frame_id: int | None
+    y_px: float | None
+    x_px: float | None
+    label: str
+    probabilities: dict[str, float]
+    model_name: str
+    model_version: str
+    qc: dict[str, Any]
+    latency_s: float | None
+
+
+class ResultsPage(BaseModel):
+    results: list[StoredResult]
+    next_after_id: int = Field(description="pass as after_id to get the next page")
+
+
+class Summary(BaseModel):
+    since: float
+    seconds: float
+    total_stored: int
+    cells: int
+    counts: dict[str, int]
+    fractions: dict[str, float]
+    sources: dict[str, int]
+    cells_per_second: float
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    reasons: list[str]
+    model: ModelSummary | None
+    camera: str
+
+
+class ModelInfo(BaseModel):
+    directory: str
+    providers: list[str]
+    manifest: dict[str, Any]
+
+
+class ReloadRequest(BaseModel):
+    path: str = Field(description="model directory, absolute or relative to the models root")
+
+
+class AcquisitionStatus(BaseModel):
+    state: str = Field(description="disabled, idle, starting, running, stopping or failed")
+    camera: str
+    detail: str | None = None

@@ -1,0 +1,129 @@
+"""Health, readiness, the model, the acquisition loop and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from models.manifest import ModelError
+
+from .deps import ApiKey, State
+from .schemas import (
+    AcquisitionStatus,
+    ErrorResponse,
+    Health,
+    ModelInfo,
+    ModelSummary,
+    Ready,
+    ReloadRequest,
+)
+
+router = APIRouter()
+
+
+@router.get("/health", response_model=Health, tags=["system"])
+async def health() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@router.get("/ready", response_model=Ready, responses={503: {"model": Ready}}, tags=["system"])
+async def ready(state: State) -> Ready | JSONResponse:
+    """Readiness: a model is loaded (and the camera runs, when one is configured).
+    503 with the reasons otherwise."""
+    reasons = []
+    runtime = state.holder.current
+    if runtime is None:
+        reasons.append(f"no model loaded ({state.holder.last_error or 'none configured'})")
+    answer = Ready(
+        ready=not reasons,
+        reasons=reasons,
+        model=ModelSummary(**runtime.manifest.summary()) if runtime else None,
+        camera=state.settings.camera,
+    )
+    if reasons:
+        return JSONResponse(answer.model_dump(), status_code=503)
+    return answer
+
+
+@router.get(
+    "/model", response_model=ModelInfo, responses={404: {"model": ErrorResponse}}, tags=["model"]
+)
+async def model(state: State) -> ModelInfo:
+    """The manifest of the model being served."""
+    runtime = state.holder.current
+    if runtime is None:
+        raise HTTPException(404, "no model is loaded")
+    return ModelInfo(
+        directory=str(runtime.directory), providers=runtime.providers, manifest=runtime.manifest.raw
+    )
+
+
+@router.post(
+    "/model/reload",
+    response_model=ModelInfo,
+    responses={code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422)},
+    dependencies=[ApiKey],
+    tags=["model"],
+)
+async def reload_model(request: ReloadRequest, state: State) -> ModelInfo:
+    """Load another model directory (under the models root) atomically: on any failure
+    the current model keeps serving."""
+    root = state.settings.models_root.resolve()
+    raw = Path(request.path)
+    try:
+        directory = (raw if raw.is_absolute() else root / raw).resolve()
+    except (OSError, ValueError) as exc:
+        raise HTTPException(422, f"invalid path {request.path!r}: {exc}") from None
+    if not directory.is_relative_to(root):
+        raise HTTPException(403, f"{request.path!r} is outside the models root {root}")
+    if not directory.is_dir():
+        raise HTTPException(404, f"model directory {request.path!r} does not exist under {root}")
+    try:
+        await run_in_threadpool(state.reload_model, directory)
+    except ModelError as exc:
+        raise HTTPException(
+            422, f"model not loaded, the previous one keeps serving: {exc}"
+        ) from None
+    return await model(state)
+
+
+@router.get("/acquisition", response_model=AcquisitionStatus, tags=["acquisition"])
+async def acquisition(state: State) -> AcquisitionStatus:
+    """The camera loop's state."""
+    return AcquisitionStatus(
+        state="disabled", camera=state.settings.camera, detail="the service runs without a camera"
+    )
+
+
+@router.post(
+    "/acquisition/start",
+    response_model=AcquisitionStatus,
+    responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    dependencies=[ApiKey],
+    tags=["acquisition"],
+)
+async def start(state: State) -> AcquisitionStatus:
+    raise HTTPException(409, "no camera is configured (camera 'none'): nothing to start")
+
+
+@router.post(
+    "/acquisition/stop",
+    response_model=AcquisitionStatus,
+    responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    dependencies=[ApiKey],
+    tags=["acquisition"],
+)
+async def stop(state: State) -> AcquisitionStatus:
+    raise HTTPException(409, "no camera is configured (camera 'none'): nothing to stop")
+
+
+@router.get("/metrics", tags=["system"], response_class=Response,
+            responses={200: {"content": {"text/plain": {}}}})  # fmt: skip
+async def metrics(state: State) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,89 @@
+"""Prometheus metrics (prefix ``topgan_``, base units, ``_total`` counters, histograms
+for times), in a registry of the service's own so that tests can start several."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+
+# The *_created series double every counter's output and nothing here reads them.
+disable_created_metrics()
+
+#: Seconds: from a fraction of a millisecond (one crop through ONNX Runtime) to a
+#: few seconds (a stalled camera).
+TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+STAGES = ("reconstruct", "segment", "classify", "store")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames_grabbed = Counter(
+            "topgan_frames_grabbed_total", "Frames grabbed from the camera", registry=r
+        )
+        self.frames_dropped = Counter(
+            "topgan_frames_dropped_total", "Frames dropped because the queue was full", registry=r
+        )
+        self.frame_errors = Counter(
+            "topgan_frame_errors_total", "Frames that failed, by reason", ["reason"], registry=r
+        )
+        self.cells = Counter(
+            "topgan_cells_total",
+            "Cells classified, by label and source",
+            ["label", "source"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "topgan_stage_seconds",
+            "Time per pipeline stage",
+            ["stage"],
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.cell_latency = Histogram(
+            "topgan_cell_latency_seconds",
+            "Grab (or request) to stored result, per cell",
+            ["source"],
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "topgan_queue_depth", "Frames waiting for reconstruction", registry=r
+        )
+        self.batch_size = Histogram(
+            "topgan_inference_batch_size",
+            "Crops per ONNX Runtime call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "topgan_http_requests_total",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "topgan_http_request_seconds",
+            "HTTP request time by route",
+            ["route"],
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Info("topgan_model", "The model being served", registry=r)
+        self.model_loaded = Gauge("topgan_model_loaded", "1 when a model is loaded", registry=r)
+        self.camera_up = Gauge("topgan_camera_up", "1 while the camera loop runs", registry=r)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+
+    def set_model(self, name: str, version: str, method: str, providers: str) -> None:
+        self.model_info.info(
+            {"name": name, "version": version, "method": method, "providers": providers}
+        )
+        self.model_loaded.set(1)

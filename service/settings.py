@@ -1,0 +1,122 @@
+"""Service settings: one pydantic-settings class, environment prefix ``TOPGAN_``.
+
+Values come, highest priority first, from the constructor (tests pass their own),
+the environment (``TOPGAN_PORT=9000``; nested with ``__``), and a TOML file named
+by ``TOPGAN_CONFIG`` (or the ``config_file`` argument).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO_ROOT / "models" / "sw480-sw620"
+
+
+class Settings(BaseSettings):
+    """Every setting of ``topgan serve``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOPGAN_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    # -- camera (the acquisition loop) --
+    camera: str = Field(
+        "emulator",
+        description="emulator, basler, replay:PATH, simulator or none (API only)",
+    )
+    camera_serial: str | None = Field(
+        None, description="Basler serial number (first camera if unset)"
+    )
+    exposure_us: float = Field(2000.0, gt=0, description="exposure time, microseconds")
+    roi: tuple[int, int, int, int] | None = Field(
+        None, description="camera ROI as (offset_x, offset_y, width, height), pixels"
+    )
+    pixel_format: Literal["Mono8", "Mono12"] = Field("Mono8", description="camera pixel format")
+    frame_rate_hz: float = Field(90.0, gt=0, description="acquisition frame rate")
+    trigger: Literal["free", "software", "hardware"] = Field("free", description="trigger mode")
+
+    # -- optics and reconstruction --
+    wavelength_nm: float = Field(632.8, gt=0, description="illumination wavelength")
+    pixel_size_um: float = Field(0.12, gt=0, description="camera pixel in the sample plane")
+    sample_half: Literal["left", "right", "top", "bottom", "full"] = Field(
+        "left", description="the half of the frame that carries the cells"
+    )
+    carrier: tuple[float, float] | None = Field(
+        None, description="(ky, kx) of the +1 sideband in cycles/pixel; None: found automatically"
+    )
+    reference: Path | None = Field(None, description="hologram recorded without cells")
+    array_backend: Literal["auto", "numpy", "cupy"] = Field(
+        "auto", description="reconstruction backend"
+    )
+
+    # -- segmentation --
+    threshold_nm: float | None = Field(None, gt=0, description="fixed seed threshold; None: Otsu")
+    crop_pixel_size_um: float = Field(0.25, gt=0, description="pixel size of the crops")
+
+    # -- model and inference --
+    model_dir: Path | None = Field(DEFAULT_MODEL, description="model directory to serve")
+    models_root: Path = Field(
+        REPO_ROOT / "models", description="POST /model/reload only loads directories under here"
+    )
+    execution_provider: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="ONNX Runtime provider: auto takes CUDA when its libraries load"
+    )
+    inference_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads; 0: all cores"
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="largest micro-batch")
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+
+    # -- storage --
+    database_url: str = Field("sqlite:///data/results.sqlite", description="SQLAlchemy URL")
+    crop_archive: Path | None = Field(None, description="folder for archived crops (HDF5)")
+
+    # -- HTTP --
+    api_key: str | None = Field(None, description="when set, every POST needs X-API-Key")
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8000, ge=0, le=65535, description="listen port")
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="larger bodies answer 413")
+    max_crops_per_request: int = Field(1024, gt=0, description="more crops answer 413")
+
+    @field_validator("camera")
+    @classmethod
+    def _camera(cls, value: str) -> str:
+        kinds = ("emulator", "basler", "simulator", "none")
+        if value in kinds or (value.startswith("replay:") and len(value) > len("replay:")):
+            return value
+        raise ValueError(f"camera must be one of {', '.join(kinds)} or replay:PATH, got {value!r}")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("TOPGAN_CONFIG")
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``overrides``, the environment and a TOML file (if any)."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ValueError(f"settings file {config_file} does not exist")
+        os.environ["TOPGAN_CONFIG"] = str(config_file)
+    return Settings(**overrides)

@@ -1,0 +1,163 @@
+"""What the running service holds: settings, the model, the batcher, the store, metrics.
+
+Classification is one path for every caller: crops -> the shared micro-batcher ->
+the results store; a result is returned only once it is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from acquisition.reconstruction import ReconstructionConfig, Reconstructor
+from acquisition.segmentation import SegmentationConfig, Segmenter
+from models.manifest import Manifest, ModelError
+from models.runtime import MicroBatcher, ModelHolder
+
+from .metrics import Metrics
+from .settings import Settings
+from .store import ResultRow, ResultStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Classified:
+    manifest: Manifest
+    probabilities: np.ndarray
+    ids: list[int]
+    labels: list[str]
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    holder: ModelHolder
+    batcher: MicroBatcher
+    store: ResultStore
+    started: float = field(default_factory=time.time)
+    _reconstructor: Reconstructor | None = None
+
+    @classmethod
+    def start(cls, settings: Settings) -> ServiceState:
+        metrics = Metrics()
+        holder = ModelHolder(settings.execution_provider, settings.inference_threads)
+        if settings.model_dir is not None:
+            try:
+                runtime = holder.load(settings.model_dir)
+                metrics.set_model(runtime.manifest.name, runtime.manifest.version,
+                                  runtime.manifest.method, ",".join(runtime.providers))  # fmt: skip
+            except ModelError as exc:
+                logger.error("no model loaded: %s", exc)
+        else:
+            logger.warning(
+                "no model directory configured: /classify answers 503 until one is loaded"
+            )
+
+        def on_batch(n: int, seconds: float) -> None:
+            metrics.batch_size.observe(n)
+            metrics.stage_seconds.labels("classify").observe(seconds)
+
+        batcher = MicroBatcher(holder, settings.batch_size, settings.batch_wait_ms / 1000, on_batch)
+        store = ResultStore(settings.database_url)
+
+        def on_commit(rows: list[ResultRow], seconds: float, done: float) -> None:
+            metrics.stage_seconds.labels("store").observe(seconds)
+            for row in rows:
+                metrics.cells.labels(row.label, row.source).inc()
+                if row.started is not None:
+                    metrics.cell_latency.labels(row.source).observe(done - row.started)
+
+        store.on_commit = on_commit
+        logger.info("results stored in %s", _safe_url(settings.database_url))
+        return cls(settings, metrics, holder, batcher, store)
+
+    def close(self) -> None:
+        """Drain the batcher, then commit every queued result."""
+        self.batcher.close()
+        self.store.close()
+
+    def reload_model(self, directory: Path) -> Manifest:
+        runtime = self.holder.load(directory)
+        m = runtime.manifest
+        self.metrics.set_model(m.name, m.version, m.method, ",".join(runtime.providers))
+        return m
+
+    # -- classification -------------------------------------------------------------
+
+    async def classify(
+        self,
+        crops: np.ndarray,
+        source: str,
+        started: float,
+        qc: list[dict[str, Any]] | None = None,
+        positions: list[tuple[float, float]] | None = None,
+        frame_id: int | None = None,
+    ) -> Classified:
+        prediction = await asyncio.wrap_future(self.batcher.submit(crops))
+        manifest = prediction.manifest
+        classes = manifest.classes
+        labels = [classes[i] for i in prediction.probabilities.argmax(axis=1)]
+        rows = [
+            ResultRow(
+                source=source,
+                label=labels[i],
+                probabilities={
+                    c: float(p) for c, p in zip(classes, prediction.probabilities[i], strict=True)
+                },
+                model_name=manifest.name,
+                model_version=manifest.version,
+                qc=qc[i] if qc else {},
+                frame_id=frame_id,
+                y_px=positions[i][0] if positions else None,
+                x_px=positions[i][1] if positions else None,
+                started=started,
+            )
+            for i in range(len(crops))
+        ]
+        ids = await asyncio.wrap_future(self.store.add(rows))
+        return Classified(manifest, prediction.probabilities, ids, labels)
+
+    # -- holograms ------------------------------------------------------------------
+
+    @property
+    def reconstructor(self) -> Reconstructor:
+        if self._reconstructor is None:
+            from acquisition.backend import get_backend
+            from acquisition.io import read_hologram
+
+            s = self.settings
+            config = ReconstructionConfig(
+                wavelength_nm=s.wavelength_nm,
+                pixel_size_um=s.pixel_size_um,
+                sample_half=s.sample_half,
+                carrier=s.carrier,
+            )
+            reference = read_hologram(s.reference).frames[0] if s.reference else None
+            self._reconstructor = Reconstructor(config, get_backend(s.array_backend), reference)
+        return self._reconstructor
+
+    def segmenter(self, crop_shape: tuple[int, int], pixel_size_um: float) -> Segmenter:
+        s = self.settings
+        return Segmenter(
+            SegmentationConfig(
+                threshold=s.threshold_nm if s.threshold_nm else "otsu",
+                crop_size=crop_shape[0],
+                crop_pixel_size_um=pixel_size_um,
+            )
+        )
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,97 @@
+"""A real ``topgan serve`` process on 127.0.0.1, and model directories to serve."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.models.onnx_model import write_small_model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    db: Path
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+
+def start_server(tmp: Path, models_root: Path, model: str | None = "m1", db: Path | None = None,
+                 **env: str) -> Server:  # fmt: skip
+    port = free_port()
+    db = db or tmp / "results.sqlite"
+    log = tmp / f"server-{port}.log"
+    environment = {
+        **os.environ,
+        "TOPGAN_CAMERA": "none",
+        "TOPGAN_MODELS_ROOT": str(models_root),
+        "TOPGAN_DATABASE_URL": f"sqlite:///{db}",
+        "TOPGAN_PORT": str(port),
+        "TOPGAN_EXECUTION_PROVIDER": "cpu",
+        **env,
+    }
+    if model is not None:
+        environment["TOPGAN_MODEL_DIR"] = str(models_root / model)
+    topgan = str(Path(sys.executable).with_name("topgan"))
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [topgan, "serve"], env=environment, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return Server(process, url, db, log)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server did not start: {log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    write_small_model(root / "m1", seed=1, name="small", version="1")
+    write_small_model(root / "m2", seed=2, name="small", version="2")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_root):
+    srv = start_server(tmp_path_factory.mktemp("server"), models_root)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
