@@ -27,6 +27,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/reconstruction.py
 	$(BIN)/python bench/simulate.py
+	$(BIN)/python bench/service.py
 
 # The service with the bundled model. The camera loop is the next issue: until it
 # exists the API runs alone (--camera none).

@@ -8,6 +8,7 @@ by ``TOPGAN_CONFIG`` (or the ``config_file`` argument).
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,8 @@ from pydantic_settings import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The settings file of the current :func:`load_settings` call (else $TOPGAN_CONFIG).
+_CONFIG_FILE: ContextVar[str | None] = ContextVar("topgan_config_file", default=None)
 DEFAULT_MODEL = REPO_ROOT / "models" / "sw480-sw620"
 
 
@@ -107,7 +110,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config = os.environ.get("TOPGAN_CONFIG")
+        config = _CONFIG_FILE.get() or os.environ.get("TOPGAN_CONFIG")
         if config:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
@@ -115,8 +118,12 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from ``overrides``, the environment and a TOML file (if any)."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise ValueError(f"settings file {config_file} does not exist")
-        os.environ["TOPGAN_CONFIG"] = str(config_file)
-    return Settings(**overrides)
+    if config_file is None:
+        return Settings(**overrides)
+    if not config_file.is_file():
+        raise ValueError(f"settings file {config_file} does not exist")
+    token = _CONFIG_FILE.set(str(config_file))
+    try:
+        return Settings(**overrides)
+    finally:
+        _CONFIG_FILE.reset(token)

@@ -23,6 +23,8 @@ import sqlalchemy as sa
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_INTERVAL_S = 1.0
+
 metadata = sa.MetaData()
 results = sa.Table(
     "results",
@@ -76,6 +78,14 @@ class ResultStore:
         self._queue: queue.Queue[tuple[list[ResultRow], Future[list[int]]] | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="results-writer", daemon=True)
         self._writer.start()
+        self._stop = threading.Event()
+        if self.engine.dialect.name == "sqlite":
+            # Automatic WAL checkpoints run inside a commit and stall every request
+            # waiting on it; a passive checkpoint in its own thread never blocks writers.
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="results-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
         self.on_commit: Any = None  # called with (rows, seconds) after each commit
 
     # -- writing --------------------------------------------------------------------
@@ -92,7 +102,16 @@ class ResultStore:
         """Commit everything queued, then stop the writer and dispose of the engine."""
         self._queue.put(None)
         self._writer.join(timeout)
+        self._stop.set()
         self.engine.dispose()
+
+    def _checkpoint_loop(self) -> None:
+        while not self._stop.wait(CHECKPOINT_INTERVAL_S):
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception:  # a busy database: try again next time
+                logger.debug("WAL checkpoint skipped", exc_info=True)
 
     def _write_loop(self) -> None:
         while True:
@@ -116,21 +135,22 @@ class ResultStore:
 
     def _commit(self, pending: list[tuple[list[ResultRow], Future[list[int]]]]) -> None:
         start = time.perf_counter()
+        sizes = [len(rows) for rows, _ in pending]
+        values = [_values(r) for rows, _ in pending for r in rows]
         try:
             with self.engine.begin() as conn:
-                ids_per_request = []
-                for rows, _ in pending:
-                    values = [_values(r) for r in rows]
-                    if self.engine.dialect.name in ("sqlite", "postgresql"):
-                        inserted = conn.execute(results.insert().returning(results.c.id), values)
-                        ids_per_request.append([int(i) for i in inserted.scalars()])
-                    else:  # pragma: no cover - other databases: one row at a time
-                        ids = []
-                        for v in values:
-                            key = conn.execute(results.insert(), v).inserted_primary_key
-                            assert key is not None
-                            ids.append(int(key[0]))
-                        ids_per_request.append(ids)
+                if self.engine.dialect.insert_executemany_returning_sort_by_parameter_order:
+                    # One statement for the whole group, ids in the order of the rows.
+                    statement = results.insert().returning(
+                        results.c.id, sort_by_parameter_order=True
+                    )
+                    ids = [int(i) for i in conn.execute(statement, values).scalars()]
+                else:  # pragma: no cover - databases without it: one row at a time
+                    ids = []
+                    for v in values:
+                        key = conn.execute(results.insert(), v).inserted_primary_key
+                        assert key is not None
+                        ids.append(int(key[0]))
         except Exception as exc:
             logger.exception("storing %d result batches failed", len(pending))
             for _, future in pending:
@@ -140,8 +160,10 @@ class ResultStore:
         done = time.monotonic()
         if self.on_commit:
             self.on_commit([r for rows, _ in pending for r in rows], seconds, done)
-        for (_, future), ids in zip(pending, ids_per_request, strict=True):
-            future.set_result(ids)
+        offset = 0
+        for (_, future), size in zip(pending, sizes, strict=True):
+            future.set_result(ids[offset : offset + size])
+            offset += size
 
     # -- reading --------------------------------------------------------------------
 
@@ -192,6 +214,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # an fsync per commit.
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
 

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from models.runtime import ModelNotLoadedError
@@ -55,7 +55,8 @@ MAX_HOLOGRAM_SIDE = 4096
 
 
 def _response(result: Any, qc: list[dict[str, Any]] | None = None,
-              positions: list[tuple[float, float]] | None = None) -> ClassifyResponse:  # fmt: skip
+              positions: list[tuple[float, float]] | None = None) -> Response:  # fmt: skip
+    """The answer, serialised once by pydantic (it is a ClassifyResponse by construction)."""
     m = result.manifest
     cells = [
         CellResult(
@@ -70,7 +71,8 @@ def _response(result: Any, qc: list[dict[str, Any]] | None = None,
         )
         for i in range(len(result.ids))
     ]
-    return ClassifyResponse(model=ModelSummary(**m.summary()), cells=cells)
+    body = ClassifyResponse(model=ModelSummary(**m.summary()), cells=cells)
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 def _model_shape(state: State) -> tuple[tuple[int, int], float]:
@@ -88,7 +90,7 @@ def _model_shape(state: State) -> tuple[tuple[int, int], float]:
     dependencies=[ApiKey],
     summary="Classify OPD crops",
 )
-async def classify(request: Request, state: State) -> ClassifyResponse:
+async def classify(request: Request, state: State) -> Response:
     """Classify single-cell OPD crops (nm): a .npy or TIFF of shape (128, 128) or
     (N, 128, 128), or JSON ``{"opd": nested lists}``. Every result is stored."""
     started = time.monotonic()
@@ -113,7 +115,7 @@ async def classify(request: Request, state: State) -> ClassifyResponse:
     dependencies=[ApiKey],
     summary="Classify every cell in a raw hologram",
 )
-async def classify_hologram(request: Request, state: State) -> ClassifyResponse:
+async def classify_hologram(request: Request, state: State) -> Response:
     """Reconstruct one raw off-axis hologram (.npy or TIFF, 2-D), segment its cells and
     classify each; cells carry their position in hologram pixels and their QC."""
     started = time.monotonic()
@@ -149,7 +151,8 @@ async def classify_hologram(request: Request, state: State) -> ClassifyResponse:
     if len(crops) == 0:
         runtime = state.holder.current
         assert runtime is not None
-        return ClassifyResponse(model=ModelSummary(**runtime.manifest.summary()), cells=[])
+        empty = ClassifyResponse(model=ModelSummary(**runtime.manifest.summary()), cells=[])
+        return Response(empty.model_dump_json(), media_type="application/json")
     try:
         result = await state.classify(crops, "api", started, qc=qc, positions=positions)
     except ModelNotLoadedError:
