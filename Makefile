@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 REAL ?= ../shared/data/real
 
-.PHONY: serve test lint bench install clean
+.PHONY: serve test lint bench install tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# promtool and prometheus (Debian's package) for the monitoring tests.
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing Debian's prometheus package (promtool and a Prometheus server for the tests)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+test: lint tools
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

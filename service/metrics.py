@@ -19,6 +19,7 @@ disable_created_metrics()
 #: few seconds (a stalled camera).
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STAGES = ("reconstruct", "segment", "classify", "store")
+FRAME_ERRORS = ("grab_timeout", "grab_failed", "reconstruction")
 
 
 class Metrics:
@@ -79,8 +80,13 @@ class Metrics:
         self.model_info = Info("topgan_model", "The model being served", registry=r)
         self.model_loaded = Gauge("topgan_model_loaded", "1 when a model is loaded", registry=r)
         self.camera_up = Gauge("topgan_camera_up", "1 while the camera loop runs", registry=r)
+        self.camera_enabled = Gauge(
+            "topgan_camera_enabled", "1 when a camera is configured (not 'none')", registry=r
+        )
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+        for reason in FRAME_ERRORS:
+            self.frame_errors.labels(reason)
 
     def set_model(self, name: str, version: str, method: str, providers: str) -> None:
         self.model_info.info(

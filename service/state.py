@@ -48,6 +48,7 @@ class ServiceState:
     @classmethod
     def start(cls, settings: Settings) -> ServiceState:
         metrics = Metrics()
+        metrics.camera_enabled.set(settings.camera != "none")
         holder = ModelHolder(settings.execution_provider, settings.inference_threads)
         if settings.model_dir is not None:
             try:

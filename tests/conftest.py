@@ -39,6 +39,17 @@ def real_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def models_root(tmp_path_factory) -> Path:
+    """Two small ONNX models, m1 and m2, under one models root."""
+    from tests.models.onnx_model import write_small_model
+
+    root = tmp_path_factory.mktemp("models")
+    write_small_model(root / "m1", seed=1, name="small", version="1")
+    write_small_model(root / "m2", seed=2, name="small", version="2")
+    return root
+
+
+@pytest.fixture(scope="session")
 def backend() -> ArrayBackend:
     return get_backend("numpy")
 

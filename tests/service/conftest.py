@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.models.onnx_model import write_small_model
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -74,14 +72,6 @@ def start_server(tmp: Path, models_root: Path, model: str | None = "m1", db: Pat
             time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"server did not start: {log.read_text()}")
-
-
-@pytest.fixture(scope="session")
-def models_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_small_model(root / "m1", seed=1, name="small", version="1")
-    write_small_model(root / "m2", seed=2, name="small", version="2")
-    return root
 
 
 @pytest.fixture(scope="module")
