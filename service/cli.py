@@ -301,6 +301,52 @@ def _run_serve(args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train models (PyTorch; the 'train' extra)")
+    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    gan = what.add_parser("gan", parents=[_common()], help="DCGAN pretraining on unlabeled crops")
+    gan.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="FILE.h5|DIR",
+        help="crop files, or folders of them (e.g. a crop archive)",
+    )
+    gan.add_argument("--out", required=True, metavar="DIR")
+    gan.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    clf = what.add_parser(
+        "classifier", parents=[_common()], help="one classifier, exported to ONNX"
+    )
+    clf.add_argument(
+        "--method",
+        required=True,
+        choices=("knn", "cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug"),
+    )
+    clf.add_argument("--data", required=True, metavar="FILE.h5")
+    clf.add_argument("--gan", metavar="DIR", help="the pretrained DCGAN (topgan methods)")
+    clf.add_argument("--out", required=True, metavar="MODEL_DIR")
+    clf.add_argument(
+        "--train-size", type=int, help="train on this many crops (balanced); default all"
+    )
+    clf.add_argument("--name", help="the model's name in its manifest")
+    for k in (gan, clf):
+        k.add_argument(
+            "--preset",
+            choices=("paper", "cpu"),
+            default="cpu",
+            help="paper: the paper's exact settings; cpu: minutes on 2 cores (default)",
+        )
+        k.add_argument("--epochs", type=int, help="override the preset's epochs")
+        k.add_argument("--dry-run", action="store_true", help="a couple of steps only (tests)")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .commands.train import run_train
+
+    run_train(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topgan",
@@ -318,11 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reconstruct(sub)
     _add_simulate(sub)
     _add_dataset(sub)
+    _add_train(sub)
     return parser
 
 
 def _command_name(args: argparse.Namespace) -> str:
-    words = [args.command, getattr(args, "kind", None), getattr(args, "action", None)]
+    words = [args.command, getattr(args, "kind", None), getattr(args, "action", None),
+             getattr(args, "what", None)]  # fmt: skip
     return " ".join(["topgan", *(w for w in words if w)])
 
 

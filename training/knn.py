@@ -54,3 +54,50 @@ class KNNClassifier:
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         return self.predict_proba(crops).argmax(1)
+
+
+def knn_onnx(train_x: np.ndarray, train_y: np.ndarray, classes: int, k: int = 9) -> bytes:
+    """The K-nearest-neighbour classifier as an ONNX graph.
+
+    train_x : (M, 1, H, W) normalised training crops; train_y : (M,) class indices.
+    Input x (N, 1, H, W) -> squared distances to every training crop -> the k
+    nearest -> the fraction of them in each class (the probabilities).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = len(train_x)
+    k = min(k, m)
+    flat = train_x.reshape(m, -1).astype(np.float32)
+    onehot = np.eye(classes, dtype=np.float32)[train_y]
+    inits = [
+        numpy_helper.from_array(flat.T.copy(), "train_t"),
+        numpy_helper.from_array((flat**2).sum(1).astype(np.float32), "train_sq"),
+        numpy_helper.from_array(onehot, "onehot"),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([k], np.int64), "k"),
+        numpy_helper.from_array(np.array([-2.0], np.float32), "minus_two"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat_shape"], ["xf"]),
+        helper.make_node("ReduceSumSquare", ["xf", "axis1"], ["x_sq"], keepdims=1),
+        helper.make_node("MatMul", ["xf", "train_t"], ["dot"]),
+        helper.make_node("Mul", ["dot", "minus_two"], ["dot2"]),
+        helper.make_node("Add", ["dot2", "x_sq"], ["partial"]),
+        helper.make_node("Add", ["partial", "train_sq"], ["dist"]),
+        helper.make_node("TopK", ["dist", "k"], ["near_d", "near_i"], largest=0, sorted=1),
+        helper.make_node("Gather", ["onehot", "near_i"], ["votes"], axis=0),
+        helper.make_node("ReduceMean", ["votes", "axis1"], ["probabilities"], keepdims=0),
+    ]
+    h, w = train_x.shape[2:]
+    graph = helper.make_graph(
+        nodes, "knn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, h, w])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from acquisition.cropfile import write_crop_dataset
+from acquisition.simulator.datasets import simulate_direct
+from models.runtime import ModelRuntime
+from service.cli import main
+from training.config import classifier_preset, gan_preset, override
+from training.gan import train_gan
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_crop_dataset(root / "pool.h5", simulate_direct(["sperm"], 24, seed=1))
+    write_crop_dataset(root / "cells.h5", simulate_direct(["sw480", "sw620"], 12, seed=2))
+    return root
+
+
+def test_gan_checkpoints_and_resumes(data, tmp_path):
+    config = override(gan_preset("cpu"), epochs=1, batch_size=8, max_steps=2)
+    train_gan([data / "pool.h5"], tmp_path, config, seed=5)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2
+    assert state["epoch"] == 1
+    assert state["seed"] == 5
+    assert {"generator", "discriminator", "opt_g", "opt_d", "network", "normalization"} <= set(
+        state
+    )
+    assert (tmp_path / "samples-epoch-001.png").is_file()
+    info = json.loads((tmp_path / "gan.json").read_text())
+    assert info["crops"] == 24
+    assert len(info["data"][0]["sha256"]) == 64
+    train_gan([data], tmp_path, override(config, epochs=2, max_steps=4), seed=5, resume=True)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
+    # The same seed trains the same weights.
+    again = tmp_path / "again"
+    train_gan([data / "pool.h5"], again, config, seed=5)
+    first = torch.load(again / "gan.pt", weights_only=False)["generator"]
+    other = tmp_path / "other"
+    train_gan([data / "pool.h5"], other, config, seed=5)
+    for key, value in torch.load(other / "gan.pt", weights_only=False)["generator"].items():
+        assert torch.equal(value, first[key]), key
+
+
+def test_classifier_from_the_command_line_is_servable(data, tmp_path):
+    gan = tmp_path / "gan"
+    assert (
+        main(
+            ["-q", "train", "gan", "--data", str(data / "pool.h5"), "--out", str(gan), "--dry-run"]
+        )
+        == 0
+    )
+    model = tmp_path / "model"
+    args = ["-q", "train", "classifier", "--method", "topgan", "--data", str(data / "cells.h5"),
+            "--gan", str(gan), "--out", str(model), "--dry-run", "--seed", "4"]  # fmt: skip
+    assert main(args) == 0
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["method"] == "topgan"
+    assert manifest["classes"] == ["sw480", "sw620"]
+    assert manifest["training"]["seed"] == 4
+    assert manifest["training"]["preset"] == "cpu"
+    assert "topgan" in manifest["training"]["command"]
+    assert manifest["training"]["gan_sha256"]
+    runtime = ModelRuntime(model, "cpu")
+    probabilities = runtime.predict(
+        np.random.default_rng(0).normal(200, 50, (5, 128, 128)).astype(np.float32)
+    )
+    assert probabilities.shape == (5, 2)
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+
+
+def test_training_errors(data, tmp_path):
+    from training.classifier import fit, stratified_indices
+    from training.data import load_crops
+
+    crops = load_crops([data / "cells.h5"])
+    config = override(classifier_preset("cpu"), epochs=1, max_steps=1)
+    with pytest.raises(ValueError, match="needs --gan"):
+        fit("topgan", crops, np.arange(len(crops.label)), config, None, 0)
+    with pytest.raises(ValueError, match="12 crops, 50 needed"):
+        stratified_indices(crops.label, 100, np.random.default_rng(0))
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("topgan")), "train", "classifier", "--method", "cnn",
+         "--data", str(data / "pool.h5"), "--out", str(tmp_path / "m"), "--dry-run"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "a classifier needs at least two" in result.stderr
+
+
+def test_the_service_never_imports_pytorch():
+    code = (
+        "import sys; import service.cli, service.app, service.state, models.runtime; "
+        "from service.settings import Settings; from service.app import create_app; "
+        "create_app(Settings(camera='none', model_dir=None)); "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120, check=False).returncode == 0
+
+
+def test_knn_model_matches_the_numpy_knn(data, tmp_path):
+    from training.data import load_crops, normalize
+    from training.knn import KNNClassifier
+
+    model = tmp_path / "knn"
+    assert main(["-q", "train", "classifier", "--method", "knn", "--data", str(data / "cells.h5"),
+                 "--out", str(model)]) == 0  # fmt: skip
+    manifest = json.loads((model / "manifest.json").read_text())
+    crops = load_crops([data / "cells.h5"])
+    x = normalize(crops.opd, manifest["input"]["normalization"])
+    probe = np.random.default_rng(1).normal(150, 80, (6, 128, 128)).astype(np.float32)
+    served = ModelRuntime(model, "cpu").predict(probe)
+    # The ONNX graph holds every training crop (the seed only shuffles their order).
+    expected = (
+        KNNClassifier(9)
+        .fit(x, crops.label)
+        .predict_proba(normalize(probe, manifest["input"]["normalization"]))
+    )
+    np.testing.assert_allclose(served, expected, atol=1e-5)

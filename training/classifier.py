@@ -1,0 +1,280 @@
+"""Classifiers: CNN from scratch or TOP-GAN (the pretrained discriminator fine-tuned),
+with or without dihedral augmentation; exported to ONNX with a manifest.
+
+Stopping and model selection use a validation split of the training set only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from models.manifest import write_model_dir
+
+from .config import ClassifierConfig
+from .data import Crops, dihedral, fit_normalization, load_crops, normalize
+from .gan import load_gan, sha256_of
+from .networks import Classifier, WithSoftmax
+
+logger = logging.getLogger(__name__)
+TORCH_METHODS = ("cnn", "cnn-aug", "topgan", "topgan-aug")
+METHODS = ("knn", *TORCH_METHODS)
+PARITY_TOLERANCE = 1e-4
+
+
+def stratified_indices(
+    labels: np.ndarray, size: int | None, rng: np.random.Generator
+) -> np.ndarray:
+    """``size`` indices balanced over the classes (all labeled ones when None)."""
+    labeled = np.flatnonzero(labels >= 0)
+    if size is None:
+        return rng.permutation(labeled)
+    classes = np.unique(labels[labeled])
+    per_class = size // len(classes)
+    if per_class < 1:
+        raise ValueError(f"train size {size} is smaller than the number of classes {len(classes)}")
+    picks = []
+    for c in classes:
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < per_class:
+            raise ValueError(f"class {c} has {len(pool)} crops, {per_class} needed")
+        picks.append(rng.choice(pool, per_class, replace=False))
+    return rng.permutation(np.concatenate(picks))
+
+
+def split_validation(
+    labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, validation) positions into ``labels``; at least one of each
+    class in validation."""
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return np.concatenate(train), np.concatenate(val)
+
+
+def export_onnx(model: nn.Module, crop_size: int) -> bytes:
+    """ONNX (opset 18, IR <= 10 for ONNX Runtime 1.31) with a dynamic batch axis,
+    checked against PyTorch: the largest difference must stay under 1e-4."""
+    import onnxruntime as ort
+
+    wrapped = WithSoftmax(model).eval()
+    example = torch.zeros(2, 1, crop_size, crop_size)
+    program = torch.onnx.export(
+        wrapped, (example,), dynamo=True, verbose=False, input_names=["x"],
+        output_names=["probabilities"], opset_version=18,
+        dynamic_shapes={"x": {0: torch.export.Dim("N", min=1, max=65536)}},
+    )  # fmt: skip
+    assert program is not None
+    proto = program.model_proto
+    proto.ir_version = min(proto.ir_version, 10)
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    probe = torch.rand(5, 1, crop_size, crop_size) * 2 - 1
+    with torch.no_grad():
+        expected = wrapped(probe).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: probe.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(
+            f"ONNX export differs from PyTorch by {diff:.2e} (tolerance {PARITY_TOLERANCE})"
+        )
+    logger.info("ONNX export matches PyTorch within %.1e", diff)
+    return data
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
+        loss = nn.functional.cross_entropy(logits, y).item()
+        accuracy = (logits.argmax(1) == y).float().mean().item()
+    return loss, accuracy
+
+
+def fit(
+    method: str,
+    crops: Crops,
+    indices: np.ndarray,
+    config: ClassifierConfig,
+    gan_dir: Path | None,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[nn.Module, dict[str, float], dict[str, Any]]:
+    """Train one classifier on ``crops`` at ``indices``; return it, the normalisation and
+    a record of the training (validation accuracy, epochs, seconds)."""
+    if method not in TORCH_METHODS:
+        raise ValueError(f"method must be one of {', '.join(TORCH_METHODS)}, got {method!r}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    aug_rng = torch.Generator().manual_seed(seed)
+    net = config.network
+    classes = len(crops.class_names)
+    model = Classifier(net, classes, config.hidden, config.dropout)
+    if method.startswith("topgan"):
+        if gan_dir is None:
+            raise ValueError(f"method {method} needs --gan DIR (a pretrained DCGAN)")
+        state, gan_net = load_gan(gan_dir)
+        if gan_net != net:
+            raise ValueError(
+                f"the GAN in {gan_dir} has network {gan_net}, the classifier {net}: use its preset"
+            )
+        trunk_state = {
+            k.removeprefix("trunk."): v
+            for k, v in state["discriminator"].items()
+            if k.startswith("trunk.")
+        }
+        model.trunk.load_state_dict(trunk_state)
+    labels = crops.label[indices]
+    train_pos, val_pos = split_validation(labels, config.val_fraction, rng)
+    norm = fit_normalization(crops.opd[indices[train_pos]])
+    x = torch.from_numpy(normalize(crops.opd[indices], norm))[:, None]
+    y = torch.from_numpy(labels.astype(np.int64))
+    x_train, y_train, x_val, y_val = x[train_pos], y[train_pos], x[val_pos], y[val_pos]
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    augment = method.endswith("-aug")
+    best: tuple[float, float] = (math.inf, 0.0)
+    best_state = copy.deepcopy(model.state_dict())
+    best_epoch, stale, step = 0, 0, 0
+    steps_per_epoch = max(1, math.ceil(len(x_train) / config.batch_size))
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    started = time.monotonic()
+    epoch = 0
+    while step < total:
+        model.train()
+        order = torch.randperm(len(x_train), generator=aug_rng)
+        for b in range(steps_per_epoch):
+            if step >= total:
+                break
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            batch = dihedral(x_train[idx], aug_rng) if augment else x_train[idx]
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(batch), y_train[idx]).backward()
+            optimizer.step()
+            step += 1
+            if progress:
+                progress(step, total)
+        epoch += 1
+        val_loss, val_acc = _evaluate(model, x_val, y_val)
+        if (val_loss, -val_acc) < (best[0], -best[1]):
+            best, best_state, best_epoch, stale = (
+                (val_loss, val_acc),
+                copy.deepcopy(model.state_dict()),
+                epoch,
+                0,
+            )
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    record = {
+        "train_size": len(indices),
+        "validation_size": len(val_pos),
+        "validation_accuracy": round(best[1], 4),
+        "validation_loss": round(best[0], 4),
+        "best_epoch": best_epoch,
+        "epochs_run": epoch,
+        "train_seconds": round(time.monotonic() - started, 2),
+    }
+    return model, norm, record
+
+
+def fit_knn(
+    crops: Crops, indices: np.ndarray, config: ClassifierConfig, seed: int
+) -> tuple[bytes, dict[str, float], dict[str, Any]]:
+    """K = 9 nearest neighbours in image space: validation accuracy on the usual split,
+    then the ONNX graph holding every training crop."""
+    from .knn import KNNClassifier, knn_onnx
+
+    rng = np.random.default_rng(seed)
+    labels = crops.label[indices]
+    norm = fit_normalization(crops.opd[indices])
+    x = normalize(crops.opd[indices], norm)
+    train_pos, val_pos = split_validation(labels, config.val_fraction, rng)
+    started = time.monotonic()
+    knn = KNNClassifier(9).fit(x[train_pos], labels[train_pos])
+    accuracy = float((knn.predict(x[val_pos]) == labels[val_pos]).mean())
+    data = knn_onnx(x[:, None], labels.astype(np.int64), len(crops.class_names))
+    record = {
+        "train_size": len(indices),
+        "validation_size": len(val_pos),
+        "validation_accuracy": round(accuracy, 4),
+        "train_seconds": round(time.monotonic() - started, 2),
+    }
+    return data, norm, record
+
+
+def train_classifier(
+    method: str,
+    data: Path,
+    out: Path,
+    config: ClassifierConfig,
+    preset: str,
+    gan_dir: Path | None = None,
+    seed: int = 0,
+    train_size: int | None = None,
+    name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    command: str = "",
+) -> Path:
+    """Train, export to ONNX and write a model directory with its manifest."""
+    crops = load_crops([data])
+    if len(crops.class_names) < 2:
+        raise ValueError(f"{data} has classes {crops.class_names}: a classifier needs at least two")
+    if crops.opd.shape[1] != config.network.crop_size:
+        raise ValueError(
+            f"the crops are {crops.opd.shape[1]} px, the network takes {config.network.crop_size}"
+        )
+    indices = stratified_indices(crops.label, train_size, np.random.default_rng(seed))
+    if method == "knn":
+        onnx_bytes, norm, record = fit_knn(crops, indices, config, seed)
+    else:
+        model, norm, record = fit(method, crops, indices, config, gan_dir, seed, progress)
+        onnx_bytes = export_onnx(model, config.network.crop_size)
+    manifest = {
+        "name": name or f"{'-'.join(crops.class_names)}-{method}",
+        "version": datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "classes": crops.class_names,
+        "input": {
+            "shape": [config.network.channels, config.network.crop_size, config.network.crop_size],
+            "pixel_size_um": crops.pixel_size_um,
+            "normalization": norm,
+        },
+        "method": method,
+        "training": {
+            "data": str(data),
+            "data_sha256": sha256_of(data),
+            "train_size": record["train_size"],
+            "seed": seed,
+            "preset": preset,
+            "gan": str(gan_dir) if gan_dir else None,
+            "gan_sha256": sha256_of(gan_dir / "gan.pt") if gan_dir else None,
+            "network": asdict(config.network),
+            "config": asdict(config),
+            "command": command,
+        },
+        "metrics": {k: v for k, v in record.items() if k != "train_size"},
+    }
+    write_model_dir(out, onnx_bytes, manifest)
+    return out

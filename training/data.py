@@ -1,0 +1,99 @@
+"""Training data: crop datasets from files or folders, normalisation, augmentation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from acquisition.cropfile import CropDataset, read_crop_dataset
+
+
+@dataclass
+class Crops:
+    """Crops pooled from one or more dataset files."""
+
+    opd: np.ndarray  # (N, H, W) float32 nm
+    label: np.ndarray  # (N,) int, -1 unlabeled
+    class_names: list[str]
+    pixel_size_um: float
+    files: list[Path]
+
+
+def dataset_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand folders into the .h5 files they hold (sorted); check that files exist."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(path.glob("*.h5"))
+            if not found:
+                raise ValueError(f"folder {path} holds no .h5 crop files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"{path} does not exist")
+    return files
+
+
+def load_crops(paths: Sequence[str | Path]) -> Crops:
+    files = dataset_files(paths)
+    sets: list[CropDataset] = []
+    for f in files:
+        try:
+            sets.append(read_crop_dataset(f))
+        except (OSError, KeyError) as exc:
+            raise ValueError(f"{f} is not a crop dataset: {exc}") from None
+    shapes = {s.opd.shape[1:] for s in sets if len(s)}
+    pixels = {round(s.pixel_size_um, 6) for s in sets}
+    if len(shapes) > 1 or len(pixels) > 1:
+        raise ValueError(
+            f"the files mix crop sizes {sorted(shapes)} or pixel sizes {sorted(pixels)}"
+        )
+    names = sets[0].class_names
+    for s, f in zip(sets, files, strict=True):
+        if s.class_names != names and (s.label >= 0).any():
+            raise ValueError(f"{f} has classes {s.class_names}, {files[0]} has {names}")
+    opd = np.concatenate([s.opd for s in sets])
+    if len(opd) == 0:
+        raise ValueError("the data files hold no crops")
+    return Crops(opd, np.concatenate([s.label for s in sets]), names, sets[0].pixel_size_um, files)
+
+
+def fit_normalization(opd: np.ndarray) -> dict[str, Any]:
+    """A linear OPD range covering the data (0.1 and 99.9 percentiles, in 10 nm steps)."""
+    sample = opd[:: max(1, len(opd) // 500)]
+    lo, hi = np.percentile(sample, [0.1, 99.9])
+    lo = math.floor(min(float(lo), 0.0) / 10) * 10
+    hi = math.ceil(max(float(hi), lo + 10) / 10) * 10
+    return {
+        "kind": "linear",
+        "opd_min_nm": float(lo),
+        "opd_max_nm": float(hi),
+        "out_min": -1.0,
+        "out_max": 1.0,
+    }
+
+
+def normalize(opd: np.ndarray, norm: dict[str, Any]) -> np.ndarray:
+    lo, hi = norm["opd_min_nm"], norm["opd_max_nm"]
+    return ((np.clip(opd, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32)
+
+
+def dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of (N, C, H, W) under one of the 8 rotations and reflections, at random."""
+    choice = torch.randint(0, 8, (batch.shape[0],), generator=generator)
+    out = batch.clone()
+    for k in range(8):
+        idx = (choice == k).nonzero().flatten()
+        if len(idx) == 0:
+            continue
+        x = torch.rot90(batch[idx], k % 4, dims=(2, 3))
+        out[idx] = torch.flip(x, dims=(3,)) if k >= 4 else x
+    return out

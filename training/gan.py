@@ -1,0 +1,197 @@
+"""DCGAN pretraining on unlabeled crops (the sperm pool), with checkpoints and resume.
+
+The output folder holds ``checkpoint.pt`` (everything needed to resume: both
+networks, both optimizers, the config, epoch, step, normalisation, seed),
+``gan.pt`` (weights only, what the classifier starts from), ``gan.json`` (how it
+was made) and a grid of generated cells per epoch (``samples-epoch-NNN.png``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .config import GanConfig, NetworkConfig
+from .data import dihedral, fit_normalization, load_crops, normalize
+from .networks import Discriminator, Generator, init_weights
+
+logger = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _grid(images: torch.Tensor, path: Path) -> None:
+    """Save (N, 1, H, W) images in [-1, 1] as a square grid PNG."""
+    n = images.shape[0]
+    side = int(np.ceil(np.sqrt(n)))
+    h, w = images.shape[2:]
+    grid = np.zeros((side * h, side * w), np.uint8)
+    pixels = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    for i in range(n):
+        r, c = divmod(i, side)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = pixels[i]
+    Image.fromarray(grid).save(path)
+
+
+def train_gan(
+    data: Sequence[str | Path],
+    out: Path,
+    config: GanConfig,
+    seed: int = 0,
+    resume: bool = False,
+    progress: Progress | None = None,
+    command: str = "",
+) -> Path:
+    """Train (or resume) a DCGAN on the crops in ``data``; return ``out/gan.pt``."""
+    torch.manual_seed(seed)
+    generator_rng = torch.Generator().manual_seed(seed)
+    crops = load_crops(data)
+    net = config.network
+    if crops.opd.shape[1] != net.crop_size:
+        raise ValueError(
+            f"the crops are {crops.opd.shape[1]} px, the network takes {net.crop_size}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / "checkpoint.pt"
+
+    g, d = Generator(net), Discriminator(net)
+    g.apply(init_weights)
+    d.apply(init_weights)
+    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+    epoch0, step = 0, 0
+    norm = fit_normalization(crops.opd)
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        if state["network"] != asdict(net):
+            raise ValueError(
+                f"{checkpoint_path} was trained with another network: {state['network']}"
+            )
+        g.load_state_dict(state["generator"])
+        d.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        epoch0, step, norm = state["epoch"], state["step"], state["normalization"]
+        generator_rng.set_state(state["rng"])
+        logger.info("resuming from epoch %d, step %d", epoch0, step)
+
+    factor = net.crop_size // net.input_size
+    x_all = torch.from_numpy(normalize(crops.opd, norm))[:, None]
+    if factor > 1:
+        x_all = nn.functional.avg_pool2d(x_all, factor)
+    n = len(x_all)
+    steps_per_epoch = max(1, n // config.batch_size)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    loss = nn.BCEWithLogitsLoss()
+    fixed_noise = torch.randn(64, net.latent, generator=torch.Generator().manual_seed(seed + 1))
+    logger.info(
+        "GAN: %d crops, %d steps per epoch, seed %d, normalisation %s",
+        n,
+        steps_per_epoch,
+        seed,
+        norm,
+    )
+    started = time.monotonic()
+    epoch = epoch0
+    while step < total:
+        g.train()
+        d.train()
+        order = torch.randperm(n, generator=generator_rng)
+        for b in range(steps_per_epoch):
+            if step >= total:
+                break
+            real = x_all[order[b * config.batch_size : (b + 1) * config.batch_size]]
+            if config.dihedral:
+                real = dihedral(real, generator_rng)
+            z = torch.randn(len(real), net.latent, generator=generator_rng)
+            fake = g(z)
+            opt_d.zero_grad()
+            loss_d = loss(d(real), torch.ones(len(real))) + loss(
+                d(fake.detach()), torch.zeros(len(real))
+            )
+            loss_d.backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            loss_g = loss(d(fake), torch.ones(len(real)))
+            loss_g.backward()
+            opt_g.step()
+            step += 1
+            if progress:
+                progress(step, total)
+        epoch += 1
+        g.eval()
+        with torch.no_grad():
+            _grid(g(fixed_noise), out / f"samples-epoch-{epoch:03d}.png")
+        torch.save(
+            {
+                "generator": g.state_dict(),
+                "discriminator": d.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "network": asdict(net),
+                "config": asdict(config),
+                "epoch": epoch,
+                "step": step,
+                "normalization": norm,
+                "seed": seed,
+                "rng": generator_rng.get_state(),
+                "last_losses": {"d": loss_d.item(), "g": loss_g.item()},
+            },
+            checkpoint_path,
+        )
+        logger.info(
+            "epoch %d: step %d, loss D %.3f, loss G %.3f", epoch, step, loss_d.item(), loss_g.item()
+        )
+
+    weights = out / "gan.pt"
+    torch.save(
+        {"generator": g.state_dict(), "discriminator": d.state_dict(), "network": asdict(net),
+         "normalization": norm, "epoch": epoch, "step": step, "seed": seed},
+        weights,
+    )  # fmt: skip
+    info: dict[str, Any] = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "network": asdict(net),
+        "config": asdict(config),
+        "normalization": norm,
+        "data": [{"file": str(f), "sha256": sha256_of(f)} for f in crops.files],
+        "crops": n,
+        "seed": seed,
+        "epochs": epoch,
+        "steps": step,
+        "seconds": round(time.monotonic() - started, 1),
+        "command": command,
+        "weights_sha256": sha256_of(weights),
+    }
+    (out / "gan.json").write_text(json.dumps(info, indent=2) + "\n")
+    return weights
+
+
+def load_gan(directory: Path) -> tuple[dict[str, Any], NetworkConfig]:
+    """The weights of a trained GAN folder and its network configuration."""
+    path = directory / "gan.pt"
+    if not path.is_file():
+        raise ValueError(f"{directory} holds no gan.pt: train one with 'topgan train gan'")
+    state = torch.load(path, weights_only=False)
+    return state, NetworkConfig(**state["network"])

@@ -1,0 +1,118 @@
+"""The DCGAN of TOP-GAN and the classifier built on its discriminator (PyTorch).
+
+Generator: noise (latent) -> FC -> (8 c, s/16, s/16) -> four 5x5 stride-2
+transposed convolutions with batch norm and ReLU -> (channels, s, s), tanh.
+Discriminator: four 5x5 stride-2 convolutions (c, 2c, 4c, 8c), batch norm except
+on the input layer, LeakyReLU 0.1 -> FC -> one logit (the sigmoid is in the loss).
+Classifier: the discriminator's convolutional trunk plus FC(hidden) -> FC(hidden)
+-> FC(classes), dropout before each, softmax at export.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from .config import NetworkConfig
+
+
+def init_weights(module: nn.Module) -> None:
+    """N(0, 0.02) for convolutions and linear layers; N(1, 0.02) for batch-norm scales."""
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: NetworkConfig) -> None:
+        super().__init__()
+        c = cfg.base_channels
+        self.start = cfg.input_size // 16
+        self.top = 8 * c
+        self.fc = nn.Sequential(
+            nn.Linear(cfg.latent, self.top * self.start * self.start, bias=False),
+            nn.BatchNorm1d(self.top * self.start * self.start),
+            nn.ReLU(True),
+        )
+        layers: list[nn.Module] = []
+        widths = [8 * c, 4 * c, 2 * c, c]
+        for w_in, w_out in itertools.pairwise(widths):
+            layers += [
+                nn.ConvTranspose2d(w_in, w_out, 5, 2, 2, output_padding=1, bias=False),
+                nn.BatchNorm2d(w_out),
+                nn.ReLU(True),
+            ]
+        layers += [nn.ConvTranspose2d(c, cfg.channels, 5, 2, 2, output_padding=1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z).view(-1, self.top, self.start, self.start)
+        return self.net(x)
+
+
+def trunk(cfg: NetworkConfig) -> nn.Sequential:
+    """The discriminator's convolutions: (channels, s, s) -> (8 c, s/16, s/16)."""
+    c = cfg.base_channels
+    widths = [cfg.channels, c, 2 * c, 4 * c, 8 * c]
+    layers: list[nn.Module] = []
+    for i, (w_in, w_out) in enumerate(itertools.pairwise(widths)):
+        layers.append(nn.Conv2d(w_in, w_out, 5, 2, 2, bias=i == 0))
+        if i > 0:
+            layers.append(nn.BatchNorm2d(w_out))
+        layers.append(nn.LeakyReLU(0.1, inplace=True))
+    return nn.Sequential(*layers)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: NetworkConfig) -> None:
+        super().__init__()
+        self.trunk = trunk(cfg)
+        side = cfg.input_size // 16
+        self.head = nn.Linear(8 * cfg.base_channels * side * side, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x).flatten(1)).squeeze(1)
+
+
+class Classifier(nn.Module):
+    """Crops at ``crop_size`` in, class logits out; pools to ``input_size`` first."""
+
+    def __init__(
+        self, cfg: NetworkConfig, classes: int, hidden: int = 100, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        factor = cfg.crop_size // cfg.input_size
+        self.pool: nn.Module = nn.AvgPool2d(factor) if factor > 1 else nn.Identity()
+        self.trunk = trunk(cfg)
+        side = cfg.input_size // 16
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(8 * cfg.base_channels * side * side, hidden),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(self.pool(x)))
+
+
+class WithSoftmax(nn.Module):
+    """What is exported: probabilities instead of logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
