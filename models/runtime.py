@@ -242,14 +242,14 @@ class MicroBatcher:
             return
         try:
             crops = np.concatenate([r.crops for r in batch]) if len(batch) > 1 else batch[0].crops
-            start = time.perf_counter()
-            parts = [
-                runtime.predict(crops[i : i + self.max_batch])
-                for i in range(0, len(crops), self.max_batch)
-            ]
+            parts = []
+            for i in range(0, len(crops), self.max_batch):
+                chunk = crops[i : i + self.max_batch]
+                start = time.perf_counter()
+                parts.append(runtime.predict(chunk))
+                if self.on_batch:
+                    self.on_batch(len(chunk), time.perf_counter() - start)
             probabilities = np.concatenate(parts)
-            if self.on_batch:
-                self.on_batch(len(crops), time.perf_counter() - start)
         except Exception as exc:  # a failed inference fails its requests, not the thread
             logger.exception("inference failed")
             for request in batch:

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import wait
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.manifest import ModelError, read_model_dir, sha256_of
+from models.runtime import (
+    MicroBatcher,
+    ModelHolder,
+    ModelNotLoadedError,
+    ModelRuntime,
+    choose_providers,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bundled_models_load_and_say_how_they_were_made():
+    runtime = ModelRuntime(REPO / "models" / "sw480-sw620", "cpu")
+    m = runtime.manifest
+    assert m.classes == ["sw480", "sw620"]
+    assert m.method == "topgan-aug"
+    assert m.input_shape == (1, 128, 128)
+    assert m.pixel_size_um == 0.25
+    assert "topgan" in m.training["command"]
+    assert "train classifier" in m.training["command"]
+    assert len(m.training["data_sha256"]) == 64
+    assert m.training["seed"] == 3
+    assert 0.5 < m.metrics["validation_accuracy"] <= 1
+    gan = REPO / "models" / "pretrained" / "sperm-dcgan"
+    info = json.loads((gan / "gan.json").read_text())
+    assert info["weights_sha256"] == sha256_of(gan / "gan.pt")
+    assert m.training["gan_sha256"] == info["weights_sha256"]
+    assert "train gan" in info["command"]
+
+
+def test_manifest_errors(models_root, tmp_path):
+    src = models_root / "m1"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.onnx").write_bytes((src / "model.onnx").read_bytes())
+    manifest = json.loads((src / "manifest.json").read_text())
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"classes": ["one"]}, "at least two classes"),
+        ({"method": "svm"}, "unknown method"),
+        ({"input": {"shape": [1, 128], "normalization": {}}}, "shape must be"),
+        ({"onnx_sha256": "0" * 64}, "does not match its manifest"),
+    ]
+    for change, message in cases:
+        (bad / "manifest.json").write_text(json.dumps({**manifest, **change}))
+        with pytest.raises(ModelError, match=message):
+            read_model_dir(bad)
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        read_model_dir(bad)
+    with pytest.raises(ModelError, match="does not exist"):
+        read_model_dir(tmp_path / "none")
+
+
+def test_batcher_serves_many_callers_in_batches(models_root):
+    holder = ModelHolder("cpu")
+    runtime = holder.load(models_root / "m1")
+    sizes: list[int] = []
+    batcher = MicroBatcher(
+        holder, max_batch=16, max_wait_s=0.02, on_batch=lambda n, s: sizes.append(n)
+    )
+    rng = np.random.default_rng(0)
+    requests = [
+        rng.normal(200, 50, (int(n), 128, 128)).astype(np.float32) for n in rng.integers(1, 4, 20)
+    ]
+    big = rng.normal(200, 50, (40, 128, 128)).astype(np.float32)
+    start = threading.Barrier(len(requests))
+    futures = []
+
+    def submit(x):
+        start.wait()
+        futures.append(batcher.submit(x))
+
+    threads = [threading.Thread(target=submit, args=(x,)) for x in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    big_future = batcher.submit(big)
+    wait([*futures, big_future], timeout=30)
+    got = {id(f): f.result().probabilities for f in futures}
+    assert sum(len(p) for p in got.values()) == sum(len(x) for x in requests)
+    np.testing.assert_allclose(big_future.result().probabilities, runtime.predict(big), atol=1e-6)
+    assert max(sizes) <= 16, "no ONNX Runtime call exceeds max_batch"
+    assert len(sizes) < len(requests), "requests were batched together"
+    batcher.close()
+
+
+def test_batcher_without_model_and_providers():
+    batcher = MicroBatcher(ModelHolder("cpu"))
+    with pytest.raises(ModelNotLoadedError):
+        batcher.submit(np.zeros((1, 128, 128), np.float32)).result(5)
+    batcher.close()
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="auto, cuda or cpu"):
+        choose_providers("tpu")  # type: ignore[arg-type]
