@@ -1,4 +1,8 @@
-"""Dependencies of the routes: the service state and the API key check."""
+"""Dependencies of the routes: the service state and the API key check.
+
+Both are ``async``: FastAPI runs plain functions in a worker thread, a hand-off that
+cost more than the whole check on every request.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,14 @@ from fastapi import Depends, Header, HTTPException, Request
 from ..state import ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
 State = Annotated[ServiceState, Depends(get_state)]
 
 
-def require_api_key(
+async def require_api_key(
     state: State,
     x_api_key: Annotated[
         str | None, Header(description="required when TOPGAN_API_KEY is set")

@@ -360,3 +360,15 @@ def test_no_model_means_503_and_not_ready(tmp_path, models_root):
             assert c.get("/ready").status_code == 200
     finally:
         srv.stop()
+
+
+def test_npy_layouts_and_truncation(client):
+    batch = crops(2, seed=5)
+    reference = client.post("/classify", content=npy(batch), headers=NPY).json()["cells"]
+    for variant in (np.asfortranarray(batch), batch.astype(">f8"), batch.astype(np.float16)):
+        cells = client.post("/classify", content=npy(variant), headers=NPY).json()["cells"]
+        for got, want in zip(cells, reference, strict=True):
+            assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-3)
+    truncated = client.post("/classify", content=npy(batch)[:-10], headers=NPY)
+    assert truncated.status_code == 422
+    assert "the body holds" in truncated.json()["detail"]
