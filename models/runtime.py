@@ -83,6 +83,9 @@ class ModelRuntime:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # ONNX Runtime's threads spin after each call by default, burning the CPU that
+        # the HTTP event loop and the camera pipeline need between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(onnx_path), options, providers=choose_providers(provider)

@@ -21,11 +21,11 @@ import onnx
 import torch
 from torch import nn
 
-from models.manifest import write_model_dir
+from models.manifest import sha256_of, write_model_dir
 
 from .config import ClassifierConfig
 from .data import Crops, dihedral, fit_normalization, load_crops, normalize
-from .gan import load_gan, sha256_of
+from .gan import load_gan
 from .networks import Classifier, WithSoftmax
 
 logger = logging.getLogger(__name__)

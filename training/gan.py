@@ -8,7 +8,6 @@ was made) and a grid of generated cells per epoch (``samples-epoch-NNN.png``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -23,20 +22,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from models.manifest import sha256_of
+
 from .config import GanConfig, NetworkConfig
 from .data import dihedral, fit_normalization, load_crops, normalize
 from .networks import Discriminator, Generator, init_weights
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _grid(images: torch.Tensor, path: Path) -> None:
