@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 TORCH_METHODS = ("cnn", "cnn-aug", "topgan", "topgan-aug")
 METHODS = ("knn", *TORCH_METHODS)
 PARITY_TOLERANCE = 1e-4
+#: An int8 model is kept only within half a point of the float model's accuracy.
+INT8_TOLERANCE = 0.005
 
 
 def stratified_indices(
@@ -226,6 +228,37 @@ def fit_knn(
     return data, norm, record
 
 
+def _try_int8(
+    onnx_bytes: bytes,
+    crops: Crops,
+    indices: np.ndarray,
+    norm: dict[str, Any],
+    config: ClassifierConfig,
+    seed: int,
+    record: dict[str, Any],
+) -> tuple[bytes, dict[str, Any]]:
+    """The int8 model if it keeps the validation accuracy within 0.5 points, else fp32."""
+    from .quantize import onnx_accuracy, quantize_int8
+
+    labels = crops.label[indices]
+    # The same split as fit(): the validation crops never calibrate the quantiser.
+    train_pos, val_pos = split_validation(labels, config.val_fraction, np.random.default_rng(seed))
+    x = normalize(crops.opd[indices], norm)[:, None]
+    quantized = quantize_int8(onnx_bytes, x[train_pos[:512]])
+    acc_fp32 = onnx_accuracy(onnx_bytes, x[val_pos], labels[val_pos])
+    acc_int8 = onnx_accuracy(quantized, x[val_pos], labels[val_pos])
+    keep = acc_int8 >= acc_fp32 - INT8_TOLERANCE
+    logger.info("int8: validation accuracy %.4f (fp32 %.4f): %s", acc_int8, acc_fp32,
+                "kept" if keep else "refused, the fp32 model is kept")  # fmt: skip
+    record = {
+        **record,
+        "precision": "int8" if keep else "fp32",
+        "validation_accuracy_fp32": round(acc_fp32, 4),
+        "validation_accuracy_int8": round(acc_int8, 4),
+    }
+    return (quantized if keep else onnx_bytes), record
+
+
 def train_classifier(
     method: str,
     data: Path,
@@ -238,8 +271,14 @@ def train_classifier(
     name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     command: str = "",
+    int8: bool = False,
 ) -> Path:
-    """Train, export to ONNX and write a model directory with its manifest."""
+    """Train, export to ONNX and write a model directory with its manifest.
+
+    With ``int8`` the exported model is also statically quantised (calibrated on the
+    training crops) and the int8 model is kept only if its validation accuracy stays
+    within 0.5 points of the float one; both accuracies go into the manifest.
+    """
     crops = load_crops([data])
     if len(crops.class_names) < 2:
         raise ValueError(f"{data} has classes {crops.class_names}: a classifier needs at least two")
@@ -255,6 +294,8 @@ def train_classifier(
         # Parity on real crops: noise can saturate the softmax and hide differences.
         probe = torch.from_numpy(normalize(crops.opd[indices[:16]], norm))[:, None]
         onnx_bytes = export_onnx(model, config.network.crop_size, probe)
+        if int8:
+            onnx_bytes, record = _try_int8(onnx_bytes, crops, indices, norm, config, seed, record)
     manifest = {
         "name": name or f"{'-'.join(crops.class_names)}-{method}",
         "version": datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),

@@ -59,6 +59,7 @@ def run_train(args: argparse.Namespace) -> None:
                 gan_dir=Path(args.gan) if args.gan else None, seed=args.seed,
                 train_size=args.train_size, name=args.name,
                 progress=ProgressPrinter("classifier steps"), command=_command_line(),
+                int8=args.int8,
             )  # fmt: skip
             print(f"wrote the model directory {out}", file=sys.stderr)
     except FileNotFoundError as exc:

@@ -32,6 +32,8 @@ def test_bundled_models_load_and_say_how_they_were_made():
     assert len(m.training["data_sha256"]) == 64
     assert m.training["seed"] == 3
     assert 0.5 < m.metrics["validation_accuracy"] <= 1
+    assert m.metrics["precision"] == "int8"
+    assert m.metrics["validation_accuracy_int8"] >= m.metrics["validation_accuracy_fp32"] - 0.005
     gan = REPO / "models" / "pretrained" / "sperm-dcgan"
     info = json.loads((gan / "gan.json").read_text())
     assert info["weights_sha256"] == sha256_of(gan / "gan.pt")

@@ -126,3 +126,17 @@ def test_knn_model_matches_the_numpy_knn(data, tmp_path):
         .predict_proba(normalize(probe, manifest["input"]["normalization"]))
     )
     np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_int8_is_kept_only_within_half_a_point(data, tmp_path):
+    model = tmp_path / "q"
+    args = ["-q", "train", "classifier", "--method", "cnn", "--data", str(data / "cells.h5"),
+            "--out", str(model), "--int8", "--epochs", "2"]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((model / "manifest.json").read_text())["metrics"]
+    kept = metrics["validation_accuracy_int8"] >= metrics["validation_accuracy_fp32"] - 0.005
+    assert metrics["precision"] == ("int8" if kept else "fp32")
+    text = (model / "model.onnx").read_bytes()
+    assert (b"QuantizeLinear" in text) == kept
+    probabilities = ModelRuntime(model, "cpu").predict(np.zeros((2, 128, 128), np.float32))
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-4)
