@@ -21,13 +21,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# promtool and prometheus (Debian's package) for the monitoring tests.
+# Servers the tests run for real on 127.0.0.1, from Debian's packages: Prometheus
+# (and promtool) for the monitoring tests, PostgreSQL for the results store.
 tools:
-	@command -v promtool >/dev/null 2>&1 || { \
-		echo "installing Debian's prometheus package (promtool and a Prometheus server for the tests)"; \
+	@missing=""; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian's$$missing for the tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 test: lint tools
 	$(BIN)/python -m pytest

@@ -1,0 +1,91 @@
+"""The results store on a real PostgreSQL server (a throw-away cluster on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.store import ResultRow, ResultStore
+from tests.service.conftest import free_port, start_server
+from tests.service.test_api import NPY, crops, npy
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.fail(
+            "PostgreSQL server binaries are missing: install Debian's postgresql (make test does)"
+        )
+    bin_dir = Path(found[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="topgan-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    data = root / "data"
+    initdb = [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
+    subprocess.run(_as_postgres(initdb), check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
+                      "-o", f"-p {port} -k {root} -h 127.0.0.1", "start"]),
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        stop = [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]
+        subprocess.run(_as_postgres(stop), capture_output=True, timeout=120, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_store_on_postgres_keeps_order_and_ids(postgres_url):
+    store = ResultStore(postgres_url)
+    try:
+        probabilities = {"sw480": 0.5, "sw620": 0.5}
+        rows = [
+            ResultRow(
+                "api",
+                "sw480" if i % 3 else "sw620",
+                probabilities,
+                "m",
+                "1",
+                {"area_um2": float(i)},
+            )
+            for i in range(7)
+        ]
+        ids = store.add(rows).result(30)
+        assert ids == sorted(ids)
+        listed = store.list(after_id=ids[0] - 1, limit=7)
+        assert [r["id"] for r in listed] == ids
+        assert [r["qc"]["area_um2"] for r in listed] == [float(i) for i in range(7)]
+        assert store.summary(since=0)["counts"] == {"sw480": 4, "sw620": 3}
+    finally:
+        store.close()
+
+
+def test_service_on_postgres_survives_a_restart(tmp_path, models_root, postgres_url):
+    srv = start_server(tmp_path, models_root, TOPGAN_DATABASE_URL=postgres_url)
+    with httpx.Client(base_url=srv.url) as c:
+        answer = c.post("/classify", content=npy(crops(3)), headers=NPY)
+        assert answer.status_code == 200, answer.text
+        ids = [cell["id"] for cell in answer.json()["cells"]]
+    srv.stop()
+    again = start_server(tmp_path, models_root, TOPGAN_DATABASE_URL=postgres_url)
+    try:
+        with httpx.Client(base_url=again.url) as c:
+            stored = {r["id"] for r in c.get("/results", params={"limit": 1000}).json()["results"]}
+            assert set(ids) <= stored
+    finally:
+        again.stop()
