@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/reconstruction.py
 	$(BIN)/python bench/simulate.py
 	$(BIN)/python bench/service.py
+	$(BIN)/python bench/inference.py
 
 # The service with the bundled model. The camera loop is the next issue: until it
 # exists the API runs alone (--camera none).

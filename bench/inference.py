@@ -1,0 +1,99 @@
+"""Classifier inference speed: PyTorch eager vs ONNX Runtime fp32 vs int8, side by side.
+
+For the paper-size network (128 px, 64..512 channels) and the cpu preset (64 px
+inside, half the channels), at batch 1 and 32, cells per second in one run; then
+the fine-tuning time on 160 training images (seconds per epoch, and for a fixed
+number of epochs). Weights are random (speed does not depend on them); int8 is
+calibrated on simulated crops.
+
+Usage: ``python bench/inference.py [--seconds 2] [--epochs 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from acquisition.simulator.datasets import simulate_direct
+from training.classifier import export_onnx, fit
+from training.config import classifier_preset, network_preset, override
+from training.data import Crops, fit_normalization, normalize
+from training.networks import Classifier, WithSoftmax
+from training.quantize import quantize_int8
+
+
+def rate(fn, cells: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
+    fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return n * cells / (time.perf_counter() - start)
+
+
+def session(data: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs to time")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    data = simulate_direct(["sw480", "sw620"], 80, seed=0)
+    norm = fit_normalization(data.opd)
+    x_all = normalize(data.opd, norm)[:, None]
+    print(f"# inference benchmark: {torch.get_num_threads()} threads, cells per second")
+    print(
+        "| network | batch | PyTorch eager | ONNX Runtime fp32 | ONNX Runtime int8 | fp32 / eager | int8 / eager |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for preset in ("paper", "cpu"):
+        net = network_preset(preset)
+        model = Classifier(net, 2).eval()
+        fp32 = export_onnx(model, net.crop_size, torch.from_numpy(x_all[:8]))
+        int8 = quantize_int8(fp32, x_all[:64])
+        wrapped = WithSoftmax(model).eval()
+        sessions = {"fp32": session(fp32), "int8": session(int8)}
+        for batch in (1, 32):
+            x = x_all[:batch]
+            xt = torch.from_numpy(x)
+
+            def eager(xt: torch.Tensor = xt, net: torch.nn.Module = wrapped) -> None:
+                with torch.no_grad():
+                    net(xt)
+
+            r_eager = rate(eager, batch, args.seconds)
+            r = {
+                k: rate(lambda s=s, x=x: s.run(None, {"x": x}), batch, args.seconds)
+                for k, s in sessions.items()
+            }
+            print(
+                f"| {preset} | {batch} | {r_eager:.0f} | {r['fp32']:.0f} | {r['int8']:.0f} | "
+                f"{r['fp32'] / r_eager:.1f}x | {r['int8'] / r_eager:.1f}x |"
+            )
+            sys.stdout.flush()
+
+    print(f"\nFine-tuning on 160 images ({args.epochs} epochs, batch 16, no early stop):")
+    crops = Crops(data.opd, data.label, data.class_names, data.pixel_size_um, [])
+    for preset in ("paper", "cpu"):
+        config = override(classifier_preset(preset), epochs=args.epochs, patience=args.epochs)
+        _, _, record = fit("cnn-aug", crops, np.arange(160), config, None, seed=0)
+        seconds = record["train_seconds"]
+        print(f"- {preset}: {seconds:.1f} s, {seconds / record['epochs_run']:.2f} s per epoch "
+              f"({128} training + {32} validation crops)")  # fmt: skip
+    print("\nTarget: >= 500 cells/s for the paper-size network on 2 cores (ONNX Runtime).")
+    print("The paper: 3.38 s to fine-tune on 160 images on a P100 GPU.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
