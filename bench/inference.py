@@ -52,9 +52,9 @@ def main() -> int:
     norm = fit_normalization(data.opd)
     x_all = normalize(data.opd, norm)[:, None]
     print(f"# inference benchmark: {torch.get_num_threads()} threads, cells per second")
-    print(
-        "| network | batch | PyTorch eager | ONNX Runtime fp32 | ONNX Runtime int8 | fp32 / eager | int8 / eager |"
-    )
+    header = ["network", "batch", "PyTorch eager", "ONNX Runtime fp32", "ONNX Runtime int8",
+              "fp32 / eager", "int8 / eager"]  # fmt: skip
+    print("| " + " | ".join(header) + " |")
     print("|---|---|---|---|---|---|---|")
     for preset in ("paper", "cpu"):
         net = network_preset(preset)
