@@ -347,6 +347,31 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_train)
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        parents=[_common()],
+        help="the paper's protocol: K-fold cross-validation of several methods",
+    )
+    p.add_argument("--data", required=True, metavar="FILE.h5")
+    p.add_argument("--gan", metavar="DIR", help="the pretrained DCGAN (topgan methods)")
+    p.add_argument("--methods", required=True, metavar="M,...", help="e.g. knn,cnn,topgan")
+    p.add_argument("--train-sizes", required=True, metavar="N,...", help="e.g. 10,20,40,80,160")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--positive", metavar="CLASS", help="the positive class (default: the last)")
+    p.add_argument("--preset", choices=("paper", "cpu"), default="cpu")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--dry-run", action="store_true", help="a couple of steps per training (tests)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from .commands.train import run_evaluate
+
+    run_evaluate(args)
+
+
 def _run_train(args: argparse.Namespace) -> None:
     from .commands.train import run_train
 
@@ -371,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     _add_dataset(sub)
     _add_train(sub)
+    _add_evaluate(sub)
     return parser
 
 

@@ -64,3 +64,37 @@ def run_train(args: argparse.Namespace) -> None:
             print(f"wrote the model directory {out}", file=sys.stderr)
     except FileNotFoundError as exc:
         raise CommandError(str(exc)) from None
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CommandError("evaluation needs PyTorch: pip install -e '.[train]'") from None
+    from training import config as cfg
+    from training.evaluate import evaluate
+
+    def numbers(text: str, what: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise CommandError(f"{what} must be comma-separated integers, got {text!r}") from None
+        if not values or min(values) < 2:
+            raise CommandError(f"{what} must be integers of at least 2, got {text!r}")
+        return values
+
+    clf = cfg.classifier_preset(args.preset)
+    changes = {"epochs": args.epochs}
+    if args.dry_run:
+        changes.update(epochs=1, max_steps=DRY_RUN_STEPS, batch_size=4)
+    clf = cfg.override(clf, **changes)
+    results = evaluate(
+        Path(args.data), Path(args.out), [m.strip() for m in args.methods.split(",") if m.strip()],
+        numbers(args.train_sizes, "--train-sizes"), args.folds, clf, args.preset,
+        gan_dir=Path(args.gan) if args.gan else None, positive=args.positive, seed=args.seed,
+        progress=ProgressPrinter("trainings"), command=_command_line(),
+    )  # fmt: skip
+    print(
+        f"wrote {len(results)} results, report.md and learning-curves.png to {args.out}",
+        file=sys.stderr,
+    )

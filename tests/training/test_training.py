@@ -140,3 +140,32 @@ def test_int8_is_kept_only_within_half_a_point(data, tmp_path):
     assert (b"QuantizeLinear" in text) == kept
     probabilities = ModelRuntime(model, "cpu").predict(np.zeros((2, 128, 128), np.float32))
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-4)
+
+
+def test_evaluate_follows_the_protocol(data, tmp_path):
+    out = tmp_path / "eval"
+    args = ["-q", "evaluate", "--data", str(data / "cells.h5"), "--methods", "knn,cnn",
+            "--train-sizes", "4,8", "--folds", "3", "--dry-run", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert len(results) == 3 * 2 * 2
+    keys = {"method", "train_size", "fold", "accuracy", "sensitivity", "specificity", "auc",
+            "train_seconds", "test_seconds_per_cell"}  # fmt: skip
+    assert all(set(r) == keys for r in results)
+    assert {r["fold"] for r in results} == {0, 1, 2}
+    assert all(0 <= r["accuracy"] <= 1 and r["test_seconds_per_cell"] > 0 for r in results)
+    assert "| knn | 4 |" in (out / "report.md").read_text()
+    assert (out / "learning-curves.png").stat().st_size > 1000
+
+
+def test_folds_and_auc():
+    from training.evaluate import auc, stratified_folds
+
+    labels = np.array([0] * 10 + [1] * 5)
+    folds = stratified_folds(labels, 5, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(15))
+    assert all((labels[f] == 1).sum() == 1 for f in folds)
+    truth = np.array([True, True, False, False])
+    assert auc(np.array([0.9, 0.8, 0.1, 0.2]), truth) == 1.0
+    assert auc(np.array([0.1, 0.2, 0.9, 0.8]), truth) == 0.0
+    assert auc(np.array([0.5, 0.5, 0.5, 0.5]), truth) == 0.5
