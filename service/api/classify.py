@@ -52,6 +52,7 @@ CROPS_BODY = {
 }
 HOLOGRAM_BODY = {"requestBody": {"required": True, "content": {NPY: BINARY, TIFF: BINARY}}}
 MAX_HOLOGRAM_SIDE = 4096
+NO_MODEL = "no model is loaded: POST /model/reload with a model directory"
 
 
 def _response(result: Any, qc: list[dict[str, Any]] | None = None,
@@ -78,7 +79,7 @@ def _response(result: Any, qc: list[dict[str, Any]] | None = None,
 def _model_shape(state: State) -> tuple[tuple[int, int], float]:
     runtime = state.holder.current
     if runtime is None:
-        raise HTTPException(503, "no model is loaded: POST /model/reload with a model directory")
+        raise HTTPException(503, NO_MODEL)
     return runtime.crop_shape, runtime.manifest.pixel_size_um
 
 
@@ -101,9 +102,7 @@ async def classify(request: Request, state: State) -> Response:
     try:
         result = await state.classify(crops, "api", started)
     except ModelNotLoadedError:
-        raise HTTPException(
-            503, "no model is loaded: POST /model/reload with a model directory"
-        ) from None
+        raise HTTPException(503, NO_MODEL) from None
     return _response(result)
 
 
@@ -156,5 +155,5 @@ async def classify_hologram(request: Request, state: State) -> Response:
     try:
         result = await state.classify(crops, "api", started, qc=qc, positions=positions)
     except ModelNotLoadedError:
-        raise HTTPException(503, "no model is loaded") from None
+        raise HTTPException(503, NO_MODEL) from None
     return _response(result, qc, positions)

@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import CommandError
 from ..progress import ProgressPrinter
@@ -17,25 +18,34 @@ def _command_line() -> str:
     return "topgan " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def run_train(args: argparse.Namespace) -> None:
+def _require_torch(what: str) -> None:
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         raise CommandError(
-            "training needs PyTorch: pip install -e '.[train]' (torch==2.13.0, the CPU build here)"
+            f"{what} needs PyTorch: pip install -e '.[train]' (torch==2.13.0, the CPU build here)"
         ) from None
+
+
+def _configure(config: Any, args: argparse.Namespace, dry_run_batch: int) -> Any:
+    """The preset's ``config`` with --epochs, or a couple of small steps for --dry-run."""
+    from training.config import override
+
+    changes = {"epochs": args.epochs}
+    if args.dry_run:
+        changes.update(epochs=1, max_steps=DRY_RUN_STEPS, batch_size=dry_run_batch)
+    return override(config, **changes)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    _require_torch("training")
     from training import config as cfg
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         if args.what == "gan":
             from training.gan import train_gan
 
-            gan = cfg.gan_preset(args.preset)
-            changes = {"epochs": args.epochs}
-            if args.dry_run:
-                changes.update(epochs=1, max_steps=DRY_RUN_STEPS, batch_size=8)
-            gan = cfg.override(gan, **changes)
+            gan = _configure(cfg.gan_preset(args.preset), args, dry_run_batch=8)
             weights = train_gan(
                 args.data, Path(args.out), gan, seed=args.seed, resume=args.resume,
                 progress=ProgressPrinter("GAN steps"), command=_command_line(),
@@ -49,11 +59,7 @@ def run_train(args: argparse.Namespace) -> None:
                 raise CommandError(
                     f"method {args.method!r} is not available yet; trainable now: {available}"
                 )
-            clf = cfg.classifier_preset(args.preset)
-            changes = {"epochs": args.epochs}
-            if args.dry_run:
-                changes.update(epochs=1, max_steps=DRY_RUN_STEPS, batch_size=4)
-            clf = cfg.override(clf, **changes)
+            clf = _configure(cfg.classifier_preset(args.preset), args, dry_run_batch=4)
             out = train_classifier(
                 args.method, Path(args.data), Path(args.out), clf, args.preset,
                 gan_dir=Path(args.gan) if args.gan else None, seed=args.seed,
@@ -67,10 +73,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise CommandError("evaluation needs PyTorch: pip install -e '.[train]'") from None
+    _require_torch("evaluation")
     from training import config as cfg
     from training.evaluate import evaluate
 
@@ -83,11 +86,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
             raise CommandError(f"{what} must be integers of at least 2, got {text!r}")
         return values
 
-    clf = cfg.classifier_preset(args.preset)
-    changes = {"epochs": args.epochs}
-    if args.dry_run:
-        changes.update(epochs=1, max_steps=DRY_RUN_STEPS, batch_size=4)
-    clf = cfg.override(clf, **changes)
+    clf = _configure(cfg.classifier_preset(args.preset), args, dry_run_batch=4)
     results = evaluate(
         Path(args.data), Path(args.out), [m.strip() for m in args.methods.split(",") if m.strip()],
         numbers(args.train_sizes, "--train-sizes"), args.folds, clf, args.preset,
