@@ -46,8 +46,35 @@ class Settings(BaseSettings):
         None, description="camera ROI as (offset_x, offset_y, width, height), pixels"
     )
     pixel_format: Literal["Mono8", "Mono12"] = Field("Mono8", description="camera pixel format")
-    frame_rate_hz: float = Field(90.0, gt=0, description="acquisition frame rate")
+    frame_rate_hz: float = Field(
+        90.0, ge=0, description="frame rate (camera, replay, simulator); 0: as fast as possible"
+    )
     trigger: Literal["free", "software", "hardware"] = Field("free", description="trigger mode")
+    buffer_count: int = Field(16, ge=1, le=1024, description="camera driver frame buffers")
+    grab_timeout_s: float = Field(1.0, gt=0, description="how long one grab waits for a frame")
+    frame_queue: int = Field(
+        64, ge=1, le=4096, description="frames waiting for the workers; when full the oldest drops"
+    )
+    pipeline_workers: int = Field(
+        2, ge=1, le=64, description="reconstruction and segmentation threads"
+    )
+    worker_processes: bool = Field(
+        True, description="run each worker in a process of its own (else threads)"
+    )
+    reconnect_max_s: float = Field(
+        30.0, gt=0, description="longest wait between attempts to reopen a lost camera"
+    )
+    simulated_lines: str = Field(
+        "sw480,sw620", description="cell lines of the emulator's and the simulator's holograms"
+    )
+    emulator_images: Path = Field(
+        Path("data/emulator"), description="where the emulator's simulated holograms are kept"
+    )
+    emulator_frames: int = Field(48, ge=1, description="simulated holograms the emulator cycles")
+    simulator_pool_frames: int = Field(
+        32, ge=1, description="frames the simulator camera renders before it streams"
+    )
+    replay_loop: bool = Field(True, description="replay: start again after the last frame")
 
     # -- optics and reconstruction --
     wavelength_nm: float = Field(632.8, gt=0, description="illumination wavelength")

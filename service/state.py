@@ -9,18 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from acquisition.cameras import GrabbedFrame
 from acquisition.reconstruction import ReconstructionConfig, Reconstructor
-from acquisition.segmentation import SegmentationConfig, Segmenter
+from acquisition.segmentation import Cell, SegmentationConfig, Segmenter
 from models.manifest import Manifest, ModelError
-from models.runtime import MicroBatcher, ModelHolder
+from models.runtime import MicroBatcher, ModelHolder, Prediction
 
 from .metrics import Metrics
+from .pipeline import AcquisitionRunner
 from .settings import Settings
 from .store import ResultRow, ResultStore
 
@@ -43,6 +46,7 @@ class ServiceState:
     batcher: MicroBatcher
     store: ResultStore
     started: float = field(default_factory=time.time)
+    runner: AcquisitionRunner | None = None
     _reconstructor: Reconstructor | None = None
 
     @classmethod
@@ -78,10 +82,19 @@ class ServiceState:
 
         store.on_commit = on_commit
         logger.info("results stored in %s", _safe_url(settings.database_url))
-        return cls(settings, metrics, holder, batcher, store)
+        state = cls(settings, metrics, holder, batcher, store)
+        if settings.camera != "none":
+            from .acquisition import build_runner
+
+            state.runner = build_runner(state)
+            state.runner.start()
+        return state
 
     def close(self) -> None:
-        """Drain the batcher, then commit every queued result."""
+        """Stop the camera loop (its queued frames are processed), drain the batcher,
+        then commit every queued result."""
+        if self.runner is not None:
+            self.runner.stop()
         self.batcher.close()
         self.store.close()
 
@@ -103,9 +116,25 @@ class ServiceState:
         frame_id: int | None = None,
     ) -> Classified:
         prediction = await asyncio.wrap_future(self.batcher.submit(crops))
+        rows, labels = self.rows(prediction, source, started, qc, positions, frame_id)
+        ids = await asyncio.wrap_future(self.store.add(rows))
+        return Classified(prediction.manifest, prediction.probabilities, ids, labels)
+
+    @staticmethod
+    def rows(
+        prediction: Prediction,
+        source: str,
+        started: float,
+        qc: list[dict[str, Any]] | None = None,
+        positions: list[tuple[float, float]] | None = None,
+        frame_id: int | None = None,
+        created: float | None = None,
+    ) -> tuple[list[ResultRow], list[str]]:
+        """One result row per crop of ``prediction``, and the predicted labels."""
         manifest = prediction.manifest
         classes = manifest.classes
         labels = [classes[i] for i in prediction.probabilities.argmax(axis=1)]
+        extra = {} if created is None else {"created": created}
         rows = [
             ResultRow(
                 source=source,
@@ -120,11 +149,33 @@ class ServiceState:
                 y_px=positions[i][0] if positions else None,
                 x_px=positions[i][1] if positions else None,
                 started=started,
+                **extra,
             )
-            for i in range(len(crops))
+            for i in range(len(prediction.probabilities))
         ]
-        ids = await asyncio.wrap_future(self.store.add(rows))
-        return Classified(manifest, prediction.probabilities, ids, labels)
+        return rows, labels
+
+    # -- the camera loop's side (service.pipeline.Classifier) -------------------------
+
+    def crop_geometry(self) -> tuple[tuple[int, int], float]:
+        """(crop shape, crop pixel size in um) of the model being served."""
+        runtime = self.holder.current
+        if runtime is None:
+            size = 128
+            return (size, size), self.settings.crop_pixel_size_um
+        return runtime.crop_shape, runtime.manifest.pixel_size_um
+
+    def submit(self, crops: np.ndarray) -> Future[Prediction]:
+        return self.batcher.submit(crops)
+
+    def store_cells(
+        self, prediction: Prediction, frame: GrabbedFrame, cells: list[Cell]
+    ) -> tuple[list[str], Future[list[int]]]:
+        rows, labels = self.rows(
+            prediction, "camera", frame.monotonic, [dict(c.qc) for c in cells],
+            [c.position_px for c in cells], frame.index, created=frame.grabbed_at,
+        )  # fmt: skip
+        return labels, self.store.add(rows)
 
     # -- holograms ------------------------------------------------------------------
 

@@ -88,3 +88,15 @@ class AcquisitionStatus(BaseModel):
     state: str = Field(description="disabled, idle, starting, running, stopping or failed")
     camera: str
     detail: str | None = None
+    started_at: float | None = Field(None, description="Unix time of the last start")
+    frames_per_second: float = Field(0.0, description="grab rate over the last 5 s")
+    queue_depth: int = Field(0, description="frames waiting for the workers")
+    queue_size: int = Field(0, description="the queue's bound; a full queue drops the oldest")
+    counts: dict[str, int] = Field(
+        default_factory=dict,
+        description="frames_grabbed, frames_dropped, frames_processed, cells_cut, "
+        "cells_stored, cells_lost, reconnects (since the service started)",
+    )
+    errors: dict[str, int] = Field(default_factory=dict, description="errors by reason")
+    last_error: str | None = None
+    camera_info: dict[str, Any] = Field(default_factory=dict, description="the open camera")

@@ -11,6 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.manifest import ModelError
 
+from ..pipeline import AcquisitionRunner
+from ..state import ServiceState
 from .deps import ApiKey, State
 from .schemas import (
     AcquisitionStatus,
@@ -39,6 +41,9 @@ async def ready(state: State) -> Ready | JSONResponse:
     runtime = state.holder.current
     if runtime is None:
         reasons.append(f"no model loaded ({state.holder.last_error or 'none configured'})")
+    if state.runner is not None and state.runner.state != "running":
+        status = state.runner.status()
+        reasons.append(f"camera {status['state']}: {status['detail']}")
     answer = Ready(
         ready=not reasons,
         reasons=reasons,
@@ -92,12 +97,26 @@ async def reload_model(request: ReloadRequest, state: State) -> ModelInfo:
     return await model(state)
 
 
+def _status(state: ServiceState) -> AcquisitionStatus:
+    if state.runner is None:
+        return AcquisitionStatus(
+            state="disabled",
+            camera=state.settings.camera,
+            detail="the service runs without a camera",
+        )
+    return AcquisitionStatus(**state.runner.status())
+
+
+def _runner(state: ServiceState, action: str) -> AcquisitionRunner:
+    if state.runner is None:
+        raise HTTPException(409, f"no camera is configured (camera 'none'): nothing to {action}")
+    return state.runner
+
+
 @router.get("/acquisition", response_model=AcquisitionStatus, tags=["acquisition"])
 async def acquisition(state: State) -> AcquisitionStatus:
-    """The camera loop's state."""
-    return AcquisitionStatus(
-        state="disabled", camera=state.settings.camera, detail="the service runs without a camera"
-    )
+    """The camera loop's state, rates, counts and errors."""
+    return _status(state)
 
 
 @router.post(
@@ -108,7 +127,13 @@ async def acquisition(state: State) -> AcquisitionStatus:
     tags=["acquisition"],
 )
 async def start(state: State) -> AcquisitionStatus:
-    raise HTTPException(409, "no camera is configured (camera 'none'): nothing to start")
+    """Start the camera loop (the camera opens in the background: watch the state)."""
+    runner = _runner(state, "start")
+    try:
+        runner.start()
+    except RuntimeError as exc:
+        raise HTTPException(409, f"{exc}; stop it first") from None
+    return _status(state)
 
 
 @router.post(
@@ -119,7 +144,12 @@ async def start(state: State) -> AcquisitionStatus:
     tags=["acquisition"],
 )
 async def stop(state: State) -> AcquisitionStatus:
-    raise HTTPException(409, "no camera is configured (camera 'none'): nothing to stop")
+    """Stop grabbing; the queued frames are processed and their cells stored first."""
+    runner = _runner(state, "stop")
+    if runner.state == "idle":
+        raise HTTPException(409, "the acquisition is not running")
+    await run_in_threadpool(runner.stop)
+    return _status(state)
 
 
 @router.get("/metrics", tags=["system"], response_class=Response,

@@ -1,4 +1,4 @@
-"""``topgan serve``: the API (and, once built, the camera loop) on one port."""
+"""``topgan serve``: the camera loop and the API on one port."""
 
 from __future__ import annotations
 
@@ -25,11 +25,10 @@ def run_serve(config: Path | None, overrides: dict[str, Any]) -> None:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CommandError(f"setting {where}: {first['msg']}") from None
-    if settings.camera != "none":
-        raise CommandError(
-            f"camera {settings.camera!r}: the camera loop is not built yet; "
-            "run the API alone with --camera none"
-        )
+    if settings.camera == "emulator":
+        from acquisition.cameras.basler import enable_emulator
+
+        enable_emulator()  # before pylon first enumerates its transport layers
     logger.info(
         "serving on http://%s:%d (camera: %s)", settings.host, settings.port, settings.camera
     )
