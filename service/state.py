@@ -20,6 +20,7 @@ from acquisition.segmentation import SegmentationConfig, Segmenter
 from models.manifest import Manifest, ModelError
 from models.runtime import MicroBatcher, ModelHolder
 
+from .live import LiveView
 from .metrics import Metrics
 from .settings import Settings
 from .store import ResultRow, ResultStore
@@ -43,6 +44,7 @@ class ServiceState:
     batcher: MicroBatcher
     store: ResultStore
     started: float = field(default_factory=time.time)
+    live: LiveView = field(default_factory=LiveView)
     _reconstructor: Reconstructor | None = None
 
     @classmethod

@@ -1,4 +1,4 @@
-"""The operator's live view: LiveView on real holograms."""
+"""The operator's live view: LiveView on real holograms, and its routes on a real server."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+import tifffile
 from PIL import Image
 
 from acquisition.backend import get_backend
@@ -25,6 +27,7 @@ from service.live import (
     bit_depth_of,
     opd_display_shape,
 )
+from tests.service.conftest import start_server
 
 REAL_FILES = ["hl60_hologram_with_bg.npz", "single_cell_hologram.tif",
               "single_cell_hologram_meta.h5"]  # fmt: skip
@@ -342,3 +345,58 @@ def test_concurrent_frames_results_and_renderings(real_frames):
     assert state["frames_received"] > 100
     assert len(state["crops"]) == 6
     assert len({c["result_id"] for c in state["crops"]}) == 6
+
+
+# -- the page, served by a real server, in headless Chromium --------------------------------
+
+
+def npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def live_server(tmp_path, models_root):
+    # The real hologram's cell lies outside the default left half: segment the full frame.
+    srv = start_server(tmp_path, models_root, TOPGAN_SAMPLE_HALF="full")
+    yield srv
+    srv.stop()
+
+
+def test_live_routes_before_and_after_a_hologram(live_server, real_dir):
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        for path in ("/live/hologram.png", "/live/opd.png"):
+            answer = c.get(path)
+            assert answer.status_code == 404
+            assert answer.json()["detail"].startswith("no frame yet")
+        missing = c.get("/live/crops/1.png")
+        assert missing.status_code == 404
+        assert "no crop with result id 1" in missing.json()["detail"]
+        assert c.get("/live/state").json()["frame"] is None
+
+        hologram = tifffile.imread(real_dir / "single_cell_hologram.tif")
+        cells = c.post("/classify/hologram", content=npy(hologram),
+                       headers={"content-type": "application/x-npy"}).json()["cells"]  # fmt: skip
+        assert len(cells) == 1
+        state = c.get("/live/state").json()
+        frame = state["frame"]
+        assert (frame["frame_id"], frame["source"], frame["bit_depth"]) == (-1, "api", 8)
+        assert frame["shape"] == list(hologram.shape)
+        assert (frame["accepted"], frame["rejected"]) == (1, 0)
+        assert [(x["result_id"], x["label"]) for x in state["crops"]] == [
+            (cells[0]["id"], cells[0]["label"])
+        ]
+        assert state["crops"][0]["probabilities"] == pytest.approx(cells[0]["probabilities"])
+        holo = c.get("/live/hologram.png", params={"seq": state["sequence"]})
+        assert holo.headers["content-type"] == "image/png"
+        assert decode(holo.content).size == hologram.shape[::-1]
+        opd = decode(c.get("/live/opd.png").content)
+        assert np.all(np.asarray(opd) == ACCEPTED_RGB, axis=-1).sum() > 50
+        assert decode(c.get(f"/live/crops/{cells[0]['id']}.png").content).size == (128, 128)
+        page = c.get("/")
+        assert page.headers["content-type"].startswith("text/html")
+        assert "<title>topgan live</title>" in page.text
+        schema = c.get("/openapi.json").json()
+        assert "LiveState" in schema["components"]["schemas"]
+        assert "image/png" in schema["paths"]["/live/opd.png"]["get"]["responses"]["200"]["content"]
