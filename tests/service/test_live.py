@@ -1,8 +1,9 @@
-"""The operator's live view: LiveView on real holograms, and its routes on a real server."""
+"""The operator's live view: LiveView on real holograms, and the page in headless Chromium."""
 
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -357,6 +358,18 @@ def npy(array: np.ndarray) -> bytes:
 
 
 @pytest.fixture
+def browser_paths() -> tuple[str, str]:
+    """Chromium and chromedriver; the only reason to skip the page's test is their absence."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or (
+        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+    )
+    if not (chromium and driver):
+        pytest.skip("chromium and chromedriver are not installed")
+    return chromium, driver
+
+
+@pytest.fixture
 def live_server(tmp_path, models_root):
     # The real hologram's cell lies outside the default left half: segment the full frame.
     srv = start_server(tmp_path, models_root, TOPGAN_SAMPLE_HALF="full")
@@ -400,3 +413,53 @@ def test_live_routes_before_and_after_a_hologram(live_server, real_dir):
         schema = c.get("/openapi.json").json()
         assert "LiveState" in schema["components"]["schemas"]
         assert "image/png" in schema["paths"]["/live/opd.png"]["get"]["responses"]["200"]["content"]
+
+
+def test_page_in_chromium_shows_the_hologram_just_classified(browser_paths, live_server, real_dir):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    hologram = tifffile.imread(real_dir / "single_cell_hologram.tif")
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        answer = c.post("/classify/hologram", content=npy(hologram),
+                        headers={"content-type": "application/x-npy"})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        cell = answer.json()["cells"][0]
+        summary = c.get("/results/summary").json()
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_paths[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=browser_paths[1]))
+    try:
+        driver.get(live_server.url + "/")
+        wait = WebDriverWait(driver, 10)
+        loaded = "const i = document.getElementById(arguments[0]);"
+        loaded += "return i.complete && i.naturalWidth"
+        wait.until(lambda d: all(d.execute_script(loaded, i) for i in ("hologram", "opd")))
+        assert driver.execute_script(loaded, "hologram") == hologram.shape[1]
+        crop = wait.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, f'.crop[data-result-id="{cell["id"]}"]')
+        )[0]
+        assert crop.find_element(By.CLASS_NAME, "label").text == cell["label"]
+        wait.until(lambda d: d.execute_script(
+            "const i = arguments[0].querySelector('img'); return i.complete && i.naturalWidth",
+            crop))  # fmt: skip
+        wait.until(lambda d: d.find_element(By.ID, "total-cells").text == str(summary["cells"]))
+        for label, count in summary["counts"].items():
+            row = driver.find_element(By.CSS_SELECTOR, f'#counts tr[data-class="{label}"]')
+            assert row.find_element(By.CLASS_NAME, "count").text == str(count)
+        assert driver.find_element(By.ID, "frame-id").text == "-1"
+        assert driver.find_element(By.ID, "acq-state").text.lower() == "disabled"
+        assert driver.find_element(By.ID, "model-name").text == "small 1"
+        assert not driver.find_element(By.ID, "banner").is_displayed()
+
+        # The operator sees when the service goes away.
+        live_server.stop()
+        banner = driver.find_element(By.ID, "banner")
+        wait.until(lambda d: banner.is_displayed() and "unreachable" in banner.text)
+    finally:
+        driver.quit()
