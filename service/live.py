@@ -49,15 +49,23 @@ _INFERNO = (
 )
 
 
+#: Levels of the OPD colour map; the palette's last two entries are the outlines.
+LEVELS = 254
+
+
 def _colour_map() -> np.ndarray:
     stops = np.array([[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in _INFERNO.split()])
-    at = np.linspace(0, 255, len(stops))
-    lut = [np.interp(np.arange(256), at, stops[:, c]) for c in range(3)]
+    at = np.linspace(0, LEVELS - 1, len(stops))
+    lut = [np.interp(np.arange(LEVELS), at, stops[:, c]) for c in range(3)]
     return np.round(np.stack(lut, axis=1)).astype(np.uint8)
 
 
-#: (256, 3) uint8 RGB colour map of the OPD images.
+#: (LEVELS, 3) uint8 RGB colour map of the OPD images.
 COLOUR_MAP = _colour_map()
+ACCEPTED_INDEX, REJECTED_INDEX = LEVELS, LEVELS + 1
+# Palette images: a byte a pixel to encode rather than three (PNG encoding is most
+# of a rendering's time).
+_PALETTE = np.vstack([COLOUR_MAP, ACCEPTED_RGB, REJECTED_RGB]).astype(np.uint8).tobytes()
 #: The colour map as CSS colours (for the page's colour bar), dark to bright.
 COLOUR_STOPS = tuple(f"#{h}" for h in _INFERNO.split())
 
@@ -359,9 +367,17 @@ def _object_count(frame: _Frame) -> int:
     return count
 
 
-def _to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    scaled = (values.astype(np.float32) - np.float32(lo)) * np.float32(255 / (hi - lo))
-    return np.clip(scaled, 0, 255).astype(np.uint8)
+def _to_uint8(values: np.ndarray, lo: float, hi: float, levels: int = 256) -> np.ndarray:
+    """``values`` from ``lo`` to ``hi`` as 0 to ``levels - 1``, clipped."""
+    top = levels - 1
+    scaled = (values.astype(np.float32) - np.float32(lo)) * np.float32(top / (hi - lo))
+    return np.clip(scaled, 0, top).astype(np.uint8)
+
+
+def _palette_image(indices: np.ndarray) -> Image.Image:
+    image = Image.fromarray(indices)
+    image.putpalette(_PALETTE)
+    return image
 
 
 def _render_hologram(frame: _Frame) -> bytes:
@@ -418,24 +434,24 @@ def _render_opd(frame: _Frame) -> bytes:
     opd, labels = frame.opd_nm, frame.labels
     if down > 1:
         opd, labels = opd[::down, ::down], labels[::down, ::down]
-    grey = Image.fromarray(_to_uint8(opd, lo, hi))
+    grey = Image.fromarray(_to_uint8(opd, lo, hi, LEVELS))
     if up > 1:
         # The map is band-limited: a smooth upscale shows it as it is; outlines are
         # drawn afterwards, on the segmentation's own pixels.
         grey = grey.resize((grey.width * up, grey.height * up), Image.Resampling.BILINEAR)
         labels = np.repeat(np.repeat(labels, up, axis=0), up, axis=1)
-    rgb = COLOUR_MAP[np.asarray(grey)]
+    indices = np.array(grey)  # bilinear keeps them within the colour map's levels
     edge = _outlines(labels, 2 if up > 1 else 1)
     if edge.any():
         accepted = np.zeros(int(labels.max()) + 1, dtype=bool)
         numbers = np.array([n for n in frame.accepted if 0 < n < len(accepted)], dtype=np.intp)
         accepted[numbers] = True
         kept = accepted[labels]
-        rgb[edge & kept] = ACCEPTED_RGB
-        rgb[edge & ~kept] = REJECTED_RGB
-    return _png(Image.fromarray(rgb))
+        indices[edge & kept] = ACCEPTED_INDEX
+        indices[edge & ~kept] = REJECTED_INDEX
+    return _png(_palette_image(indices))
 
 
 def _render_crop(crop: _Crop) -> bytes:
     peak = max(crop.peak_opd_nm, MIN_CROP_PEAK_NM)
-    return _png(Image.fromarray(COLOUR_MAP[_to_uint8(crop.opd_nm, 0.0, peak)]))
+    return _png(_palette_image(_to_uint8(crop.opd_nm, 0.0, peak, LEVELS)))
