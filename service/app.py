@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .api import classify, results, system
+from .api import classify, live, results, system
 from .settings import Settings
 from .state import ServiceState
 
@@ -104,5 +104,6 @@ def create_app(settings: Settings, state: ServiceState | None = None) -> FastAPI
     app.include_router(classify.router)
     app.include_router(results.router)
     app.include_router(system.router)
+    app.include_router(live.router)
     app.add_middleware(RequestMetrics)
     return app

@@ -22,6 +22,7 @@ from acquisition.segmentation import Cell, SegmentationConfig, Segmenter
 from models.manifest import Manifest, ModelError
 from models.runtime import MicroBatcher, ModelHolder, Prediction
 
+from .live import LiveView
 from .metrics import Metrics
 from .pipeline import AcquisitionRunner
 from .settings import Settings
@@ -46,6 +47,7 @@ class ServiceState:
     batcher: MicroBatcher
     store: ResultStore
     started: float = field(default_factory=time.time)
+    live: LiveView = field(default_factory=LiveView)
     runner: AcquisitionRunner | None = None
     _reconstructor: Reconstructor | None = None
 

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from models.runtime import ModelNotLoadedError
 
+from ..live import bit_depth_of
 from .deps import ApiKey, State
 from .payloads import JSON, NPY, TIFF, check_numbers, crops_from, media_type, parse_array, read_body
 from .schemas import CellResult, ClassifyResponse, ErrorResponse, ModelSummary
@@ -121,7 +122,8 @@ async def classify_hologram(request: Request, state: State) -> Response:
     kind = media_type(request, (NPY, TIFF))
     body = await read_body(request, state.settings.max_body_bytes)
     shape, pixel_size = _model_shape(state)
-    hologram = check_numbers(parse_array(body, kind), "hologram")
+    raw = parse_array(body, kind)
+    hologram = check_numbers(raw, "hologram")
     if hologram.ndim != 2:
         raise HTTPException(
             422, f"a hologram must be 2-D (H, W), got shape {tuple(hologram.shape)}"
@@ -131,15 +133,24 @@ async def classify_hologram(request: Request, state: State) -> Response:
             413, f"hologram {hologram.shape} exceeds {MAX_HOLOGRAM_SIDE} pixels a side"
         )
 
+    frame_id, grabbed_at = state.live.api_frame_id(), time.time()
+
     def reconstruct_and_segment() -> tuple[
         np.ndarray, list[dict[str, Any]], list[tuple[float, float]]
     ]:
         t0 = time.perf_counter()
         maps = state.reconstructor.reconstruct(hologram)
         t1 = time.perf_counter()
-        cells = state.segmenter(shape, pixel_size).segment(maps)[0].cells
+        segmentation = state.segmenter(shape, pixel_size).segment(maps)[0]
+        cells = segmentation.cells
         state.metrics.stage_seconds.labels("reconstruct").observe(t1 - t0)
         state.metrics.stage_seconds.labels("segment").observe(time.perf_counter() - t1)
+        counts = raw if raw.dtype.kind == "u" else hologram  # as the camera gave them
+        accepted = [c.label for c in cells]
+        opd_nm, labels = maps.opd_nm[0], segmentation.labels
+        state.live.frame(
+            frame_id, grabbed_at, counts, opd_nm, labels, accepted, bit_depth_of(raw), "api"
+        )
         crops = np.stack([c.crop_nm for c in cells]) if cells else np.zeros((0, *shape), np.float32)
         return crops, [dict(c.qc) for c in cells], [c.position_px for c in cells]
 
@@ -156,4 +167,7 @@ async def classify_hologram(request: Request, state: State) -> Response:
         result = await state.classify(crops, "api", started, qc=qc, positions=positions)
     except ModelNotLoadedError:
         raise HTTPException(503, NO_MODEL) from None
+    classes = result.manifest.classes
+    probabilities = [dict(zip(classes, p.tolist(), strict=True)) for p in result.probabilities]
+    state.live.results(frame_id, crops, result.ids, result.labels, probabilities)
     return _response(result, qc, positions)

@@ -1,0 +1,123 @@
+"""The operator's live page and what it polls: GET /, /live/state and the live images."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, Field
+
+from .deps import State
+from .schemas import ErrorResponse
+
+router = APIRouter(tags=["live"])
+
+NO_FRAME = "no frame yet: the live view fills once the camera loop or POST /classify/hologram "
+NO_FRAME += "has processed a hologram"
+
+
+class PNGResponse(Response):
+    media_type = "image/png"
+
+
+class LiveFrame(BaseModel):
+    frame_id: int = Field(description="camera frame number; negative for holograms posted")
+    grabbed_at: float = Field(description="Unix time of the grab, seconds")
+    age_s: float = Field(description="seconds since the live view received the frame")
+    shape: list[int] = Field(description="(H, W) of the hologram, camera pixels")
+    opd_shape: list[int] = Field(description="(h, w) of the OPD map of the sample region")
+    source: str = Field(description="camera or api")
+    bit_depth: int = Field(description="bits of the camera's counts; 0 for float holograms")
+    accepted: int = Field(description="cells kept by segmentation (outlined in colours.accepted)")
+    rejected: int = Field(description="other objects found (outlined in colours.rejected)")
+    opd_range_nm: list[float] = Field(description="OPD at the colour map's two ends, nm")
+
+
+class LiveCrop(BaseModel):
+    result_id: int = Field(description="the stored result's id; image at /live/crops/{id}.png")
+    frame_id: int
+    label: str
+    probabilities: dict[str, float]
+    peak_opd_nm: float = Field(description="the crop image spans 0 nm to this")
+
+
+class LiveColours(BaseModel):
+    accepted: str = Field(description="outline of accepted cells, CSS colour")
+    rejected: str = Field(description="outline of rejected objects, CSS colour")
+    opd: list[str] = Field(description="the OPD colour map, low to high, CSS colours")
+
+
+class LiveState(BaseModel):
+    instance: str = Field(description="changes when the service restarts")
+    sequence: int = Field(description="the displayed frame; refetch the images when it changes")
+    frames_received: int
+    frame_rate_hz: float = Field(description="frames received per second, last 2 s")
+    frame: LiveFrame | None = Field(description="the displayed frame; null before any")
+    crops_sequence: int = Field(description="changes when new crops arrive")
+    crops: list[LiveCrop] = Field(description="the latest classified cells, newest first")
+    colours: LiveColours
+
+
+PNG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "the image",
+    },
+    404: {"model": ErrorResponse, "description": "nothing to show yet"},
+}
+FrameSequence = Annotated[
+    int | None,
+    Query(ge=0, description="the sequence from /live/state: that frame while it is still held"),
+]
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+@cache
+def _page() -> str:
+    return (files("service") / "static" / "live.html").read_text(encoding="utf-8")
+
+
+@router.get("/", response_class=HTMLResponse, summary="The operator's live page")
+async def page() -> HTMLResponse:
+    """The live page: latest hologram, OPD map with outlines, crops, counts and rates."""
+    return HTMLResponse(_page())
+
+
+@router.get("/live/state", response_model=LiveState, summary="What the live page shows")
+async def live_state(state: State) -> LiveState:
+    """The displayed frame, the latest classified cells, and sequence numbers that tell
+    a page when to refetch its images."""
+    return LiveState.model_validate(state.live.snapshot())
+
+
+def _png(png: bytes | None, missing: str) -> Response:
+    if png is None:
+        raise HTTPException(404, missing)
+    return PNGResponse(png, headers=NO_STORE)
+
+
+@router.get("/live/hologram.png", response_class=Response, responses=PNG_RESPONSES)
+async def hologram_png(state: State, seq: FrameSequence = None) -> Response:
+    """The displayed hologram, grey, downscaled to at most 640 pixels a side."""
+    return _png(await run_in_threadpool(state.live.hologram_png, seq), NO_FRAME)
+
+
+@router.get("/live/opd.png", response_class=Response, responses=PNG_RESPONSES)
+async def opd_png(state: State, seq: FrameSequence = None) -> Response:
+    """The displayed OPD map, colour-mapped over ``opd_range_nm``, accepted cells and
+    rejected objects outlined."""
+    return _png(await run_in_threadpool(state.live.opd_png, seq), NO_FRAME)
+
+
+@router.get("/live/crops/{result_id}.png", response_class=Response, responses=PNG_RESPONSES)
+async def crop_png(state: State, result_id: int) -> Response:
+    """One of the latest crops, coloured from 0 nm to its peak OPD."""
+    png = await run_in_threadpool(state.live.crop_png, result_id)
+    kept = state.live.max_crops
+    return _png(
+        png, f"no crop with result id {result_id} in the live view (it keeps the last {kept})"
+    )
