@@ -331,7 +331,7 @@ class AcquisitionRunner:
             for i in range(self.workers)
         ]
         self._threads = threads
-        for thread in threads:
+        for thread in (*threads[1:], threads[0]):  # the workers first: stop() joins them
             thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -355,8 +355,13 @@ class AcquisitionRunner:
         self.metrics.camera_up.set(0)
         self.metrics.queue_depth.set(len(self._queue))
         with self._lock:
-            if left or any(t.is_alive() for t in (grab, *workers)):
-                self._set_state("failed", f"stop timed out with {left} frames' cells unstored")
+            alive = [t.name for t in (grab, *workers) if t.is_alive()]
+            if left or alive:
+                self._set_state(
+                    "failed",
+                    f"stop timed out: {left} frames' cells unstored, threads still running: "
+                    f"{', '.join(alive) or 'none'}",
+                )
             else:
                 self._set_state("idle", "stopped")
         logger.info("acquisition stopped: %s", self.status()["counts"])
