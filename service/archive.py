@@ -94,9 +94,15 @@ class CropArchive:
 
     Not thread-safe: one thread (the archive's writer) calls :meth:`add`,
     :meth:`flush` and :meth:`close`; a call that overlaps another one raises
-    RuntimeError instead of corrupting the file. The counters ``archived``,
-    ``files_deleted`` and ``bytes`` may be read from any thread. One archive per
-    folder: a second one, in this process or another, is refused (a lock file).
+    RuntimeError instead of corrupting the file. The counters may be read from any
+    thread: ``archived`` (crops), ``files_deleted`` (to stay under ``max_bytes``),
+    ``files_failed`` (writes that failed: the file's readable crops are kept, the rest
+    dropped) and ``bytes``. One archive per folder: a second one, in this process or
+    another, is refused (a lock file).
+
+    Errors writing raise :class:`ArchiveError` naming the file; complete files are
+    never reopened for writing, so they stay intact. The next :meth:`add` starts a
+    new file.
 
     Parameters
     ----------
@@ -145,6 +151,7 @@ class CropArchive:
         self.min_free_bytes = int(min_free_bytes)
         self.archived = 0
         self.files_deleted = 0
+        self.files_failed = 0
         self._complete_bytes = 0
         self._writing: _Writing | None = None
         self._closed = False
@@ -155,9 +162,11 @@ class CropArchive:
             raise ArchiveError(self.folder, f"cannot create the folder: {exc}") from exc
         self._lock_fd = _lock_folder(self.folder)
         try:
-            for path in sorted(p for _, p, _, part in self._scan() if part):
-                self._recover(path)
-            self._next_seq = 1 + max((seq for seq, *_ in self._scan()), default=0)
+            files = self._scan()
+            self._next_seq = 1 + max((seq for seq, *_ in files), default=0)
+            for _, path, _, part in files:
+                if part:
+                    self._recover(path)
             self._enforce_bound()
         except BaseException:
             os.close(self._lock_fd)
@@ -409,10 +418,15 @@ class CropArchive:
         """After a failed write: keep the file's complete crops if it is still readable."""
         if self._writing is writing:
             self._writing = None
+        self.files_failed += 1
         try:
             writing.h5.close()
         except _H5_ERRORS as exc:
-            logger.warning("crop archive: closing %s after an error failed: %s", writing.path, exc)
+            # HDF5 cannot close a file whose writes fail, and h5py crashes the process
+            # when it frees such a file's objects (h5py #914): keep them from being freed.
+            for h5_object in (writing.h5, *writing.datasets.values()):
+                h5_object.id.locked = True
+            logger.error("crop archive: %s cannot be closed, dropped: %s", writing.path, exc)
             writing.path.unlink(missing_ok=True)
             return
         if writing.path.exists():
@@ -495,26 +509,37 @@ def _append(dataset: h5py.Dataset, start: int, values: np.ndarray) -> None:
 
 
 def _salvage(path: Path) -> int | None:
-    """Cut an interrupted file's per-crop datasets to the length of ``label`` (written
-    last) and read every crop back; the number of crops, None if it is unreadable."""
+    """Check an interrupted file and cut its per-crop datasets to the length of
+    ``label`` (written last); the number of crops, None if it is unreadable."""
     try:
-        with h5py.File(path, "r+") as h5:
-            n = len(h5["label"])
-            per_crop = [d for d in h5.values() if isinstance(d, h5py.Dataset)]
-            if "qc" in h5:
-                per_crop += list(h5["qc"].values())
-            for dataset in per_crop:
-                if len(dataset) < n:
-                    return None
-                if len(dataset) > n:
-                    dataset.resize(n, axis=0)
-            missing = {"class_names", "pixel_size_um", "wavelength_nm"} - set(h5.attrs)
-            if missing:
-                raise KeyError(f"no attributes {sorted(missing)}")
-            for start in range(0, n, VERIFY_BLOCK):  # reads (and decompresses) every crop
-                for dataset in per_crop:
-                    _ = dataset[start : start + VERIFY_BLOCK]
-            return n
+        with h5py.File(path, "r") as h5:  # no write unless one is needed
+            n, lengths = _readable_crops(h5)
+        if any(length > n for length in lengths.values()):
+            with h5py.File(path, "r+") as h5:
+                for name, length in lengths.items():
+                    if length > n:
+                        h5[name].resize(n, axis=0)
+        return n
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         logger.warning("crop archive: %s is unreadable: %s", path, exc)
         return None
+
+
+def _readable_crops(h5: h5py.File) -> tuple[int, dict[str, int]]:
+    """The number of crops whose every dataset reads back, and each per-crop
+    dataset's length; raises if the file cannot hold that many."""
+    n = len(h5["label"])
+    per_crop = [d for d in h5.values() if isinstance(d, h5py.Dataset)]
+    if "qc" in h5:
+        per_crop += list(h5["qc"].values())
+    lengths = {d.name: len(d) for d in per_crop}
+    short = [name for name, length in lengths.items() if length < n]
+    if short:
+        raise ValueError(f"{short} hold fewer values than label's {n}")
+    missing = {"class_names", "pixel_size_um", "wavelength_nm"} - set(h5.attrs)
+    if missing:
+        raise KeyError(f"no attributes {sorted(missing)}")
+    for start in range(0, n, VERIFY_BLOCK):  # reads (and decompresses) every crop
+        for dataset in per_crop:
+            _ = dataset[start : min(start + VERIFY_BLOCK, n)]
+    return n, lengths
