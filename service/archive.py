@@ -21,10 +21,9 @@ shape change, and on :meth:`CropArchive.close`. After each completed file the ol
 complete files are deleted until the archive's files fit in ``max_bytes``.
 
 Each crop is one HDF5 chunk, shuffled and deflated here (gzip level 1 with zlib's
-run-length strategy: 2.4 times faster than the default strategy on OPD crops and as
-small) and written with ``write_direct_chunk``. The file declares HDF5's standard
-shuffle and gzip filters, so any HDF5 reader decodes it; and zlib releases the GIL
-while it compresses, where h5py holds it through HDF5's own filter pipeline.
+run-length strategy: on OPD crops 2.4 times faster than HDF5's own level-1 filter,
+and as small) and written with ``write_direct_chunk``. The file declares HDF5's
+standard shuffle and gzip filters, so any HDF5 reader decodes it.
 """
 
 from __future__ import annotations
@@ -200,6 +199,9 @@ class CropArchive:
         frame_id, grabbed_at : the frame and its grab time, Unix seconds
         model_name, model_version : the model that classified them
         class_names : the model's classes; default: the archive's ``class_names``
+
+        Raises ValueError on inconsistent input (nothing is written) and
+        :class:`ArchiveError` when the disk is nearly full or writing fails.
         """
         crops = np.ascontiguousarray(crops, dtype="<f4")
         if crops.ndim != 3:
@@ -255,7 +257,11 @@ class CropArchive:
                     self._finish()
 
     def flush(self) -> None:
-        """Flush the file being written (HDF5 buffers) to the operating system."""
+        """Flush the file being written (HDF5 buffers) to the operating system.
+
+        What was added before the last flush survives a crash of the process (the file
+        is recovered at the next start); what came after is lost with it.
+        """
         with self._one_caller("flush"):
             writing = self._writing
             if writing is not None:
