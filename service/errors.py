@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class CommandError(Exception):
     """A command cannot do its work; the message is the one line the user sees."""
+
+
+class ArchiveError(OSError):
+    """The crop archive cannot write, rename or delete ``path``; the message says why."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"crop archive: {path}: {reason}")
+        self.path = Path(path)
