@@ -21,12 +21,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Servers the tests run for real on 127.0.0.1, from Debian's packages: Prometheus
-# (and promtool) for the monitoring tests, PostgreSQL for the results store.
+# Servers and tools the tests run for real, from Debian's packages: Prometheus (and
+# promtool) for the monitoring tests, PostgreSQL for the results store, Chromium
+# and its driver for the live page.
 tools:
 	@missing=""; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian's$$missing for the tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -42,11 +45,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/simulate.py
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/pipeline.py
 
-# The service with the bundled model. The camera loop is the next issue: until it
-# exists the API runs alone (--camera none).
+# The whole product: the pylon camera emulator streaming simulated SW480/SW620
+# holograms (rendered once into data/emulator), the bundled model, results in
+# data/results.sqlite, the live page at http://127.0.0.1:8000/.
 serve: $(STAMP)
-	$(BIN)/topgan serve --camera none
+	$(BIN)/topgan serve
 
 clean:
 	rm -rf $(VENV) data/demo .pytest_cache .mypy_cache .ruff_cache

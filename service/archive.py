@@ -39,6 +39,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -549,3 +550,83 @@ def _readable_crops(h5: h5py.File) -> tuple[int, dict[str, int]]:
         for dataset in per_crop:
             _ = dataset[start : min(start + VERIFY_BLOCK, n)]
     return n, lengths
+
+
+class ArchiveWriter:
+    """Feeds a :class:`CropArchive` from one thread of its own, off the camera loop's
+    path: ``submit`` never blocks (a full queue skips the frame's crops and counts
+    them), the file is flushed every ``flush_interval_s``, and write errors are
+    counted and logged while the loop goes on.
+    """
+
+    def __init__(self, make_archive: Any, queue_size: int = 1024,
+                 flush_interval_s: float = 1.0) -> None:  # fmt: skip
+        import queue
+
+        self._make_archive = make_archive
+        self._archive: CropArchive | None = None
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(queue_size)
+        self._flush_interval_s = flush_interval_s
+        self.archived = 0
+        self.skipped = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="crop-archive", daemon=True)
+        self._thread.start()
+
+    def submit(self, *args: Any, **kwargs: Any) -> None:
+        """Queue one frame's crops with :meth:`CropArchive.add`'s arguments."""
+        import queue
+
+        try:
+            self._queue.put_nowait((args, kwargs))
+        except queue.Full:
+            self.skipped += len(args[0])
+
+    def status(self) -> dict[str, Any]:
+        archive = self._archive
+        return {
+            "archived": self.archived,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "files_deleted": archive.files_deleted if archive else 0,
+            "bytes": archive.bytes if archive else 0,
+        }
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Archive what is queued, complete the current file, stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        import queue
+
+        last_flush = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=self._flush_interval_s)
+            except queue.Empty:
+                item = ()
+            if item is None:
+                break
+            try:
+                if self._archive is None:
+                    self._archive = self._make_archive()
+                if item:
+                    args, kwargs = item
+                    self._archive.add(*args, **kwargs)
+                    self.archived += len(args[0])
+                if time.monotonic() - last_flush >= self._flush_interval_s:
+                    self._archive.flush()
+                    last_flush = time.monotonic()
+            except (ArchiveError, OSError, ValueError) as exc:
+                self.errors += 1
+                self.last_error = str(exc)
+                if self.errors in (1, 10) or self.errors % 100 == 0:
+                    logger.error("crop archive (%d errors): %s", self.errors, exc)
+        if self._archive is not None:
+            try:
+                self._archive.close()
+            except (ArchiveError, OSError) as exc:
+                logger.error("closing the crop archive: %s", exc)

@@ -110,7 +110,13 @@ class Settings(BaseSettings):
 
     # -- storage --
     database_url: str = Field("sqlite:///data/results.sqlite", description="SQLAlchemy URL")
-    crop_archive: Path | None = Field(None, description="folder for archived crops (HDF5)")
+    crop_archive: Path | None = Field(
+        None, description="folder where every crop of the camera loop is archived (HDF5); none: off"
+    )
+    crop_archive_max_bytes: int = Field(
+        20 * 2**30, gt=0, description="the archive's disk bound: the oldest files go beyond it"
+    )
+    crop_archive_file_crops: int = Field(4096, ge=1, description="crops per archive file")
 
     # -- HTTP --
     api_key: str | None = Field(None, description="when set, every POST needs X-API-Key")

@@ -22,9 +22,10 @@ from acquisition.segmentation import Cell, SegmentationConfig, Segmenter
 from models.manifest import Manifest, ModelError
 from models.runtime import MicroBatcher, ModelHolder, Prediction
 
+from .archive import ArchiveWriter, CropArchive
 from .live import LiveView
 from .metrics import Metrics
-from .pipeline import AcquisitionRunner
+from .pipeline import AcquisitionRunner, FrameResult, StoredCells
 from .settings import Settings
 from .store import ResultRow, ResultStore
 
@@ -49,6 +50,7 @@ class ServiceState:
     started: float = field(default_factory=time.time)
     live: LiveView = field(default_factory=LiveView)
     runner: AcquisitionRunner | None = None
+    archive: ArchiveWriter | None = None
     _reconstructor: Reconstructor | None = None
 
     @classmethod
@@ -89,14 +91,67 @@ class ServiceState:
             from .acquisition import build_runner
 
             state.runner = build_runner(state)
+            state.runner.on_frame.append(state._show_frame)
+            state.runner.on_stored.append(state._show_cells)
+            if settings.crop_archive is not None:
+                state.archive = state._archive_writer()
+                state.runner.on_stored.append(state._archive_cells)
             state.runner.start()
         return state
+
+    # -- observers of the camera loop ------------------------------------------------
+
+    def _show_frame(self, result: FrameResult) -> None:
+        frame = result.frame
+        self.live.frame(
+            frame.index, frame.grabbed_at, frame.image, result.maps.opd_nm[0],
+            result.segmentation.labels, [c.label for c in result.segmentation.cells],
+            frame.bit_depth, "camera",
+        )  # fmt: skip
+
+    def _show_cells(self, stored: StoredCells) -> None:
+        classes = stored.prediction.manifest.classes
+        probabilities = [
+            dict(zip(classes, map(float, p), strict=True)) for p in stored.prediction.probabilities
+        ]
+        self.live.results(stored.frame.index, stored.crops, stored.ids, stored.labels,
+                          probabilities)  # fmt: skip
+
+    def _archive_writer(self) -> ArchiveWriter:
+        s = self.settings
+        folder = s.crop_archive
+        assert folder is not None
+
+        def make() -> CropArchive:
+            geometry = self.crop_geometry()
+            runtime = self.holder.current
+            return CropArchive(
+                folder, max_bytes=s.crop_archive_max_bytes,
+                file_crops=s.crop_archive_file_crops, pixel_size_um=geometry[1],
+                wavelength_nm=s.wavelength_nm,
+                class_names=runtime.manifest.classes if runtime else [],
+            )  # fmt: skip
+
+        logger.info("archiving every crop in %s (at most %d bytes)", s.crop_archive,
+                    s.crop_archive_max_bytes)  # fmt: skip
+        return ArchiveWriter(make)
+
+    def _archive_cells(self, stored: StoredCells) -> None:
+        assert self.archive is not None
+        manifest = stored.prediction.manifest
+        self.archive.submit(
+            stored.crops, stored.ids, stored.labels, stored.prediction.probabilities,
+            [c.qc for c in stored.cells], stored.frame.index, stored.frame.grabbed_at,
+            manifest.name, manifest.version, class_names=manifest.classes,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Stop the camera loop (its queued frames are processed), drain the batcher,
         then commit every queued result."""
         if self.runner is not None:
             self.runner.stop()
+        if self.archive is not None:
+            self.archive.close()
         self.batcher.close()
         self.store.close()
 

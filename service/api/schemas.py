@@ -100,3 +100,6 @@ class AcquisitionStatus(BaseModel):
     errors: dict[str, int] = Field(default_factory=dict, description="errors by reason")
     last_error: str | None = None
     camera_info: dict[str, Any] = Field(default_factory=dict, description="the open camera")
+    archive: dict[str, Any] | None = Field(
+        None, description="the crop archive: archived, skipped, errors, files_deleted, bytes"
+    )

@@ -104,7 +104,8 @@ def _status(state: ServiceState) -> AcquisitionStatus:
             camera=state.settings.camera,
             detail="the service runs without a camera",
         )
-    return AcquisitionStatus(**state.runner.status())
+    archive = state.archive.status() if state.archive is not None else None
+    return AcquisitionStatus(**state.runner.status(), archive=archive)
 
 
 def _runner(state: ServiceState, action: str) -> AcquisitionRunner:

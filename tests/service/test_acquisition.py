@@ -1,0 +1,198 @@
+"""``topgan serve`` with the camera loop on the pylon camera emulator: a real server on
+127.0.0.1 streaming simulated SW480/SW620 holograms through the bundled model."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from acquisition.cropfile import read_crop_dataset
+from acquisition.simulator.phantoms import render_cell
+from service.settings import DEFAULT_MODEL, REPO_ROOT
+from tests.service.conftest import Server, start_server
+
+MODELS = REPO_ROOT / "models"
+
+
+@pytest.fixture(scope="module")
+def emulator_images(tmp_path_factory) -> Path:
+    """The folder the served emulator streams (rendered once for this module)."""
+    from acquisition.cameras.emulator import prepare_emulator_images
+
+    folder = tmp_path_factory.mktemp("emulator")
+    prepare_emulator_images(folder, ["sw480", "sw620"], 12)
+    return folder
+
+
+def serve(tmp: Path, emulator: Path, **env: str) -> Server:
+    return start_server(
+        tmp, MODELS, model=None, TOPGAN_CAMERA="emulator", TOPGAN_MODEL_DIR=str(DEFAULT_MODEL),
+        TOPGAN_EMULATOR_IMAGES=str(emulator), TOPGAN_EMULATOR_FRAMES="12",
+        TOPGAN_RECONNECT_MAX_S="1", **env,
+    )  # fmt: skip
+
+
+def wait_for(get: Callable[[], Any], test: Callable[[Any], bool], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if test(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; last value: {value}")
+        time.sleep(0.2)
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def stopped_cleanly(server: Server) -> None:
+    """SIGTERM; uvicorn shuts down, then re-raises the signal (exit status -15)."""
+    assert server.stop() in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log.read_text()
+
+
+def camera_rows(db: Path) -> list[tuple[int, int, str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT id, frame_id, label FROM results WHERE source = 'camera' ORDER BY id"
+        ).fetchall()
+
+
+def test_the_emulator_streams_and_every_cell_is_stored_and_archived(tmp_path, emulator_images):
+    archive = tmp_path / "archive"
+    server = serve(tmp_path, emulator_images, TOPGAN_CROP_ARCHIVE=str(archive))
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            status = wait_for(lambda: c.get("/acquisition").json(),
+                              lambda s: s["state"] == "running")  # fmt: skip
+            assert status["camera_info"]["model"] == "Emulation"
+            assert (status["camera_info"]["width"], status["camera_info"]["height"]) == (1280, 1024)
+            summary = wait_for(lambda: c.get("/results/summary").json(),
+                               lambda s: s["sources"].get("camera", 0) >= 40)  # fmt: skip
+            assert set(summary["counts"]) == {"sw480", "sw620"}
+            assert c.get("/ready").status_code == 200
+            metrics = c.get("/metrics").text
+            assert metric(metrics, "topgan_frames_grabbed_total") >= 10
+            assert metric(metrics, "topgan_camera_up") == 1
+            assert metric(metrics, 'topgan_cells_total{label="sw480",source="camera"}') > 0
+            assert metric(metrics, 'topgan_cell_latency_seconds_count{source="camera"}') > 0
+            live = c.get("/live/state").json()
+            assert live["frame"]["source"] == "camera"
+            assert live["frame"]["frame_id"] > 0
+            assert live["crops"]
+            assert c.get("/live/opd.png").headers["content-type"] == "image/png"
+
+            stopped = c.post("/acquisition/stop")
+            assert stopped.status_code == 200, stopped.text
+            status = stopped.json()
+            assert status["state"] == "idle"
+            counts = status["counts"]
+            assert counts["cells_stored"] == counts["cells_cut"]
+            assert (
+                counts["frames_processed"] + counts.get("frames_dropped", 0)
+                == (counts["frames_grabbed"])
+            )
+            rows = camera_rows(server.db)
+            assert len(rows) == counts["cells_stored"]
+            ready = c.get("/ready")
+            assert ready.status_code == 503
+            assert any(r.startswith("camera idle") for r in ready.json()["reasons"])
+            assert c.post("/acquisition/stop").status_code == 409
+            grabbed = counts["frames_grabbed"]
+
+            again = c.post("/acquisition/start")
+            assert again.status_code == 200, again.text
+            assert c.post("/acquisition/start").status_code == 409
+            wait_for(lambda: c.get("/acquisition").json()["counts"]["frames_grabbed"],
+                     lambda n: n >= grabbed + 20)  # fmt: skip
+    finally:
+        stopped_cleanly(server)  # SIGTERM: drains the loop, flushes store and archive
+    rows = camera_rows(server.db)
+    archived = [read_crop_dataset(p) for p in sorted(archive.glob("*.h5"))]
+    assert not list(archive.glob("*.part"))
+    import h5py
+
+    ids = []
+    for path in sorted(archive.glob("*.h5")):
+        with h5py.File(path) as h5:
+            ids.extend(h5["result_id"][()].tolist())
+            assert set(h5["probability"].shape[1:]) == {2}
+    assert sorted(ids) == [r[0] for r in rows], "every stored camera cell is archived"
+    assert sum(len(d) for d in archived) == len(rows)
+    assert all((d.label == -1).all() for d in archived)
+    assert archived[0].opd.shape[1:] == (128, 128)
+
+
+def test_a_camera_that_is_not_there_keeps_the_api_up(tmp_path, emulator_images):
+    server = serve(tmp_path, emulator_images, TOPGAN_CAMERA_SERIAL="not-plugged-in")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            status = wait_for(lambda: c.get("/acquisition").json(),
+                              lambda s: s["errors"].get("camera_open", 0) >= 2)  # fmt: skip
+            assert status["state"] == "failed"
+            assert "not-plugged-in" in status["detail"]
+            ready = c.get("/ready")
+            assert ready.status_code == 503
+            assert any("no emulator camera with serial not-plugged-in" in r
+                       for r in ready.json()["reasons"])  # fmt: skip
+            crop = render_cell("sw480", np.random.default_rng(0), 0.25).opd_nm
+            square = np.zeros((128, 128), np.float32)
+            h, w = min(crop.shape[0], 128), min(crop.shape[1], 128)
+            square[:h, :w] = crop[:h, :w]
+            answer = c.post("/classify", json={"opd": square.tolist()})
+            assert answer.status_code == 200, answer.text
+            assert metric(c.get("/metrics").text, "topgan_camera_up") == 0
+            assert c.post("/acquisition/stop").json()["state"] == "idle"
+    finally:
+        stopped_cleanly(server)
+
+
+def test_unknown_camera_kind_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    topgan = str(Path(sys.executable).with_name("topgan"))
+    done = subprocess.run([topgan, "serve", "--camera", "webcam"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert "camera must be one of" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_sixty_seconds_at_the_emulator_ceiling_drop_nothing(tmp_path, emulator_images):
+    """The emulator as fast as it goes (about 90 frames/s of 1280x1024 Mono8, about 4
+    cells a frame) for 60 s: no frame dropped, every cut cell stored."""
+    server = serve(tmp_path, emulator_images, TOPGAN_FRAME_RATE_HZ="100")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            wait_for(lambda: c.get("/acquisition").json(), lambda s: s["state"] == "running")
+            start = c.get("/acquisition").json()["counts"].get("frames_grabbed", 0)
+            began = time.monotonic()
+            time.sleep(60)
+            status = c.post("/acquisition/stop").json()
+            seconds = time.monotonic() - began
+    finally:
+        stopped_cleanly(server)
+    counts = status["counts"]
+    rate = (counts["frames_grabbed"] - start) / seconds
+    print(f"\n60 s at the emulator's ceiling: {rate:.1f} frames/s, {counts}")
+    assert rate > 75, "the emulator streamed near its ceiling"
+    assert counts.get("frames_dropped", 0) == 0
+    assert status["errors"] == {}
+    assert counts["frames_processed"] == counts["frames_grabbed"]
+    assert counts["cells_cut"] >= 3 * counts["frames_grabbed"]
+    assert counts["cells_stored"] == counts["cells_cut"] == len(camera_rows(server.db))
