@@ -33,11 +33,12 @@ def emulator_images(tmp_path_factory) -> Path:
 
 
 def serve(tmp: Path, emulator: Path, **env: str) -> Server:
-    return start_server(
-        tmp, MODELS, model=None, TOPGAN_CAMERA="emulator", TOPGAN_MODEL_DIR=str(DEFAULT_MODEL),
-        TOPGAN_EMULATOR_IMAGES=str(emulator), TOPGAN_EMULATOR_FRAMES="12",
-        TOPGAN_RECONNECT_MAX_S="1", **env,
-    )  # fmt: skip
+    environment: dict[str, Any] = {
+        "TOPGAN_CAMERA": "emulator", "TOPGAN_MODEL_DIR": str(DEFAULT_MODEL),
+        "TOPGAN_EMULATOR_IMAGES": str(emulator), "TOPGAN_EMULATOR_FRAMES": "12",
+        "TOPGAN_RECONNECT_MAX_S": "1", **env,
+    }  # fmt: skip
+    return start_server(tmp, MODELS, model=None, **environment)
 
 
 def wait_for(get: Callable[[], Any], test: Callable[[Any], bool], timeout: float = 60) -> Any:
