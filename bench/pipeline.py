@@ -1,0 +1,216 @@
+"""The camera loop's sustained frame rate, latency and stage times, with SimulatedCamera.
+
+1024x1024 simulated SW480/SW620 holograms (8-bit, about 4 cells a frame) go through
+the service's own runner in this process: grab thread -> drop-oldest queue ->
+reconstruction and segmentation workers -> the shared micro-batcher and the
+bundled model -> a SQLite file. The camera renders a pool of frames first, then
+streams it at a set rate.
+
+1. probe: ``--probe-seconds`` at rising rates (``--rates``) until a rate drops a
+   frame or the camera cannot deliver it;
+2. confirm: the highest rate without a drop is run for ``--seconds`` (60); if it
+   drops, the next lower rate is tried;
+3. side by side, the peer: the same frames through the same stages one after
+   another in one thread (no queue, no workers, no batching across frames).
+
+Prints the sustained rate, p50/p99 grab-to-stored latency per cell (from the
+stored rows), the mean time per stage, and the ratio to the serial peer.
+
+Usage: ``python bench/pipeline.py [--seconds 60] [--rates 50,60,...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from acquisition.cameras import SimulatedCamera  # noqa: E402
+from acquisition.reconstruction import ReconstructionConfig, Reconstructor  # noqa: E402
+from acquisition.segmentation import SegmentationConfig, Segmenter  # noqa: E402
+from acquisition.simulator.scene import SceneConfig  # noqa: E402
+from service.pipeline import AcquisitionRunner, ProcessingConfig  # noqa: E402
+from service.settings import DEFAULT_MODEL, Settings  # noqa: E402
+from service.state import ServiceState  # noqa: E402
+from service.store import ResultRow  # noqa: E402
+
+STAGES = ("reconstruct", "segment", "classify", "store")
+
+
+def run(camera: SimulatedCamera, rate: float, seconds: float, workers: int,
+        folder: Path) -> dict[str, float]:  # fmt: skip
+    """One run at ``rate`` frames/s; counts, latency percentiles, stage means."""
+    db = folder / f"run-{rate:g}-{seconds:g}.sqlite"
+    settings = Settings(camera="none", database_url=f"sqlite:///{db}", model_dir=DEFAULT_MODEL,
+                        execution_provider="cpu")  # fmt: skip
+    state = ServiceState.start(settings)
+    processing = ProcessingConfig(
+        ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, sample_half="left"),
+        SegmentationConfig(), backend="numpy", fft_workers=1,
+    )  # fmt: skip
+    camera.rate_hz = rate
+    runner = AcquisitionRunner("simulator", lambda: (camera, camera.reference), processing,
+                               state, state.metrics, workers=workers, queue_size=64)  # fmt: skip
+    try:
+        runner.start()
+        while runner.state != "running":
+            time.sleep(0.05)
+        time.sleep(2.0)  # warm-up: worker processes start, the first geometry is built
+        before = dict(runner.counts)
+        stages_before = _stage_sums(state)
+        began, began_wall = time.monotonic(), time.time()
+        time.sleep(seconds)
+        elapsed = time.monotonic() - began
+        after = dict(runner.counts)
+        stages_after = _stage_sums(state)
+        runner.stop()
+    finally:
+        state.close()
+    grabbed = after.get("frames_grabbed", 0) - before.get("frames_grabbed", 0)
+    dropped = after.get("frames_dropped", 0) - before.get("frames_dropped", 0)
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT latency_s FROM results WHERE created >= ?", (began_wall,))
+        latency = np.array([r[0] for r in rows])
+    result = {
+        "rate": rate,
+        "fps": grabbed / elapsed,
+        "grabbed": grabbed,
+        "dropped": dropped,
+        "cells": after.get("cells_stored", 0) - before.get("cells_stored", 0),
+        "cut": after.get("cells_cut", 0),
+        "stored": after.get("cells_stored", 0),
+        "p50_ms": float(np.percentile(latency, 50)) * 1e3 if latency.size else float("nan"),
+        "p99_ms": float(np.percentile(latency, 99)) * 1e3 if latency.size else float("nan"),
+    }
+    for stage in STAGES:
+        total = stages_after[stage][0] - stages_before[stage][0]
+        count = stages_after[stage][1] - stages_before[stage][1]
+        result[f"{stage}_ms"] = total / count * 1e3 if count else float("nan")
+    return result
+
+
+def _stage_sums(state: ServiceState) -> dict[str, tuple[float, float]]:
+    sums: dict[str, tuple[float, float]] = {}
+    for metric in state.metrics.stage_seconds.collect():
+        for sample in metric.samples:
+            stage = sample.labels.get("stage")
+            if stage is None:
+                continue
+            total, count = sums.get(stage, (0.0, 0.0))
+            if sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_count"):
+                count = sample.value
+            sums[stage] = (total, count)
+    return sums
+
+
+def serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
+    """Frames/s of the same stages one after another in one thread."""
+    settings = Settings(camera="none", database_url=f"sqlite:///{folder}/serial.sqlite",
+                        model_dir=DEFAULT_MODEL, execution_provider="cpu")  # fmt: skip
+    state = ServiceState.start(settings)
+    runtime = state.holder.current
+    assert runtime is not None
+    reconstructor = Reconstructor(
+        ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, sample_half="left"),
+        reference=camera.reference,
+    )
+    segmenter = Segmenter(SegmentationConfig())
+    camera.rate_hz = None
+    camera.open()
+    try:
+        for _ in range(3):
+            segmenter.segment(reconstructor.reconstruct(camera.grab().image))
+        began = time.perf_counter()
+        for _ in range(frames):
+            frame = camera.grab()
+            cells = segmenter.segment(reconstructor.reconstruct(frame.image))[0].cells
+            if not cells:
+                continue
+            probabilities = runtime.predict(np.stack([c.crop_nm for c in cells]))
+            classes = runtime.manifest.classes
+            rows = [
+                ResultRow("camera", classes[int(p.argmax())], dict(zip(classes, map(float, p),
+                          strict=True)), runtime.manifest.name, runtime.manifest.version,
+                          started=frame.monotonic)
+                for p in probabilities
+            ]  # fmt: skip
+            state.store.add(rows).result()
+        return frames / (time.perf_counter() - began)
+    finally:
+        state.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the confirmed run")
+    parser.add_argument("--probe-seconds", type=float, default=10.0)
+    parser.add_argument("--rates", default="50,60,70,80,90,100,110,120,140,160")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pool", type=int, default=32, help="distinct frames the camera cycles")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    scene = SceneConfig(shape=(1024, 1024))
+    camera = SimulatedCamera(["sw480", "sw620"], scene, pool_frames=args.pool, seed=0)
+    start = time.perf_counter()
+    camera.open()
+    print(f"camera: {args.pool} simulated 1024x1024 frames rendered in "
+          f"{time.perf_counter() - start:.1f} s, {np.mean(camera.cells_per_frame):.1f} cells a "
+          f"frame; {args.workers} worker processes")  # fmt: skip
+    header = (f"{'rate':>6} {'got/s':>7} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} "
+              + " ".join(f"{s + ' ms':>12}" for s in STAGES))  # fmt: skip
+
+    def show(r: dict[str, float], seconds: float) -> None:
+        print(f"{r['rate']:6.0f} {r['fps']:7.1f} {r['dropped']:8.0f} {r['p50_ms']:7.1f} "
+              f"{r['p99_ms']:7.1f} " + " ".join(f"{r[s + '_ms']:12.2f}" for s in STAGES)
+              + f"   ({seconds:g} s)")  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        print(f"\nprobe ({args.probe_seconds:g} s a rate)\n{header}")
+        good: list[float] = []
+        for rate in rates:
+            r = run(camera, rate, args.probe_seconds, args.workers, folder)
+            show(r, args.probe_seconds)
+            if r["dropped"] or r["fps"] < 0.95 * rate:
+                break
+            good.append(rate)
+        print(f"\nconfirm ({args.seconds:g} s)\n{header}")
+        best: dict[str, float] | None = None
+        for rate in reversed(good):
+            r = run(camera, rate, args.seconds, args.workers, folder)
+            show(r, args.seconds)
+            if not r["dropped"]:
+                best = r
+                break
+        serial = serial_peer(camera, 200, folder)
+    print()
+    if best is None:
+        print("no rate was sustained without a drop")
+        return
+    print(f"sustained without a drop for {args.seconds:g} s: {best['fps']:.1f} frames/s of "
+          f"1024x1024 (asked {best['rate']:g}), {best['cells'] / args.seconds:.0f} cells/s, "
+          f"every cut cell stored: {best['cut'] == best['stored']}")  # fmt: skip
+    print(f"grab-to-stored latency per cell: p50 {best['p50_ms']:.1f} ms, "
+          f"p99 {best['p99_ms']:.1f} ms")  # fmt: skip
+    print(f"peer, the same stages serially in one thread: {serial:.1f} frames/s; "
+          f"camera loop / serial = {best['fps'] / serial:.2f}x")  # fmt: skip
+    print("targets: >= 50 frames/s without a drop, p99 <= 100 ms")
+
+
+if __name__ == "__main__":
+    main()
