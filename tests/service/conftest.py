@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,3 +86,15 @@ def server(tmp_path_factory, models_root):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
+
+
+@pytest.fixture
+def browser_paths() -> tuple[str, str]:
+    """Chromium and chromedriver; the only reason to skip the page's test is their absence."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or (
+        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+    )
+    if not (chromium and driver):
+        pytest.skip("chromium and chromedriver are not installed")
+    return chromium, driver

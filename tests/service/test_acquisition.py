@@ -197,3 +197,43 @@ def test_sixty_seconds_at_the_emulator_ceiling_drop_nothing(tmp_path, emulator_i
     assert counts["frames_processed"] == counts["frames_grabbed"]
     assert counts["cells_cut"] >= 3 * counts["frames_grabbed"]
     assert counts["cells_stored"] == counts["cells_cut"] == len(camera_rows(server.db))
+
+
+def test_live_page_in_chromium_follows_the_camera(tmp_path, emulator_images, browser_paths):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = serve(tmp_path, emulator_images, TOPGAN_FRAME_RATE_HZ="20")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_paths[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=browser_paths[1]))
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_element(By.ID, "acq-state").text.lower() == "running")
+        loaded = "const i = document.getElementById(arguments[0]);"
+        loaded += "return i.complete && i.naturalWidth"
+        wait.until(lambda d: all(d.execute_script(loaded, i) for i in ("hologram", "opd")))
+        assert driver.execute_script(loaded, "hologram") == 640  # 1280 px, shown at half
+        first = int(driver.find_element(By.ID, "frame-id").text)
+        assert first > 0
+        wait.until(lambda d: int(d.find_element(By.ID, "frame-id").text) > first)  # it follows
+        # The crops are redrawn as results arrive: read them in one go.
+        read = ("return [...document.querySelectorAll('.crop')].map(c => "
+                "[c.dataset.resultId, c.querySelector('.label').textContent])")  # fmt: skip
+        crops = wait.until(lambda d: d.execute_script(read))
+        assert {label for _, label in crops} <= {"sw480", "sw620"}
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            ids = sorted(int(i) for i, _ in crops)
+            page = c.get("/results", params={"after_id": ids[0] - 1, "limit": 1000}).json()
+        stored = {r["id"]: r["label"] for r in page["results"]}
+        assert all(stored[int(i)] == label for i, label in crops), "the stored labels"
+        assert int(driver.find_element(By.ID, "total-cells").text) > 0
+        assert not driver.find_element(By.ID, "banner").is_displayed()
+    finally:
+        driver.quit()
+        stopped_cleanly(server)

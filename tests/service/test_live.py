@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -355,18 +354,6 @@ def npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
-
-
-@pytest.fixture
-def browser_paths() -> tuple[str, str]:
-    """Chromium and chromedriver; the only reason to skip the page's test is their absence."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or (
-        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
-    )
-    if not (chromium and driver):
-        pytest.skip("chromium and chromedriver are not installed")
-    return chromium, driver
 
 
 @pytest.fixture
