@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from acquisition.backend import cpu_count
+from acquisition.backend import cpu_count, get_backend
 from acquisition.cameras import (
     BaslerCamera,
     Camera,
@@ -117,6 +117,7 @@ def build_runner(state: ServiceState) -> AcquisitionRunner:
         crop_pixel_size_um=settings.crop_pixel_size_um,
     )
     workers = settings.pipeline_workers
+    get_backend(settings.array_backend)  # logs the backend the workers will use
     processing = ProcessingConfig(
         reconstruction,
         segmentation,

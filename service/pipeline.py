@@ -187,6 +187,9 @@ def _child_main(connection: Any, config: ProcessingConfig, reference: np.ndarray
     from threadpoolctl import threadpool_limits
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [worker]: %(message)s"
+    )
     # The crops' small matrix products gain nothing from BLAS threads, whose spinning
     # would take the cores from the other workers.
     threadpool_limits(1)
