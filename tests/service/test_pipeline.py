@@ -199,6 +199,23 @@ def test_failed_buffers_are_counted_and_the_loop_goes_on(state, images):
     assert metric == 4
 
 
+def test_grab_timeouts_are_counted_and_a_silent_camera_is_reopened(state, images):
+    # One frame every 2 s against a 0.1 s grab timeout: five timeouts in a row in free
+    # run mean a stalled link, and the camera is closed and opened again.
+    config = CameraConfig(image_source=images.frames, frame_rate_hz=0.5, grab_timeout_s=0.1)
+    runner = _runner(state, lambda: BaslerCamera(config, "emulator"), _reference(images))
+    runner.start()
+    try:
+        _wait(lambda: runner.counts["reconnects"] >= 1, timeout=20)
+        status = runner.status()
+        assert status["errors"]["grab_timeout"] >= 5
+        assert "no frame within 0.1 s" in status["last_error"]
+        assert state.metrics.frame_errors.labels("grab_timeout")._value.get() >= 5
+    finally:
+        runner.stop()
+    assert runner.state == "idle"
+
+
 class VanishingCamera:
     """The emulator, but the device disappears after a few frames the first time: a
     USB camera pulled out (a real removal cannot be made on this machine)."""
