@@ -311,6 +311,7 @@ class AcquisitionRunner:
         self.errors: collections.Counter[str] = collections.Counter()
         self.last_error: str | None = None
         self.started_at: float | None = None
+        self._finished: str | None = None  # why the stream ended by itself
 
     # -- control --------------------------------------------------------------------
 
@@ -326,6 +327,7 @@ class AcquisitionRunner:
                 raise RuntimeError(f"the acquisition is already {self._state}")
             self._set_state("starting", "opening the camera")
             self._stop.clear()
+            self._finished = None
             self._queue = FrameQueue(self.queue_size)
             self.started_at = time.time()
         threads = [threading.Thread(target=self._grab_loop, name="camera-grab", daemon=True)]
@@ -366,7 +368,7 @@ class AcquisitionRunner:
                     f"{', '.join(alive) or 'none'}",
                 )
             else:
-                self._set_state("idle", "stopped")
+                self._set_state("idle", self._finished or "stopped")
         logger.info("acquisition stopped: %s", self.status()["counts"])
 
     def status(self) -> dict[str, Any]:
@@ -476,6 +478,7 @@ class AcquisitionRunner:
                 continue
             except EndOfStream as exc:
                 with self._lock:
+                    self._finished = str(exc)
                     self._set_state("stopping", str(exc))
                 self._stop.set()
                 threading.Thread(target=self.stop, name="replay-end", daemon=True).start()

@@ -105,6 +105,8 @@ def test_every_cut_cell_is_classified_and_stored(state, images):
     runner.start()
     _wait(lambda: runner.state == "idle")
     status = runner.status()
+    assert status["detail"].startswith("replay of")
+    assert status["detail"].endswith("finished after 6 frames")
     counts = status["counts"]
     assert counts["frames_grabbed"] == counts["frames_processed"] == 6
     assert counts.get("frames_dropped", 0) == 0
