@@ -359,6 +359,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-sizes", required=True, metavar="N,...", help="e.g. 10,20,40,80,160")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--positive", metavar="CLASS", help="the positive class (default: the last)")
+    p.add_argument(
+        "--int8", metavar="M,...",
+        help="also score these methods' ONNX float and int8 models on each test fold",
+    )  # fmt: skip
     p.add_argument("--preset", choices=("paper", "cpu"), default="cpu")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--dry-run", action="store_true", help="a couple of steps per training (tests)")

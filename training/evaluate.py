@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classifier import METHODS, fit, stratified_indices
+from .classifier import INT8_TOLERANCE, METHODS, fit, stratified_indices
 from .config import ClassifierConfig
 from .data import Crops, load_crops, normalize
 
@@ -55,9 +55,12 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def scores_for(
     method: str, crops: Crops, train: np.ndarray, test: np.ndarray, config: ClassifierConfig,
-    gan_dir: Path | None, seed: int,
+    gan_dir: Path | None, seed: int, int8: bool = False,
+    int8_results: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, float, float]:  # fmt: skip
-    """(test probabilities, train seconds, test seconds per cell)."""
+    """(test probabilities, train seconds, test seconds per cell); with ``int8`` (torch
+    methods) the float and int8 ONNX test accuracies go into ``int8_results``."""
+    int8_results = {} if int8_results is None else int8_results
     if method == "knn":
         from .data import fit_normalization
         from .knn import KNNClassifier
@@ -73,7 +76,30 @@ def scores_for(
     start = time.perf_counter()
     with torch.no_grad():
         probabilities = torch.softmax(model(x), dim=1).numpy()
-    return probabilities, float(record["train_seconds"]), (time.perf_counter() - start) / len(test)
+    seconds = (time.perf_counter() - start) / len(test)
+    if int8:
+        int8_results.update(
+            _int8_check(model, norm, crops, train, x.numpy(), crops.label[test], config)
+        )
+    return probabilities, float(record["train_seconds"]), seconds
+
+
+def _int8_check(
+    model: torch.nn.Module, norm: dict[str, Any], crops: Crops, train: np.ndarray,
+    x_test: np.ndarray, y_test: np.ndarray, config: ClassifierConfig,
+) -> dict[str, float]:  # fmt: skip
+    """Test-fold accuracy of the exported float model and of its int8 quantisation
+    (calibrated on training crops only), as ``topgan train classifier --int8`` makes it."""
+    from .classifier import export_onnx
+    from .quantize import onnx_accuracy, quantize_int8
+
+    x_train = normalize(crops.opd[train], norm)[:, None]
+    fp32 = export_onnx(model, config.network.crop_size, torch.from_numpy(x_train[:16]))
+    int8 = quantize_int8(fp32, x_train[:512])
+    return {
+        "accuracy_onnx_fp32": onnx_accuracy(fp32, x_test, y_test),
+        "accuracy_int8": onnx_accuracy(int8, x_test, y_test),
+    }
 
 
 def evaluate(
@@ -89,14 +115,19 @@ def evaluate(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     command: str = "",
+    int8_methods: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    unknown = [m for m in methods if m not in METHODS]
+    """The paper's protocol; ``int8_methods`` are also exported, quantised and scored
+    in ONNX Runtime on each test fold (float vs int8)."""
+    unknown = [m for m in (*methods, *int8_methods) if m not in METHODS]
     if unknown:
         raise ValueError(
             f"unknown or unavailable method(s) {unknown}; available: {', '.join(METHODS)}"
         )
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
+    if "knn" in int8_methods or not set(int8_methods) <= set(methods):
+        raise ValueError("--int8 takes network methods that are also in --methods")
     crops = load_crops([data])
     if len(crops.class_names) != 2:
         raise ValueError(f"the protocol compares two classes; {data} has {crops.class_names}")
@@ -113,9 +144,11 @@ def evaluate(
             rng = np.random.default_rng([seed, f, size])
             train = pool[stratified_indices(crops.label[pool], size, rng)]
             for method in methods:
+                extra: dict[str, float] = {}
                 probabilities, train_s, test_s = scores_for(
-                    method, crops, train, test, config, gan_dir, seed + f
-                )
+                    method, crops, train, test, config, gan_dir, seed + f,
+                    int8=method in int8_methods, int8_results=extra,
+                )  # fmt: skip
                 truth = crops.label[test] == pos_index
                 predicted = probabilities.argmax(1) == pos_index
                 negatives = ~truth
@@ -131,6 +164,7 @@ def evaluate(
                     "auc": auc(probabilities[:, pos_index], truth),
                     "train_seconds": round(train_s, 3),
                     "test_seconds_per_cell": test_s,
+                    **extra,
                 })  # fmt: skip
                 done += 1
                 if progress:
@@ -170,6 +204,31 @@ def summarise(
     return table
 
 
+def _int8_section(results: list[dict[str, Any]]) -> list[str]:
+    rows = [r for r in results if "accuracy_int8" in r]
+    if not rows:
+        return []
+    lines = [
+        "## int8 on the evaluation folds",
+        "",
+        "Each model exported to ONNX (float) and quantised to int8 (static, calibrated on "
+        "its training crops), both scored by ONNX Runtime on the test fold. "
+        f"Kept when int8 loses at most {100 * INT8_TOLERANCE:.1f} points.",
+        "",
+        "| method | train size | float (ONNX) | int8 | largest fold loss | within tolerance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in sorted({(r["method"], r["train_size"]) for r in rows}):
+        group = [r for r in rows if (r["method"], r["train_size"]) == key]
+        fp32 = float(np.mean([r["accuracy_onnx_fp32"] for r in group]))
+        int8 = float(np.mean([r["accuracy_int8"] for r in group]))
+        loss = max(r["accuracy_onnx_fp32"] - r["accuracy_int8"] for r in group)
+        ok = fp32 - int8 <= INT8_TOLERANCE
+        lines.append(f"| {key[0]} | {key[1]} | {100 * fp32:.1f} | {100 * int8:.1f} | "
+                     f"{100 * loss:.1f} | {'yes' if ok else 'no'} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def write_report(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     import matplotlib
 
@@ -184,13 +243,19 @@ def write_report(out: Path, results: list[dict[str, Any]], meta: dict[str, Any])
         f"preset {meta['preset']}, seed {meta['seed']}. Mean [min, max] over folds.",
         f"Command: `{meta['command']}`",
         "",
-        "| method | train size | accuracy | sensitivity | specificity | AUC |",
-        "|---|---|---|---|---|---|",
+        "| method | train size | accuracy | sensitivity | specificity | AUC | train s | "
+        "test ms/cell |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (method, size), m in table.items():
         cells = [f"{100 * v[0]:.1f} [{100 * v[1]:.1f}, {100 * v[2]:.1f}]" for v in m.values()]
-        lines.append(f"| {method} | {size} | " + " | ".join(cells) + " |")
+        rows = [r for r in results if (r["method"], r["train_size"]) == (method, size)]
+        train_s = float(np.mean([r["train_seconds"] for r in rows]))
+        test_ms = 1e3 * float(np.mean([r["test_seconds_per_cell"] for r in rows]))
+        lines.append(f"| {method} | {size} | " + " | ".join(cells)
+                     + f" | {train_s:.1f} | {test_ms:.3f} |")  # fmt: skip
     lines += ["", "![learning curves](learning-curves.png)", ""]
+    lines += _int8_section(results)
     (out / "report.md").write_text("\n".join(lines))
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in sorted({k[0] for k in table}):

@@ -92,6 +92,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         numbers(args.train_sizes, "--train-sizes"), args.folds, clf, args.preset,
         gan_dir=Path(args.gan) if args.gan else None, positive=args.positive, seed=args.seed,
         progress=ProgressPrinter("trainings"), command=_command_line(),
+        int8_methods=[m.strip() for m in (args.int8 or "").split(",") if m.strip()],
     )  # fmt: skip
     print(
         f"wrote {len(results)} results, report.md and learning-curves.png to {args.out}",

@@ -158,6 +158,28 @@ def test_evaluate_follows_the_protocol(data, tmp_path):
     assert (out / "learning-curves.png").stat().st_size > 1000
 
 
+def test_evaluate_scores_int8_on_the_test_folds(data, tmp_path):
+    out = tmp_path / "eval"
+    args = ["-q", "evaluate", "--data", str(data / "cells.h5"), "--methods", "knn,cnn",
+            "--int8", "cnn", "--train-sizes", "8", "--folds", "2", "--dry-run",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    cnn = [r for r in results if r["method"] == "cnn"]
+    assert len(cnn) == 2
+    for r in cnn:
+        assert 0 <= r["accuracy_int8"] <= 1
+        # The ONNX float model is the PyTorch model: the same test accuracy.
+        assert abs(r["accuracy_onnx_fp32"] - r["accuracy"]) < 1e-9
+    assert all("accuracy_int8" not in r for r in results if r["method"] == "knn")
+    report = (out / "report.md").read_text()
+    assert "## int8 on the evaluation folds" in report
+    assert "| cnn | 8 |" in report.split("## int8")[1]
+    bad = ["-q", "evaluate", "--data", str(data / "cells.h5"), "--methods", "cnn", "--int8",
+           "knn", "--train-sizes", "8", "--folds", "2", "--dry-run", "--out", str(out)]  # fmt: skip
+    assert main(bad) == 2
+
+
 def test_folds_and_auc():
     from training.evaluate import auc, stratified_folds
 
