@@ -97,6 +97,10 @@ def evaluate(
         )
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
+    if "imagenet" in methods:
+        from .imagenet import check_installed
+
+        check_installed()
     crops = load_crops([data])
     if len(crops.class_names) != 2:
         raise ValueError(f"the protocol compares two classes; {data} has {crops.class_names}")
