@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -133,6 +133,18 @@ class ImageNetClassifier(nn.Module):
         features = self.trunk.extract_features(rgb).mean(dim=(2, 3))
         logits: torch.Tensor = self.head(features)
         return logits
+
+    def train(self, mode: bool = True) -> Self:
+        """Batch norm keeps ImageNet's statistics while fine-tuning; its scale and shift
+        still learn. The ported statistics move at TensorFlow's momentum, 0.01 a step, so
+        in a few hundred steps validation (on the running statistics) and training (on
+        the batch's) see different networks and validation stays at chance; frozen, they
+        agree from the first epoch, and batches of a few cells do not matter."""
+        super().train(mode)
+        for module in self.trunk.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
 
     def param_groups(self, lr: float, trunk_lr_factor: float) -> list[dict[str, Any]]:
         """Adam groups: the pretrained trunk at ``lr * trunk_lr_factor``, the new head at

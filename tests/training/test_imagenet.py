@@ -74,8 +74,11 @@ def test_imagenet_fine_tunes_and_exports_with_parity(data):
     assert [(lin.in_features, lin.out_features) for lin in linears] == [
         (1280, 100), (100, 100), (100, 2)
     ]  # fmt: skip
-    stem = model.trunk.state_dict()["_conv_stem.weight"]
-    assert not torch.equal(stem, imagenet_state()["_conv_stem.weight"]), "the trunk is fine-tuned"
+    trunk, wheel = model.trunk.state_dict(), imagenet_state()
+    assert not torch.equal(trunk["_conv_stem.weight"], wheel["_conv_stem.weight"]), "fine-tuned"
+    assert not torch.equal(trunk["_bn0.weight"], wheel["_bn0.weight"])
+    assert torch.equal(trunk["_bn0.running_var"], wheel["_bn0.running_var"]), "frozen statistics"
+    assert not model.train().trunk._bn0.training
     x = normalize(crops.opd, norm)[:, None]
     onnx_bytes = export_onnx(model, 128, torch.from_numpy(x[:8]))
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
