@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from importlib.metadata import distribution
 
 import numpy as np
@@ -116,3 +117,12 @@ def test_evaluate_takes_imagenet(data, tmp_path):
     results = json.loads((out / "results.json").read_text())["results"]
     assert [(r["method"], r["fold"]) for r in results] == [("imagenet", 0), ("imagenet", 1)]
     assert "| imagenet | 4 |" in (out / "report.md").read_text()
+
+
+def test_a_missing_package_is_a_one_line_error(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)  # import fails
+    args = ["-q", "train", "classifier", "--method", "imagenet", "--data", str(data / "cells.h5"),
+            "--out", str(tmp_path / "m"), "--dry-run"]  # fmt: skip
+    assert main(args) == 2
+    assert "pip install -e '.[train]'" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
