@@ -1,5 +1,6 @@
-"""Classifiers: CNN from scratch or TOP-GAN (the pretrained discriminator fine-tuned),
-with or without dihedral augmentation; exported to ONNX with a manifest.
+"""Classifiers: CNN from scratch, TOP-GAN (the pretrained discriminator fine-tuned), with
+or without dihedral augmentation, or EfficientNet-Lite0 pretrained on ImageNet
+(``imagenet``, see :mod:`training.imagenet`); exported to ONNX with a manifest.
 
 Stopping and model selection use a validation split of the training set only.
 """
@@ -26,10 +27,11 @@ from models.manifest import sha256_of, write_model_dir
 from .config import ClassifierConfig
 from .data import Crops, dihedral, fit_normalization, load_crops, normalize
 from .gan import load_gan
+from .imagenet import ImageNetClassifier, pretrained_record
 from .networks import Classifier, WithSoftmax
 
 logger = logging.getLogger(__name__)
-TORCH_METHODS = ("cnn", "cnn-aug", "topgan", "topgan-aug")
+TORCH_METHODS = ("cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
 METHODS = ("knn", *TORCH_METHODS)
 PARITY_TOLERANCE = 1e-4
 #: An int8 model is kept only within half a point of the float model's accuracy.
@@ -112,6 +114,33 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     return loss, accuracy
 
 
+def build_model(
+    method: str, classes: int, config: ClassifierConfig, gan_dir: Path | None
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The untrained classifier of ``method`` (its trunk pretrained for topgan and
+    imagenet) and its optimizer's parameter groups."""
+    net = config.network
+    if method == "imagenet":
+        imagenet = ImageNetClassifier(net, classes, config.hidden, config.dropout)
+        return imagenet, imagenet.param_groups(config.lr, config.trunk_lr_factor)
+    model = Classifier(net, classes, config.hidden, config.dropout)
+    if method.startswith("topgan"):
+        if gan_dir is None:
+            raise ValueError(f"method {method} needs --gan DIR (a pretrained DCGAN)")
+        state, gan_net = load_gan(gan_dir)
+        if gan_net != net:
+            raise ValueError(
+                f"the GAN in {gan_dir} has network {gan_net}, the classifier {net}: use its preset"
+            )
+        trunk_state = {
+            k.removeprefix("trunk."): v
+            for k, v in state["discriminator"].items()
+            if k.startswith("trunk.")
+        }
+        model.trunk.load_state_dict(trunk_state)
+    return model, [{"params": list(model.parameters())}]
+
+
 def fit(
     method: str,
     crops: Crops,
@@ -128,30 +157,14 @@ def fit(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     aug_rng = torch.Generator().manual_seed(seed)
-    net = config.network
-    classes = len(crops.class_names)
-    model = Classifier(net, classes, config.hidden, config.dropout)
-    if method.startswith("topgan"):
-        if gan_dir is None:
-            raise ValueError(f"method {method} needs --gan DIR (a pretrained DCGAN)")
-        state, gan_net = load_gan(gan_dir)
-        if gan_net != net:
-            raise ValueError(
-                f"the GAN in {gan_dir} has network {gan_net}, the classifier {net}: use its preset"
-            )
-        trunk_state = {
-            k.removeprefix("trunk."): v
-            for k, v in state["discriminator"].items()
-            if k.startswith("trunk.")
-        }
-        model.trunk.load_state_dict(trunk_state)
+    model, groups = build_model(method, len(crops.class_names), config, gan_dir)
     labels = crops.label[indices]
     train_pos, val_pos = split_validation(labels, config.val_fraction, rng)
     norm = fit_normalization(crops.opd[indices[train_pos]])
     x = torch.from_numpy(normalize(crops.opd[indices], norm))[:, None]
     y = torch.from_numpy(labels.astype(np.int64))
     x_train, y_train, x_val, y_val = x[train_pos], y[train_pos], x[val_pos], y[val_pos]
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(groups, lr=config.lr)
     augment = method.endswith("-aug")
     best: tuple[float, float] = (math.inf, 0.0)
     best_state = copy.deepcopy(model.state_dict())
@@ -315,6 +328,7 @@ def train_classifier(
             "preset": preset,
             "gan": str(gan_dir) if gan_dir else None,
             "gan_sha256": sha256_of(gan_dir / "gan.pt") if gan_dir else None,
+            "imagenet_weights": pretrained_record() if method == "imagenet" else None,
             "network": asdict(config.network),
             "config": asdict(config),
             "command": command,

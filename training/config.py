@@ -65,6 +65,8 @@ class ClassifierConfig:
     val_fraction: float = 0.2
     patience: int = 60
     max_steps: int | None = None
+    # imagenet only: the pretrained trunk learns at lr * this, its new head at lr.
+    trunk_lr_factor: float = 0.1
 
 
 def network_preset(preset: str) -> NetworkConfig:

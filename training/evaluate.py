@@ -128,6 +128,10 @@ def evaluate(
         raise ValueError(f"folds must be at least 2, got {folds}")
     if "knn" in int8_methods or not set(int8_methods) <= set(methods):
         raise ValueError("--int8 takes network methods that are also in --methods")
+    if "imagenet" in methods:
+        from .imagenet import check_installed
+
+        check_installed()
     crops = load_crops([data])
     if len(crops.class_names) != 2:
         raise ValueError(f"the protocol compares two classes; {data} has {crops.class_names}")

@@ -80,6 +80,28 @@ class Discriminator(nn.Module):
         return self.head(self.trunk(x).flatten(1)).squeeze(1)
 
 
+def input_pool(cfg: NetworkConfig) -> nn.Module:
+    """Crops at ``crop_size`` -> ``input_size`` (average pooling; none when equal)."""
+    factor = cfg.crop_size // cfg.input_size
+    return nn.AvgPool2d(factor) if factor > 1 else nn.Identity()
+
+
+def classifier_head(features: int, classes: int, hidden: int, dropout: float) -> nn.Sequential:
+    """The paper's head on a trunk's ``features`` outputs: FC(hidden) -> FC(hidden) ->
+    FC(classes), dropout before each."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(features, hidden),
+        nn.LeakyReLU(0.1, inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        nn.LeakyReLU(0.1, inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, classes),
+    )
+
+
 class Classifier(nn.Module):
     """Crops at ``crop_size`` in, class logits out; pools to ``input_size`` first."""
 
@@ -87,21 +109,10 @@ class Classifier(nn.Module):
         self, cfg: NetworkConfig, classes: int, hidden: int = 100, dropout: float = 0.5
     ) -> None:
         super().__init__()
-        factor = cfg.crop_size // cfg.input_size
-        self.pool: nn.Module = nn.AvgPool2d(factor) if factor > 1 else nn.Identity()
+        self.pool = input_pool(cfg)
         self.trunk = trunk(cfg)
         side = cfg.input_size // 16
-        self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Dropout(dropout),
-            nn.Linear(8 * cfg.base_channels * side * side, hidden),
-            nn.LeakyReLU(0.1, inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),
-            nn.LeakyReLU(0.1, inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, classes),
-        )
+        self.head = classifier_head(8 * cfg.base_channels * side * side, classes, hidden, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(self.pool(x)))

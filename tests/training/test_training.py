@@ -9,20 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from acquisition.cropfile import write_crop_dataset
-from acquisition.simulator.datasets import simulate_direct
 from models.runtime import ModelRuntime
 from service.cli import main
 from training.config import classifier_preset, gan_preset, override
 from training.gan import train_gan
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    write_crop_dataset(root / "pool.h5", simulate_direct(["sperm"], 24, seed=1))
-    write_crop_dataset(root / "cells.h5", simulate_direct(["sw480", "sw620"], 12, seed=2))
-    return root
 
 
 def test_gan_checkpoints_and_resumes(data, tmp_path):
