@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python -m bench.live
 
 # The whole product: the pylon camera emulator streaming simulated SW480/SW620
 # holograms (rendered once into data/emulator), the bundled model, results in
