@@ -19,6 +19,12 @@ logger = logging.getLogger("topgan")
 EXIT_BAD_INPUT = 2
 
 
+CHANNELS_HELP = (
+    "1: the OPD map (default); 3: the paper's colour encoding (a jet colour map of the "
+    "normalised OPD, inside the networks)"
+)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -343,6 +349,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             help="paper: the paper's exact settings; cpu: minutes on 2 cores (default)",
         )
         k.add_argument("--epochs", type=int, help="override the preset's epochs")
+        k.add_argument("--channels", type=int, choices=(1, 3), help=CHANNELS_HELP)
         k.add_argument("--dry-run", action="store_true", help="a couple of steps only (tests)")
     p.set_defaults(handler=_run_train)
 
@@ -365,6 +372,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--preset", choices=("paper", "cpu"), default="cpu")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--channels", type=int, choices=(1, 3), help=CHANNELS_HELP)
     p.add_argument("--dry-run", action="store_true", help="a couple of steps per training (tests)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(handler=_run_evaluate)

@@ -121,6 +121,8 @@ def build_model(
     imagenet) and its optimizer's parameter groups."""
     net = config.network
     if method == "imagenet":
+        if net.channels != 1:
+            raise ValueError("the colour encoding (channels 3) is for the DCGAN-based methods")
         imagenet = ImageNetClassifier(net, classes, config.hidden, config.dropout)
         return imagenet, imagenet.param_groups(config.lr, config.trunk_lr_factor)
     model = Classifier(net, classes, config.hidden, config.dropout)
@@ -130,7 +132,8 @@ def build_model(
         state, gan_net = load_gan(gan_dir)
         if gan_net != net:
             raise ValueError(
-                f"the GAN in {gan_dir} has network {gan_net}, the classifier {net}: use its preset"
+                f"the GAN in {gan_dir} has network {gan_net}, the classifier {net}: use its "
+                "preset and --channels"
             )
         trunk_state = {
             k.removeprefix("trunk."): v
@@ -315,7 +318,8 @@ def train_classifier(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "classes": crops.class_names,
         "input": {
-            "shape": [config.network.channels, config.network.crop_size, config.network.crop_size],
+            # One-channel OPD in; a colour encoding (channels 3) happens inside the model.
+            "shape": [1, config.network.crop_size, config.network.crop_size],
             "pixel_size_um": crops.pixel_size_um,
             "normalization": norm,
         },

@@ -23,7 +23,9 @@ class NetworkConfig:
     input_size : side the convolutions work at (crops are average-pooled to it)
     base_channels : channels of the first discriminator layer (doubling 4 times)
     latent : length of the generator's noise vector
-    channels : image channels (1: OPD)
+    channels : 1: the OPD map itself; 3: the paper's colour encoding, the normalised
+        OPD through a jet colour map, computed inside the networks (the model still
+        takes one-channel OPD crops)
     """
 
     crop_size: int = 128
@@ -39,8 +41,10 @@ class NetworkConfig:
             raise ValueError(
                 f"crop_size {self.crop_size} must be a multiple of input_size {self.input_size}"
             )
-        if self.base_channels < 1 or self.latent < 1 or self.channels < 1:
-            raise ValueError("base_channels, latent and channels must be positive")
+        if self.base_channels < 1 or self.latent < 1:
+            raise ValueError("base_channels and latent must be positive")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (OPD) or 3 (colour encoded), got {self.channels}")
 
 
 @dataclass(frozen=True)

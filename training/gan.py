@@ -26,19 +26,20 @@ from models.manifest import sha256_of
 
 from .config import GanConfig, NetworkConfig
 from .data import dihedral, fit_normalization, load_crops, normalize
-from .networks import Discriminator, Generator, init_weights
+from .networks import Discriminator, Generator, colour_encode, init_weights
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 
 def _grid(images: torch.Tensor, path: Path) -> None:
-    """Save (N, 1, H, W) images in [-1, 1] as a square grid PNG."""
-    n = images.shape[0]
+    """Save (N, C, H, W) images in [-1, 1] (C 1: grey, 3: colour) as a square grid PNG."""
+    n, channels = images.shape[:2]
     side = int(np.ceil(np.sqrt(n)))
     h, w = images.shape[2:]
-    grid = np.zeros((side * h, side * w), np.uint8)
-    pixels = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    grid = np.zeros((side * h, side * w) + ((3,) if channels == 3 else ()), np.uint8)
+    chosen = images.permute(0, 2, 3, 1) if channels == 3 else images[:, 0]
+    pixels = ((chosen.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     for i in range(n):
         r, c = divmod(i, side)
         grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = pixels[i]
@@ -117,6 +118,8 @@ def train_gan(
             real = x_all[order[b * config.batch_size : (b + 1) * config.batch_size]]
             if config.dihedral:
                 real = dihedral(real, generator_rng)
+            if net.channels == 3:
+                real = colour_encode(real)
             z = torch.randn(len(real), net.latent, generator=generator_rng)
             fake = g(z)
             opt_d.zero_grad()

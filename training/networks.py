@@ -29,6 +29,28 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def colour_encode(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) normalised OPD in [-1, 1] -> (N, 3, H, W) jet colours in [-1, 1].
+
+    The paper feeds its networks colour images of the OPD maps; jet is piecewise
+    linear, so it is a few clamps that export to ONNX as they are."""
+    t = ((x + 1) / 2).clamp(0, 1)
+    rgb = [(1.5 - (4 * t - centre).abs()).clamp(0, 1) for centre in (3.0, 2.0, 1.0)]
+    return torch.cat(rgb, dim=1) * 2 - 1
+
+
+class ColourEncode(nn.Module):
+    """:func:`colour_encode` as a layer (no parameters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return colour_encode(x)
+
+
+def encoder(cfg: NetworkConfig) -> nn.Module:
+    """What turns the one-channel input into the trunk's ``channels``."""
+    return ColourEncode() if cfg.channels == 3 else nn.Identity()
+
+
 class Generator(nn.Module):
     def __init__(self, cfg: NetworkConfig) -> None:
         super().__init__()
@@ -110,12 +132,13 @@ class Classifier(nn.Module):
     ) -> None:
         super().__init__()
         self.pool = input_pool(cfg)
+        self.encode = encoder(cfg)
         self.trunk = trunk(cfg)
         side = cfg.input_size // 16
         self.head = classifier_head(8 * cfg.base_channels * side * side, classes, hidden, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(self.pool(x)))
+        return self.head(self.trunk(self.encode(self.pool(x))))
 
 
 class WithSoftmax(nn.Module):

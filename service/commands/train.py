@@ -34,6 +34,8 @@ def _configure(config: Any, args: argparse.Namespace, dry_run_batch: int) -> Any
     changes = {"epochs": args.epochs}
     if args.dry_run:
         changes.update(epochs=1, max_steps=DRY_RUN_STEPS, batch_size=dry_run_batch)
+    if getattr(args, "channels", None):
+        changes["network"] = override(config.network, channels=args.channels)
     return override(config, **changes)
 
 
