@@ -41,6 +41,18 @@ def test_bundled_models_load_and_say_how_they_were_made():
     assert "train gan" in info["command"]
 
 
+def test_bundled_hs895_model():
+    runtime = ModelRuntime(REPO / "models" / "hs895", "cpu")
+    m = runtime.manifest
+    assert m.classes == ["hs895-sk", "hs895-t"]
+    assert (m.method, m.input_shape, m.pixel_size_um) == ("topgan-aug", (1, 128, 128), 0.25)
+    assert "--data hs895.h5" in m.training["command"]
+    assert m.training["seed"] == 5
+    gan = REPO / "models" / "pretrained" / "sperm-dcgan"
+    assert m.training["gan_sha256"] == sha256_of(gan / "gan.pt")
+    assert m.metrics["validation_accuracy_int8"] >= m.metrics["validation_accuracy_fp32"] - 0.005
+
+
 def test_manifest_errors(models_root, tmp_path):
     src = models_root / "m1"
     bad = tmp_path / "bad"
