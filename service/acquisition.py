@@ -18,8 +18,6 @@ from acquisition.cameras import (
     SimulatedCamera,
 )
 from acquisition.io import HOLOGRAM_SUFFIXES, read_hologram
-from acquisition.reconstruction import ReconstructionConfig
-from acquisition.segmentation import SegmentationConfig
 
 from .pipeline import AcquisitionRunner, ProcessingConfig
 from .settings import Settings
@@ -106,21 +104,11 @@ def make_camera(settings: Settings) -> tuple[Camera, np.ndarray | None]:
 
 def build_runner(state: ServiceState) -> AcquisitionRunner:
     settings = state.settings
-    reconstruction = ReconstructionConfig(
-        wavelength_nm=settings.wavelength_nm,
-        pixel_size_um=settings.pixel_size_um,
-        sample_half=settings.sample_half,
-        carrier=settings.carrier,
-    )
-    segmentation = SegmentationConfig(
-        threshold=settings.threshold_nm if settings.threshold_nm else "otsu",
-        crop_pixel_size_um=settings.crop_pixel_size_um,
-    )
     workers = settings.pipeline_workers
     get_backend(settings.array_backend)  # logs the backend the workers will use
     processing = ProcessingConfig(
-        reconstruction,
-        segmentation,
+        settings.reconstruction_config(),
+        settings.segmentation_config(),
         backend=settings.array_backend,
         # Each worker is a process of its own: share the cores rather than oversubscribe.
         fft_workers=max(1, cpu_count() // workers),

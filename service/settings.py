@@ -20,6 +20,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from acquisition.reconstruction import ReconstructionConfig
+from acquisition.segmentation import SegmentationConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The settings file of the current :func:`load_settings` call (else $TOPGAN_CONFIG).
 _CONFIG_FILE: ContextVar[str | None] = ContextVar("topgan_config_file", default=None)
@@ -132,6 +135,25 @@ class Settings(BaseSettings):
         if value in kinds or (value.startswith("replay:") and len(value) > len("replay:")):
             return value
         raise ValueError(f"camera must be one of {', '.join(kinds)} or replay:PATH, got {value!r}")
+
+    def reconstruction_config(self) -> ReconstructionConfig:
+        """The optics settings as the reconstruction takes them."""
+        return ReconstructionConfig(
+            wavelength_nm=self.wavelength_nm,
+            pixel_size_um=self.pixel_size_um,
+            sample_half=self.sample_half,
+            carrier=self.carrier,
+        )
+
+    def segmentation_config(
+        self, crop_size: int = 128, crop_pixel_size_um: float | None = None
+    ) -> SegmentationConfig:
+        """The segmentation settings, cutting crops of ``crop_size`` (the model's)."""
+        return SegmentationConfig(
+            threshold=self.threshold_nm if self.threshold_nm else "otsu",
+            crop_size=crop_size,
+            crop_pixel_size_um=crop_pixel_size_um or self.crop_pixel_size_um,
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from acquisition.cameras import GrabbedFrame
-from acquisition.reconstruction import ReconstructionConfig, Reconstructor
-from acquisition.segmentation import Cell, SegmentationConfig, Segmenter
+from acquisition.reconstruction import Reconstructor
+from acquisition.segmentation import Cell, Segmenter
 from models.manifest import Manifest, ModelError
 from models.runtime import MicroBatcher, ModelHolder, Prediction
 
@@ -243,25 +243,13 @@ class ServiceState:
             from acquisition.io import read_hologram
 
             s = self.settings
-            config = ReconstructionConfig(
-                wavelength_nm=s.wavelength_nm,
-                pixel_size_um=s.pixel_size_um,
-                sample_half=s.sample_half,
-                carrier=s.carrier,
-            )
+            config = s.reconstruction_config()
             reference = read_hologram(s.reference).frames[0] if s.reference else None
             self._reconstructor = Reconstructor(config, get_backend(s.array_backend), reference)
         return self._reconstructor
 
     def segmenter(self, crop_shape: tuple[int, int], pixel_size_um: float) -> Segmenter:
-        s = self.settings
-        return Segmenter(
-            SegmentationConfig(
-                threshold=s.threshold_nm if s.threshold_nm else "otsu",
-                crop_size=crop_shape[0],
-                crop_pixel_size_um=pixel_size_um,
-            )
-        )
+        return Segmenter(self.settings.segmentation_config(crop_shape[0], pixel_size_um))
 
 
 def _safe_url(url: str) -> str:

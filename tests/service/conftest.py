@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -98,3 +99,15 @@ def browser_paths() -> tuple[str, str]:
     if not (chromium and driver):
         pytest.skip("chromium and chromedriver are not installed")
     return chromium, driver
+
+
+def headless_chromium(browser_paths: tuple[str, str]) -> Any:
+    """A headless Chromium driven by selenium (the caller quits it)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_paths[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(executable_path=browser_paths[1]))

@@ -17,7 +17,7 @@ import pytest
 from acquisition.cropfile import read_crop_dataset
 from acquisition.simulator.phantoms import render_cell
 from service.settings import DEFAULT_MODEL, REPO_ROOT
-from tests.service.conftest import Server, start_server
+from tests.service.conftest import Server, headless_chromium, start_server
 
 MODELS = REPO_ROOT / "models"
 
@@ -200,17 +200,11 @@ def test_sixty_seconds_at_the_emulator_ceiling_drop_nothing(tmp_path, emulator_i
 
 
 def test_live_page_in_chromium_follows_the_camera(tmp_path, emulator_images, browser_paths):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     server = serve(tmp_path, emulator_images, TOPGAN_FRAME_RATE_HZ="20")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser_paths[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=browser_paths[1]))
+    driver = headless_chromium(browser_paths)
     try:
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, 30)

@@ -27,7 +27,7 @@ from service.live import (
     bit_depth_of,
     opd_display_shape,
 )
-from tests.service.conftest import start_server
+from tests.service.conftest import headless_chromium, start_server
 
 REAL_FILES = ["hl60_hologram_with_bg.npz", "single_cell_hologram.tif",
               "single_cell_hologram_meta.h5"]  # fmt: skip
@@ -403,8 +403,6 @@ def test_live_routes_before_and_after_a_hologram(live_server, real_dir):
 
 
 def test_page_in_chromium_shows_the_hologram_just_classified(browser_paths, live_server, real_dir):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -416,11 +414,7 @@ def test_page_in_chromium_shows_the_hologram_just_classified(browser_paths, live
         cell = answer.json()["cells"][0]
         summary = c.get("/results/summary").json()
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser_paths[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=browser_paths[1]))
+    driver = headless_chromium(browser_paths)
     try:
         driver.get(live_server.url + "/")
         wait = WebDriverWait(driver, 10)
