@@ -82,18 +82,25 @@ def test_emulator_mono12_delivers_the_12_bit_values(tmp_path):
 def test_failed_buffers_are_reported_and_the_stream_goes_on(images):
     camera = BaslerCamera(CameraConfig(image_source=images.frames, frame_rate_hz=100), "emulator")
     camera.open()
+    outcomes: list[bool] = []  # True: a frame, False: a failed buffer
+    messages: list[str] = []
     try:
         camera.grab()
         camera.force_failed_buffers(3)
-        failures = 0
-        for _ in range(3):
-            with pytest.raises(GrabFailed, match="failed buffer"):
-                camera.grab()
-            failures += 1
-        assert camera.grab().image.shape == (1024, 1280)
+        # Frames already in the driver's buffers come first; then the three failures.
+        for _ in range(40):
+            try:
+                outcomes.append(camera.grab().image.shape == (1024, 1280))
+            except GrabFailed as exc:
+                messages.append(str(exc))
+                outcomes.append(False)
+            if outcomes.count(False) == 3 and outcomes[-1]:
+                break
     finally:
         camera.close()
-    assert failures == 3
+    assert outcomes.count(False) == 3
+    assert all(m.startswith("failed buffer") for m in messages)
+    assert outcomes[-1], "the stream goes on after the failed buffers"
 
 
 def test_software_trigger_gives_one_frame_per_grab(images):
