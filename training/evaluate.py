@@ -261,17 +261,25 @@ def write_report(out: Path, results: list[dict[str, Any]], meta: dict[str, Any])
     lines += ["", "![learning curves](learning-curves.png)", ""]
     lines += _int8_section(results)
     (out / "report.md").write_text("\n".join(lines))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in sorted({k[0] for k in table}):
+    # Like the paper's Fig. 4: mean accuracy per training size with the fold range
+    # (min to max) as bars, methods side by side on a log axis.
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = sorted({k[0] for k in table})
+    for i, method in enumerate(methods):
         sizes = sorted(k[1] for k in table if k[0] == method)
-        mean = [100 * table[(method, s)]["accuracy"][0] for s in sizes]
-        lo = [100 * table[(method, s)]["accuracy"][1] for s in sizes]
-        hi = [100 * table[(method, s)]["accuracy"][2] for s in sizes]
-        ax.plot(sizes, mean, marker="o", label=method)
-        ax.fill_between(sizes, lo, hi, alpha=0.15)
+        mean = np.array([100 * table[(method, s)]["accuracy"][0] for s in sizes])
+        lo = np.array([100 * table[(method, s)]["accuracy"][1] for s in sizes])
+        hi = np.array([100 * table[(method, s)]["accuracy"][2] for s in sizes])
+        shift = 1.0 + 0.035 * (i - (len(methods) - 1) / 2)
+        ax.errorbar(np.array(sizes) * shift, mean, yerr=[mean - lo, hi - mean], marker="o",
+                    capsize=3, label=method)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    all_sizes = sorted({k[1] for k in table})
+    ax.set_xticks(all_sizes, [str(s) for s in all_sizes])
     ax.set_xlabel("training images")
-    ax.set_ylabel("accuracy (%)")
-    ax.legend()
+    ax.set_ylabel("accuracy (%): mean, bars min-max over folds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "learning-curves.png", dpi=80)
     plt.close(fig)
