@@ -99,7 +99,7 @@ def main() -> None:
         "longer pretraining was started and stopped for time, so its effect is not known.",
         "- At 20 training images every method dips and some folds collapse to one class: "
         "the validation split that stops training and selects the model then holds 4 "
-        "crops (2 a class), so selection is nearly random. The protocol was kept as it is.",
+        "crops (2 a class), which likely makes selection nearly random. The protocol was kept.",
         "- Hs 895 was run at 10 to 80 training images (compute: imagenet fine-tuning at "
         "160 dominated the run); both runs used one PyTorch thread (`OMP_NUM_THREADS=1`).",
         "- MobileNet (the paper's ImageNet network) is not offered: its only wheel with "
