@@ -418,7 +418,9 @@ class AcquisitionRunner:
             try:
                 camera, reference = self.camera_factory()
                 camera.open()
-            except (CameraError, OSError, ValueError) as exc:
+            except Exception as exc:  # any failure to open is retried; the API stays up
+                if not isinstance(exc, CameraError | OSError | ValueError):
+                    logger.exception("unexpected error opening the camera")
                 if camera is not None:
                     camera.close()
                 attempt += 1
@@ -492,6 +494,10 @@ class AcquisitionRunner:
                 if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
                     return f"camera failing: {exc}"
                 continue
+            except Exception as exc:  # a driver error nobody foresaw: reopen the camera
+                logger.exception("unexpected error grabbing")
+                self._error("camera_lost", f"{type(exc).__name__}: {exc}")
+                return f"camera error: {type(exc).__name__}: {exc}"
             failed_in_a_row = timeouts_in_a_row = 0
             dropped = self._queue.put(frame)
             with self._lock:

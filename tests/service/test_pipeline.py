@@ -225,9 +225,11 @@ class VanishingCamera:
     kind = "emulator"
     opened = 0
 
-    def __init__(self, inner: BaslerCamera, vanish_after: int | None) -> None:
+    def __init__(self, inner: BaslerCamera, vanish_after: int | None,
+                 error: Exception | None = None) -> None:  # fmt: skip
         self.inner = inner
         self.vanish_after = vanish_after
+        self.error = error or CameraLost("the camera was removed")
         self.grabs = 0
 
     def open(self) -> None:
@@ -237,7 +239,7 @@ class VanishingCamera:
     def grab(self) -> GrabbedFrame:
         self.grabs += 1
         if self.vanish_after is not None and self.grabs > self.vanish_after:
-            raise CameraLost("the camera was removed")
+            raise self.error
         return self.inner.grab()
 
     def close(self) -> None:
@@ -247,12 +249,14 @@ class VanishingCamera:
         return self.inner.describe()
 
 
-def test_a_lost_camera_is_reopened(state, images):
+@pytest.mark.parametrize("error", [CameraLost("the camera was removed"),
+                                   RuntimeError("an unforeseen driver error")])  # fmt: skip
+def test_a_lost_camera_is_reopened(state, images, error):
     VanishingCamera.opened = 0
 
     def factory() -> Camera:
         inner = BaslerCamera(CameraConfig(image_source=images.frames, frame_rate_hz=30), "emulator")
-        return VanishingCamera(inner, 5 if VanishingCamera.opened == 0 else None)
+        return VanishingCamera(inner, 5 if VanishingCamera.opened == 0 else None, error)
 
     runner = _runner(state, factory, _reference(images))
     runner.start()
