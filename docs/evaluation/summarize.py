@@ -72,6 +72,30 @@ def section(task: str, title: str, margin_size: int, margin: float) -> list[str]
             f"mean loss {100 * mean:.2f} points, largest single-fold loss {100 * worst:.1f} points"
         )
     lines += ["", f"![learning curves]({task}/learning-curves.png)", ""]
+    longer = HERE / f"{task}-gan40" / "results.json"
+    if longer.exists():
+        other = json.loads(longer.read_text())
+        more = other["results"]
+        lines += [
+            f"Longer pretraining: the topgan methods again, from the GAN trained for 40 "
+            f"epochs instead of 8 (same seed, folds and training subsets; command: "
+            f"`{other['meta']['command']}`). Accuracy (%), mean [min, max]:",
+            "",
+            "| method | GAN | " + " | ".join(str(s) for s in sizes) + " |",
+            "|---|---|" + "---|" * len(sizes),
+        ]
+        for m in ("topgan", "topgan-aug"):
+            for name, rows in (("8 epochs", results), ("40 epochs", more)):
+                cells = []
+                for s in sizes:
+                    a = 100 * stats(rows, m, s)
+                    cells.append(f"{a.mean():.1f} [{a.min():.1f}, {a.max():.1f}]" if a.size else "")
+                lines.append(f"| {m} | {name} | " + " | ".join(cells) + " |")
+        for s in [s for s in sizes if s <= margin_size]:
+            top, cnn = 100 * stats(more, "topgan", s), 100 * stats(results, "cnn", s)
+            lines.append(f"- {s} images, 40-epoch GAN: TOP-GAN {top.mean():.1f} vs CNN "
+                         f"{cnn.mean():.1f}: {top.mean() - cnn.mean():+.1f} points")  # fmt: skip
+        lines.append("")
     return lines
 
 
