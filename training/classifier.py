@@ -173,9 +173,13 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     best_epoch, stale, step = 0, 0, 0
     steps_per_epoch = max(1, math.ceil(len(x_train) / config.batch_size))
-    total = config.epochs * steps_per_epoch
+    total = max(config.epochs * steps_per_epoch, config.min_steps)
     if config.max_steps is not None:
         total = min(total, config.max_steps)
+    # At a few crops an epoch is one step and the validation split holds one or two
+    # crops a class: until min_steps neither early stopping nor model selection run, so
+    # neither can settle on the untrained plateau (loss ~ ln 2, one class for all).
+    warmup = min(config.min_steps, total)
     started = time.monotonic()
     epoch = 0
     while step < total:
@@ -193,6 +197,8 @@ def fit(
             if progress:
                 progress(step, total)
         epoch += 1
+        if step < warmup:
+            continue
         val_loss, val_acc = _evaluate(model, x_val, y_val)
         if (val_loss, -val_acc) < (best[0], -best[1]):
             best, best_state, best_epoch, stale = (

@@ -43,6 +43,8 @@ def test_presets_and_overrides():
     assert gan_preset("paper").lr == 2e-4
     assert classifier_preset("paper").lr == 1e-5
     assert classifier_preset("paper").epochs == 900
+    assert classifier_preset("paper").min_steps == 900
+    assert classifier_preset("cpu").min_steps == 300
     assert override(gan_preset("cpu"), epochs=3).epochs == 3
     with pytest.raises(ValueError, match="unknown setting"):
         override(gan_preset("cpu"), epoch=3)

@@ -181,3 +181,25 @@ def test_folds_and_auc():
     assert auc(np.array([0.9, 0.8, 0.1, 0.2]), truth) == 1.0
     assert auc(np.array([0.1, 0.2, 0.9, 0.8]), truth) == 0.0
     assert auc(np.array([0.5, 0.5, 0.5, 0.5]), truth) == 0.5
+
+
+def test_early_stopping_waits_for_the_step_floor(data):
+    """At a handful of crops an epoch is one step: with min_steps, patience cannot end
+    training before that many steps, the epoch cap stretches to reach them, and no
+    model from before them is selected."""
+    from training.classifier import fit
+    from training.data import load_crops
+
+    crops = load_crops([data / "cells.h5"])
+    indices = np.arange(len(crops.label))
+    # 24 crops, validation 5: 19 training crops, batch 16 -> 2 steps an epoch.
+    config = override(classifier_preset("cpu"), epochs=2, patience=1, batch_size=16, min_steps=0)
+    _, _, short = fit("cnn", crops, indices, config, None, seed=0)
+    assert short["epochs_run"] <= 2
+    _, _, long = fit("cnn", crops, indices, override(config, min_steps=12), None, seed=0)
+    assert long["epochs_run"] == 6
+    assert long["best_epoch"] == 6
+    _, _, later = fit("cnn", crops, indices, override(config, min_steps=8, epochs=30,
+                      patience=3), None, seed=0)  # fmt: skip
+    assert later["best_epoch"] >= 4
+    assert 7 <= later["epochs_run"] <= 30
