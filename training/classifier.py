@@ -36,6 +36,9 @@ METHODS = ("knn", *TORCH_METHODS)
 PARITY_TOLERANCE = 1e-4
 #: An int8 model is kept only within half a point of the float model's accuracy.
 INT8_TOLERANCE = 0.005
+#: Training has left the untrained plateau once the loss on its training crops is at
+#: most this fraction of ln(classes) (0.52 for two classes, against 0.69 untrained).
+PLATEAU_EXIT = 0.75
 
 
 def stratified_indices(
@@ -176,10 +179,14 @@ def fit(
     total = max(config.epochs * steps_per_epoch, config.min_steps)
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    # At a few crops an epoch is one step and the validation split holds one or two
-    # crops a class: until min_steps neither early stopping nor model selection run, so
-    # neither can settle on the untrained plateau (loss ~ ln 2, one class for all).
-    warmup = min(config.min_steps, total)
+    # Early stopping and model selection start once the model has left the untrained
+    # plateau (every crop near 1/classes: loss ln C), judged on its own training crops:
+    # with one or two validation crops a class, an untrained model's ln 2 can beat a
+    # trained one that misses a single crop, and patience counted in epochs (one step
+    # each at 10 crops) would end training there.
+    plateau = PLATEAU_EXIT * math.log(len(crops.class_names))
+    x_fit, y_fit = x_train[:512], y_train[:512]
+    selecting, selected_from = False, 0
     started = time.monotonic()
     epoch = 0
     while step < total:
@@ -197,8 +204,11 @@ def fit(
             if progress:
                 progress(step, total)
         epoch += 1
-        if step < warmup:
-            continue
+        if not selecting:
+            selecting = _evaluate(model, x_fit, y_fit)[0] <= plateau
+            if not selecting:
+                continue
+            selected_from = epoch
         val_loss, val_acc = _evaluate(model, x_val, y_val)
         if (val_loss, -val_acc) < (best[0], -best[1]):
             best, best_state, best_epoch, stale = (
@@ -211,6 +221,8 @@ def fit(
             stale += 1
             if stale >= config.patience:
                 break
+    if not selecting:  # never left the plateau: the last model, as good as any
+        best, best_state, best_epoch = _evaluate(model, x_val, y_val), model.state_dict(), epoch
     model.load_state_dict(best_state)
     model.eval()
     record = {
@@ -219,6 +231,8 @@ def fit(
         "validation_accuracy": round(best[1], 4),
         "validation_loss": round(best[0], 4),
         "best_epoch": best_epoch,
+        # The first epoch off the plateau, where selection began (0: never reached).
+        "selection_from_epoch": selected_from,
         "epochs_run": epoch,
         "train_seconds": round(time.monotonic() - started, 2),
     }

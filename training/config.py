@@ -68,8 +68,8 @@ class ClassifierConfig:
     hidden: int = 100
     val_fraction: float = 0.2
     patience: int = 60
-    # Training runs at least this many optimizer steps, and early stopping and model
-    # selection start only after them (at 10 crops an epoch is a single step).
+    # Training runs at least this many optimizer steps (at 10 crops an epoch is a
+    # single step, and 150 of them may not leave the untrained plateau).
     min_steps: int = 0
     max_steps: int | None = None
     # imagenet only: the pretrained trunk learns at lr * this, its new head at lr.
@@ -91,10 +91,9 @@ def gan_preset(preset: str) -> GanConfig:
 
 def classifier_preset(preset: str) -> ClassifierConfig:
     net = network_preset(preset)
-    # min_steps: on the dev datasets (docs/evaluation/dev) selection from the first
-    # epochs left a third of the 10- and 20-crop folds on one class; 300 steps at the
-    # cpu preset's rate fixed that. The paper preset's 20x smaller rate gets the
-    # paper's whole schedule on the smallest sets (900 epochs of one step).
+    # min_steps: 300 steps at the cpu preset's rate leave the untrained plateau on the
+    # dev datasets' 10-crop folds (docs/evaluation/dev); the paper preset's 20x smaller
+    # rate gets the paper's whole schedule on the smallest sets (900 epochs of one step).
     if preset == "paper":
         return ClassifierConfig(net, min_steps=900)
     return ClassifierConfig(net, epochs=150, lr=2e-4, patience=25, min_steps=300)

@@ -183,11 +183,11 @@ def test_folds_and_auc():
     assert auc(np.array([0.5, 0.5, 0.5, 0.5]), truth) == 0.5
 
 
-def test_early_stopping_waits_for_the_step_floor(data):
-    """At a handful of crops an epoch is one step: with min_steps, patience cannot end
-    training before that many steps, the epoch cap stretches to reach them, and no
-    model from before them is selected."""
-    from training.classifier import fit
+def test_selection_starts_off_the_untrained_plateau(data):
+    """min_steps stretches the epoch cap at a handful of crops; model selection and
+    early stopping start only once the training crops' loss is clearly below ln 2, and
+    a model that never gets there is kept as it ends."""
+    from training.classifier import PLATEAU_EXIT, fit
     from training.data import load_crops
 
     crops = load_crops([data / "cells.h5"])
@@ -196,10 +196,15 @@ def test_early_stopping_waits_for_the_step_floor(data):
     config = override(classifier_preset("cpu"), epochs=2, patience=1, batch_size=16, min_steps=0)
     _, _, short = fit("cnn", crops, indices, config, None, seed=0)
     assert short["epochs_run"] <= 2
-    _, _, long = fit("cnn", crops, indices, override(config, min_steps=12), None, seed=0)
-    assert long["epochs_run"] == 6
-    assert long["best_epoch"] == 6
-    _, _, later = fit("cnn", crops, indices, override(config, min_steps=8, epochs=30,
-                      patience=3), None, seed=0)  # fmt: skip
-    assert later["best_epoch"] >= 4
-    assert 7 <= later["epochs_run"] <= 30
+    # lr 0: the plateau is never left; the last model is kept, nothing stops early.
+    _, _, stuck = fit("cnn", crops, indices, override(config, lr=0.0, min_steps=12), None, 0)
+    assert stuck["epochs_run"] == 6
+    assert stuck["selection_from_epoch"] == 0
+    assert stuck["best_epoch"] == 6
+    assert stuck["validation_loss"] == pytest.approx(np.log(2), abs=0.01)
+    # A learning model leaves it; selection starts there and patience counts from there.
+    _, _, learnt = fit("cnn", crops, indices, override(config, epochs=200, patience=5), None, 0)
+    assert learnt["selection_from_epoch"] >= 1
+    assert learnt["best_epoch"] >= learnt["selection_from_epoch"]
+    assert learnt["epochs_run"] < 200
+    assert PLATEAU_EXIT * np.log(2) < 0.6
