@@ -18,6 +18,7 @@ from acquisition.cameras import (
     SimulatedCamera,
 )
 from acquisition.io import HOLOGRAM_SUFFIXES, read_hologram
+from acquisition.simulator.phantoms import parse_lines
 
 from .pipeline import AcquisitionRunner, ProcessingConfig
 from .settings import Settings
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def _lines(settings: Settings) -> list[str]:
-    return [part.strip() for part in settings.simulated_lines.split(",") if part.strip()]
+    return parse_lines(settings.simulated_lines)  # checked when the settings were read
 
 
 def _read_reference(path: Path, shift: int = 0) -> np.ndarray:

@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from acquisition.reconstruction import ReconstructionConfig
 from acquisition.segmentation import SegmentationConfig
+from acquisition.simulator.phantoms import parse_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The settings file of the current :func:`load_settings` call (else $TOPGAN_CONFIG).
@@ -127,6 +128,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="listen port")
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="larger bodies answer 413")
     max_crops_per_request: int = Field(1024, gt=0, description="more crops answer 413")
+
+    @field_validator("simulated_lines")
+    @classmethod
+    def _simulated_lines(cls, value: str) -> str:
+        return ",".join(parse_lines(value))
 
     @field_validator("camera")
     @classmethod

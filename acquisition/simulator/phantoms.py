@@ -256,6 +256,14 @@ def check_line(name: str) -> str:
     return name
 
 
+def parse_lines(text: str) -> list[str]:
+    """Comma-separated cell line names, each checked; ValueError when none or unknown."""
+    lines = [part.strip() for part in text.split(",") if part.strip()]
+    if not lines:
+        raise ValueError(f"no cell line given; known lines: {', '.join(ALL_LINES)}")
+    return [check_line(line) for line in lines]
+
+
 @dataclass
 class Phantom:
     """One cell phantom: OPD in nm on a square grid centred on the cell.

@@ -13,8 +13,8 @@ import numpy as np
 import tifffile
 
 from acquisition.cropfile import write_crop_dataset
+from acquisition.simulator import phantoms
 from acquisition.simulator.datasets import simulate_direct, simulate_full
-from acquisition.simulator.phantoms import ALL_LINES, check_line
 from acquisition.simulator.scene import FlowSimulator, SceneConfig, TrueObject
 
 from ..errors import CommandError
@@ -22,13 +22,10 @@ from ..progress import ProgressPrinter
 
 
 def parse_lines(text: str) -> list[str]:
-    lines = [part.strip() for part in text.split(",") if part.strip()]
-    if not lines:
-        raise CommandError(f"--cell-line needs one of {', '.join(ALL_LINES)}")
     try:
-        return [check_line(line) for line in lines]
+        return phantoms.parse_lines(text)
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(f"--cell-line: {exc}") from None
 
 
 def scene_config(shape: tuple[int, int], bit_depth: int, cells_per_frame: float) -> SceneConfig:

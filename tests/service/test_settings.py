@@ -35,6 +35,11 @@ def test_bad_settings_name_the_field(tmp_path, monkeypatch):
         Settings(camera="webcam")
     with pytest.raises(ValidationError, match="port"):
         Settings(port=70000)
+    with pytest.raises(ValidationError, match="unknown cell line 'nope'"):
+        Settings(simulated_lines="sw480, nope")
+    with pytest.raises(ValidationError, match="no cell line"):
+        Settings(simulated_lines=" , ")
+    assert Settings(simulated_lines=" sw480 ,sw620").simulated_lines == "sw480,sw620"
     with pytest.raises(ValueError, match="does not exist"):
         load_settings(tmp_path / "missing.toml")
     monkeypatch.setenv("TOPGAN_BATCH_SIZE", "0")
