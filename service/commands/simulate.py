@@ -25,7 +25,7 @@ def parse_lines(text: str) -> list[str]:
     try:
         return phantoms.parse_lines(text)
     except ValueError as exc:
-        raise CommandError(f"--cell-line: {exc}") from None
+        raise CommandError(str(exc)) from None
 
 
 def scene_config(shape: tuple[int, int], bit_depth: int, cells_per_frame: float) -> SceneConfig:
