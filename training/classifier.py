@@ -185,7 +185,9 @@ def fit(
     # trained one that misses a single crop, and patience counted in epochs (one step
     # each at 10 crops) would end training there.
     plateau = PLATEAU_EXIT * math.log(len(crops.class_names))
-    x_fit, y_fit = x_train[:512], y_train[:512]
+    # At most 512 training crops, evenly spread (train_pos runs class by class).
+    fit_pos = torch.from_numpy(np.unique(np.linspace(0, len(x_train) - 1, 512).astype(np.int64)))
+    x_fit, y_fit = x_train[fit_pos], y_train[fit_pos]
     selecting, selected_from = False, 0
     started = time.monotonic()
     epoch = 0
