@@ -173,7 +173,7 @@ def fit(
     optimizer = torch.optim.Adam(groups, lr=config.lr)
     augment = method.endswith("-aug")
     best: tuple[float, float] = (math.inf, 0.0)
-    best_state = copy.deepcopy(model.state_dict())
+    best_state: dict[str, Any] | None = None
     best_epoch, stale, step = 0, 0, 0
     steps_per_epoch = max(1, math.ceil(len(x_train) / config.batch_size))
     total = max(config.epochs * steps_per_epoch, config.min_steps)
@@ -223,7 +223,7 @@ def fit(
             stale += 1
             if stale >= config.patience:
                 break
-    if not selecting:  # never left the plateau: the last model, as good as any
+    if best_state is None:  # never left the plateau: the last model, as good as any
         best, best_state, best_epoch = _evaluate(model, x_val, y_val), model.state_dict(), epoch
     model.load_state_dict(best_state)
     model.eval()
