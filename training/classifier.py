@@ -26,7 +26,7 @@ from models.manifest import sha256_of, write_model_dir
 
 from .config import ClassifierConfig
 from .data import Crops, dihedral, fit_normalization, load_crops, normalize
-from .gan import load_gan
+from .gan import load_gan, trunk_weights
 from .imagenet import ImageNetClassifier, pretrained_record
 from .networks import Classifier, WithSoftmax
 
@@ -138,12 +138,7 @@ def build_model(
                 f"the GAN in {gan_dir} has network {gan_net}, the classifier {net}: use its "
                 "preset and --channels"
             )
-        trunk_state = {
-            k.removeprefix("trunk."): v
-            for k, v in state["discriminator"].items()
-            if k.startswith("trunk.")
-        }
-        model.trunk.load_state_dict(trunk_state)
+        model.trunk.load_state_dict(trunk_weights(state))
     return model, [{"params": list(model.parameters())}]
 
 

@@ -191,3 +191,13 @@ def load_gan(directory: Path) -> tuple[dict[str, Any], NetworkConfig]:
         raise ValueError(f"{directory} holds no gan.pt: train one with 'topgan train gan'")
     state = torch.load(path, weights_only=False)
     return state, NetworkConfig(**state["network"])
+
+
+def trunk_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The discriminator's convolutional trunk of a :func:`load_gan` state, keyed as a
+    classifier's ``trunk`` takes it."""
+    return {
+        k.removeprefix("trunk."): v
+        for k, v in state["discriminator"].items()
+        if k.startswith("trunk.")
+    }

@@ -41,10 +41,7 @@ def section(task: str, title: str, margin_size: int, margin: float) -> list[str]
              "| method | " + " | ".join(str(s) for s in sizes) + " |",
              "|---|" + "---|" * len(sizes)]  # fmt: skip
     for m in methods:
-        cells = []
-        for s in sizes:
-            a = 100 * stats(results, m, s)
-            cells.append(f"{a.mean():.1f} [{a.min():.1f}, {a.max():.1f}]")
+        cells = [cell(100 * stats(results, m, s)) for s in sizes]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Checks (the training issue's, as the data give them):", ""]
     for s in [s for s in sizes if s <= margin_size]:

@@ -24,7 +24,7 @@ from training.classifier import stratified_indices
 from training.config import network_preset
 from training.data import fit_normalization, load_crops, normalize
 from training.evaluate import stratified_folds
-from training.gan import load_gan
+from training.gan import load_gan, trunk_weights
 from training.networks import Classifier, init_weights
 
 SIZES = (10, 40, 160)
@@ -37,9 +37,7 @@ def features(gan: Path | None, x: np.ndarray) -> np.ndarray:
         model.apply(init_weights)
     else:
         state, _ = load_gan(gan)
-        model.trunk.load_state_dict({k.removeprefix("trunk."): v
-                                     for k, v in state["discriminator"].items()
-                                     if k.startswith("trunk.")})  # fmt: skip
+        model.trunk.load_state_dict(trunk_weights(state))
     model.eval()
     out = []
     with torch.no_grad():
