@@ -55,9 +55,13 @@ def write_crop_dataset(path: str | Path, data: CropDataset) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as h5:
         h5.create_dataset(
-            "opd", data=data.opd, chunks=(1, *data.opd.shape[1:]) if len(data) else None,
-            compression="gzip", compression_opts=4, shuffle=True,
-        )  # fmt: skip
+            "opd",
+            data=data.opd,
+            chunks=(1, *data.opd.shape[1:]) if len(data) else None,
+            compression="gzip",
+            compression_opts=4,
+            shuffle=True,
+        )
         h5.create_dataset("label", data=data.label)
         h5.attrs["class_names"] = list(data.class_names)
         h5.attrs["pixel_size_um"] = float(data.pixel_size_um)

@@ -17,8 +17,16 @@ import numpy as np
 from .errors import UnreadableFileError
 
 HOLOGRAM_SUFFIXES: tuple[str, ...] = (
-    ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".npz", ".h5", ".hdf5",
-)  # fmt: skip
+    ".tif",
+    ".tiff",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".npy",
+    ".npz",
+    ".h5",
+    ".hdf5",
+)
 
 
 @dataclass

@@ -448,10 +448,18 @@ class Reconstructor:
         logger.info(
             "reconstruction geometry %sx%s: carrier (%.4f, %.4f) cycles/px, %s filter "
             "radius %.4f, inverse FFT at %sx%s, %s",
-            h, w, ky, kx, cfg.filter, radius, my, mx,
-            "reference subtraction" if reference is not None else
-            f"background order {cfg.background_order}",
-        )  # fmt: skip
+            h,
+            w,
+            ky,
+            kx,
+            cfg.filter,
+            radius,
+            my,
+            mx,
+            "reference subtraction"
+            if reference is not None
+            else f"background order {cfg.background_order}",
+        )
         return geometry
 
     def _region(self, shape: tuple[int, int]) -> tuple[slice, slice]:

@@ -52,8 +52,15 @@ def main() -> int:
     norm = fit_normalization(data.opd)
     x_all = normalize(data.opd, norm)[:, None]
     print(f"# inference benchmark: {torch.get_num_threads()} threads, cells per second")
-    header = ["network", "batch", "PyTorch eager", "ONNX Runtime fp32", "ONNX Runtime int8",
-              "fp32 / eager", "int8 / eager"]  # fmt: skip
+    header = [
+        "network",
+        "batch",
+        "PyTorch eager",
+        "ONNX Runtime fp32",
+        "ONNX Runtime int8",
+        "fp32 / eager",
+        "int8 / eager",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|---|---|---|---|---|---|---|")
     for preset in ("paper", "cpu"):
@@ -88,8 +95,10 @@ def main() -> int:
         config = override(classifier_preset(preset), epochs=args.epochs, patience=args.epochs)
         _, _, record = fit("cnn-aug", crops, np.arange(160), config, None, seed=0)
         seconds = record["train_seconds"]
-        print(f"- {preset}: {seconds:.1f} s, {seconds / record['epochs_run']:.2f} s per epoch "
-              f"({128} training + {32} validation crops)")  # fmt: skip
+        print(
+            f"- {preset}: {seconds:.1f} s, {seconds / record['epochs_run']:.2f} s per epoch "
+            f"({128} training + {32} validation crops)"
+        )
     print("\nTarget: >= 500 cells/s for the paper-size network on 2 cores (ONNX Runtime).")
     print("The paper: 3.38 s to fine-tune on 160 images on a P100 GPU.")
     return 0

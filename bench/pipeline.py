@@ -44,20 +44,34 @@ from service.store import ResultRow  # noqa: E402
 STAGES = ("reconstruct", "segment", "classify", "store")
 
 
-def run(camera: SimulatedCamera, rate: float, seconds: float, workers: int,
-        folder: Path) -> dict[str, float]:  # fmt: skip
+def run(
+    camera: SimulatedCamera, rate: float, seconds: float, workers: int, folder: Path
+) -> dict[str, float]:
     """One run at ``rate`` frames/s; counts, latency percentiles, stage means."""
     db = folder / f"run-{rate:g}-{seconds:g}.sqlite"
-    settings = Settings(camera="none", database_url=f"sqlite:///{db}", model_dir=DEFAULT_MODEL,
-                        execution_provider="cpu")  # fmt: skip
+    settings = Settings(
+        camera="none",
+        database_url=f"sqlite:///{db}",
+        model_dir=DEFAULT_MODEL,
+        execution_provider="cpu",
+    )
     state = ServiceState.start(settings)
     processing = ProcessingConfig(
         ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, sample_half="left"),
-        SegmentationConfig(), backend="numpy", fft_workers=1,
-    )  # fmt: skip
+        SegmentationConfig(),
+        backend="numpy",
+        fft_workers=1,
+    )
     camera.rate_hz = rate
-    runner = AcquisitionRunner("simulator", lambda: (camera, camera.reference), processing,
-                               state, state.metrics, workers=workers, queue_size=64)  # fmt: skip
+    runner = AcquisitionRunner(
+        "simulator",
+        lambda: (camera, camera.reference),
+        processing,
+        state,
+        state.metrics,
+        workers=workers,
+        queue_size=64,
+    )
     try:
         runner.start()
         while runner.state != "running":
@@ -116,8 +130,12 @@ def _stage_sums(state: ServiceState) -> dict[str, tuple[float, float]]:
 
 def serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
     """Frames/s of the same stages one after another in one thread."""
-    settings = Settings(camera="none", database_url=f"sqlite:///{folder}/serial.sqlite",
-                        model_dir=DEFAULT_MODEL, execution_provider="cpu")  # fmt: skip
+    settings = Settings(
+        camera="none",
+        database_url=f"sqlite:///{folder}/serial.sqlite",
+        model_dir=DEFAULT_MODEL,
+        execution_provider="cpu",
+    )
     state = ServiceState.start(settings)
     runtime = state.holder.current
     assert runtime is not None
@@ -140,11 +158,16 @@ def serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
             probabilities = runtime.predict(np.stack([c.crop_nm for c in cells]))
             classes = runtime.manifest.classes
             rows = [
-                ResultRow("camera", classes[int(p.argmax())], dict(zip(classes, map(float, p),
-                          strict=True)), runtime.manifest.name, runtime.manifest.version,
-                          started=frame.monotonic)
+                ResultRow(
+                    "camera",
+                    classes[int(p.argmax())],
+                    dict(zip(classes, map(float, p), strict=True)),
+                    runtime.manifest.name,
+                    runtime.manifest.version,
+                    started=frame.monotonic,
+                )
                 for p in probabilities
-            ]  # fmt: skip
+            ]
             state.store.add(rows).result()
         return frames / (time.perf_counter() - began)
     finally:
@@ -168,16 +191,22 @@ def main() -> None:
     camera = SimulatedCamera(["sw480", "sw620"], scene, pool_frames=args.pool, seed=0)
     start = time.perf_counter()
     camera.open()
-    print(f"camera: {args.pool} simulated 1024x1024 frames rendered in "
-          f"{time.perf_counter() - start:.1f} s, {np.mean(camera.cells_per_frame):.1f} cells a "
-          f"frame; {args.workers} worker processes")  # fmt: skip
-    header = (f"{'rate':>6} {'got/s':>7} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} "
-              + " ".join(f"{s + ' ms':>12}" for s in STAGES))  # fmt: skip
+    print(
+        f"camera: {args.pool} simulated 1024x1024 frames rendered in "
+        f"{time.perf_counter() - start:.1f} s, {np.mean(camera.cells_per_frame):.1f} cells a "
+        f"frame; {args.workers} worker processes"
+    )
+    header = f"{'rate':>6} {'got/s':>7} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} " + " ".join(
+        f"{s + ' ms':>12}" for s in STAGES
+    )
 
     def show(r: dict[str, float], seconds: float) -> None:
-        print(f"{r['rate']:6.0f} {r['fps']:7.1f} {r['dropped']:8.0f} {r['p50_ms']:7.1f} "
-              f"{r['p99_ms']:7.1f} " + " ".join(f"{r[s + '_ms']:12.2f}" for s in STAGES)
-              + f"   ({seconds:g} s)")  # fmt: skip
+        print(
+            f"{r['rate']:6.0f} {r['fps']:7.1f} {r['dropped']:8.0f} {r['p50_ms']:7.1f} "
+            f"{r['p99_ms']:7.1f} "
+            + " ".join(f"{r[s + '_ms']:12.2f}" for s in STAGES)
+            + f"   ({seconds:g} s)"
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -204,18 +233,25 @@ def main() -> None:
     if best is None:
         print("no rate was sustained without a drop")
         return
-    print(f"sustained without a drop for {args.seconds:g} s: {best['fps']:.1f} frames/s of "
-          f"1024x1024 (asked {best['rate']:g}), {best['cells'] / args.seconds:.0f} cells/s, "
-          f"every cut cell stored: {best['cut'] == best['stored']}")  # fmt: skip
-    print(f"grab-to-stored latency per cell: p50 {best['p50_ms']:.1f} ms, "
-          f"p99 {best['p99_ms']:.1f} ms")  # fmt: skip
-    print(f"peer, the same stages serially in one thread: {serial:.1f} frames/s; "
-          f"camera loop / serial = {best['fps'] / serial:.2f}x")  # fmt: skip
+    print(
+        f"sustained without a drop for {args.seconds:g} s: {best['fps']:.1f} frames/s of "
+        f"1024x1024 (asked {best['rate']:g}), {best['cells'] / args.seconds:.0f} cells/s, "
+        f"every cut cell stored: {best['cut'] == best['stored']}"
+    )
+    print(
+        f"grab-to-stored latency per cell: p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms"
+    )
+    print(
+        f"peer, the same stages serially in one thread: {serial:.1f} frames/s; "
+        f"camera loop / serial = {best['fps'] / serial:.2f}x"
+    )
     within = [p for p in probes if not p["dropped"] and p["p99_ms"] <= 100]
     if within:
         top = max(within, key=lambda p: p["rate"])
-        print(f"highest probed rate with p99 <= 100 ms: {top['fps']:.1f} frames/s "
-              f"(p50 {top['p50_ms']:.1f} ms, p99 {top['p99_ms']:.1f} ms)")  # fmt: skip
+        print(
+            f"highest probed rate with p99 <= 100 ms: {top['fps']:.1f} frames/s "
+            f"(p50 {top['p50_ms']:.1f} ms, p99 {top['p99_ms']:.1f} ms)"
+        )
     print("targets: >= 50 frames/s without a drop, p99 <= 100 ms")
 
 

@@ -234,9 +234,11 @@ def main() -> int:
             rows.append((name, cells, rate, lat, open_lat, late, server_p99))
         direct1 = direct_onnx(model, rng.normal(200, 50, (1, 128, 128)).astype(np.float32))
         direct32 = direct_onnx(model, rng.normal(200, 50, (32, 128, 128)).astype(np.float32))
-        print("| request | requests/s (closed loop) | cells/s | p50 / p99 at full load | "
-              "p50 / p99 at half rate | server p99 at half rate | client lateness p99 | "
-              "ONNX Runtime direct, calls/s | HTTP / direct |")  # fmt: skip
+        print(
+            "| request | requests/s (closed loop) | cells/s | p50 / p99 at full load | "
+            "p50 / p99 at half rate | server p99 at half rate | client lateness p99 | "
+            "ONNX Runtime direct, calls/s | HTTP / direct |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for row, direct in zip(rows, (direct1, direct32), strict=True):
             name, cells, rate, lat, open_lat, late, server_p99 = row
@@ -257,8 +259,10 @@ def main() -> int:
             f"single-crop requests ({seconds:.0f} s, {args.requests / seconds:.0f}/s): "
             f"{rss_after - rss_before:+.1f} MB"
         )
-        print("Targets on 2 cores: >= 1000 single-crop requests/s; p99 <= 25 ms at half that rate; "
-              "no memory growth beyond noise.")  # fmt: skip
+        print(
+            "Targets on 2 cores: >= 1000 single-crop requests/s; p99 <= 25 ms at half that rate; "
+            "no memory growth beyond noise."
+        )
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)

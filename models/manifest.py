@@ -54,8 +54,13 @@ class Normalization:
         return norm
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "linear", "opd_min_nm": self.opd_min_nm, "opd_max_nm": self.opd_max_nm,
-                "out_min": self.out_min, "out_max": self.out_max}  # fmt: skip
+        return {
+            "kind": "linear",
+            "opd_min_nm": self.opd_min_nm,
+            "opd_max_nm": self.opd_max_nm,
+            "out_min": self.out_min,
+            "out_max": self.out_max,
+        }
 
     def apply(self, opd_nm: np.ndarray) -> np.ndarray:
         """(N, H, W) OPD in nm -> float32 network input of the same shape."""
@@ -81,8 +86,11 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        missing = [k for k in ("name", "version", "created", "classes", "input", "method",
-                               "onnx_sha256") if k not in data]  # fmt: skip
+        missing = [
+            k
+            for k in ("name", "version", "created", "classes", "input", "method", "onnx_sha256")
+            if k not in data
+        ]
         if missing:
             raise ModelError(f"manifest lacks {', '.join(missing)}")
         inp = data["input"]
@@ -115,8 +123,12 @@ class Manifest:
 
     def summary(self) -> dict[str, Any]:
         """What the API reports with every classification."""
-        return {"name": self.name, "version": self.version, "method": self.method,
-                "classes": self.classes}  # fmt: skip
+        return {
+            "name": self.name,
+            "version": self.version,
+            "method": self.method,
+            "classes": self.classes,
+        }
 
 
 def sha256_of(path: Path) -> str:

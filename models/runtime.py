@@ -112,8 +112,11 @@ class ModelRuntime:
             )
         logger.info(
             "model %s %s loaded from %s on %s",
-            self.manifest.name, self.manifest.version, self.directory, ", ".join(self.providers),
-        )  # fmt: skip
+            self.manifest.name,
+            self.manifest.version,
+            self.directory,
+            ", ".join(self.providers),
+        )
 
     @property
     def crop_shape(self) -> tuple[int, int]:

@@ -93,9 +93,10 @@ def make_camera(settings: Settings) -> tuple[Camera, np.ndarray | None]:
         camera = ReplayCamera(path, rate_hz=rate, loop=settings.replay_loop)
         if reference is None and path.is_dir():
             found = [
-                p for p in sorted(path.iterdir())
+                p
+                for p in sorted(path.iterdir())
                 if p.stem.lower() == "reference" and p.suffix.lower() in HOLOGRAM_SUFFIXES
-            ]  # fmt: skip
+            ]
             if found:
                 reference = _read_reference(found[0])
     else:
@@ -116,10 +117,12 @@ def build_runner(state: ServiceState) -> AcquisitionRunner:
         processes=settings.worker_processes,
     )
     logger.info(
-        "camera loop: %s, %d %s, queue of %d frames", settings.camera, workers,
+        "camera loop: %s, %d %s, queue of %d frames",
+        settings.camera,
+        workers,
         "worker processes" if settings.worker_processes else "worker threads",
         settings.frame_queue,
-    )  # fmt: skip
+    )
     return AcquisitionRunner(
         settings.camera,
         lambda: make_camera(settings),

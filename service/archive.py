@@ -358,17 +358,25 @@ class CropArchive:
         writing = _Writing(path, key, h5)
         try:
             writing.datasets["opd"] = h5.create_dataset(
-                "opd", shape=(0, *key.crop_shape), maxshape=(None, *key.crop_shape),
-                chunks=(1, *key.crop_shape), dtype="<f4",
-                compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True,
-            )  # fmt: skip
+                "opd",
+                shape=(0, *key.crop_shape),
+                maxshape=(None, *key.crop_shape),
+                chunks=(1, *key.crop_shape),
+                dtype="<f4",
+                compression="gzip",
+                compression_opts=GZIP_LEVEL,
+                shuffle=True,
+            )
             rows = min(self.file_crops, ROWS_PER_CHUNK)
             for name, values in columns.items():
                 writing.datasets[name] = h5.create_dataset(
-                    name, shape=(0, *values.shape[1:]), maxshape=(None, *values.shape[1:]),
-                    chunks=(rows, *values.shape[1:]), dtype=values.dtype,
+                    name,
+                    shape=(0, *values.shape[1:]),
+                    maxshape=(None, *values.shape[1:]),
+                    chunks=(rows, *values.shape[1:]),
+                    dtype=values.dtype,
                     fillvalue=-1 if name == "label" else None,
-                )  # fmt: skip
+                )
             h5.attrs["class_names"] = list(key.class_names)
             h5.attrs["pixel_size_um"] = self.pixel_size_um
             h5.attrs["wavelength_nm"] = self.wavelength_nm
@@ -417,8 +425,10 @@ class CropArchive:
             logger.warning(
                 "crop archive: one file (%s, %d bytes) exceeds max_bytes %d and is deleted at "
                 "once: raise max_bytes or lower file_crops",
-                final, size, self.max_bytes,
-            )  # fmt: skip
+                final,
+                size,
+                self.max_bytes,
+            )
         self._enforce_bound()
 
     def _abandon(self, writing: _Writing) -> None:
@@ -450,8 +460,9 @@ class CropArchive:
                 )
             else:
                 path.unlink()
-                logger.warning("crop archive: deleted %s: %s", path,
-                               "no crops" if crops == 0 else "unreadable")  # fmt: skip
+                logger.warning(
+                    "crop archive: deleted %s: %s", path, "no crops" if crops == 0 else "unreadable"
+                )
         except OSError as exc:
             raise ArchiveError(path, f"cannot recover the interrupted file: {exc}") from exc
 
@@ -474,8 +485,10 @@ class CropArchive:
                 self.files_deleted += 1
                 logger.info(
                     "crop archive: deleted %s (%d bytes) to keep the folder under %d bytes",
-                    path, size, self.max_bytes,
-                )  # fmt: skip
+                    path,
+                    size,
+                    self.max_bytes,
+                )
             total -= size
         self._complete_bytes = total - sum(size for _, _, size, part in files if part)
 
@@ -559,8 +572,9 @@ class ArchiveWriter:
     counted and logged while the loop goes on.
     """
 
-    def __init__(self, make_archive: Any, queue_size: int = 1024,
-                 flush_interval_s: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self, make_archive: Any, queue_size: int = 1024, flush_interval_s: float = 1.0
+    ) -> None:
         import queue
 
         self._make_archive = make_archive

@@ -203,8 +203,15 @@ def _run_simulate(args: argparse.Namespace) -> None:
     if args.kind == "holograms":
         write_holograms(Path(args.out), lines, args.frames, args.seed, scene)
     else:
-        write_cells(Path(args.out), lines, args.count, args.seed, args.direct,
-                    args.crop_pixel_size_um, scene)  # fmt: skip
+        write_cells(
+            Path(args.out),
+            lines,
+            args.count,
+            args.seed,
+            args.direct,
+            args.crop_pixel_size_um,
+            scene,
+        )
 
 
 def _add_dataset(sub: argparse._SubParsersAction) -> None:
@@ -302,9 +309,14 @@ def _run_serve(args: argparse.Namespace) -> None:
 
     run_serve(
         Path(args.config) if args.config else None,
-        {"camera": args.camera, "model_dir": args.model, "database_url": args.db,
-         "host": args.host, "port": args.port},
-    )  # fmt: skip
+        {
+            "camera": args.camera,
+            "model_dir": args.model,
+            "database_url": args.db,
+            "host": args.host,
+            "port": args.port,
+        },
+    )
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -367,9 +379,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--positive", metavar="CLASS", help="the positive class (default: the last)")
     p.add_argument(
-        "--int8", metavar="M,...",
+        "--int8",
+        metavar="M,...",
         help="also score these methods' ONNX float and int8 models on each test fold",
-    )  # fmt: skip
+    )
     p.add_argument("--preset", choices=("paper", "cpu"), default="cpu")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--channels", type=int, choices=(1, 3), help=CHANNELS_HELP)
@@ -413,8 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_name(args: argparse.Namespace) -> str:
-    words = [args.command, getattr(args, "kind", None), getattr(args, "action", None),
-             getattr(args, "what", None)]  # fmt: skip
+    words = [
+        args.command,
+        getattr(args, "kind", None),
+        getattr(args, "action", None),
+        getattr(args, "what", None),
+    ]
     return " ".join(["topgan", *(w for w in words if w)])
 
 

@@ -177,8 +177,18 @@ class LiveView:
         with self._lock:
             self._frames += 1
             self._arrivals.append(now)
-            self._latest = _Frame(self._frames, frame_id, grabbed_at, received, hologram,
-                                  opd_nm, labels, accepted, bit_depth, source)  # fmt: skip
+            self._latest = _Frame(
+                self._frames,
+                frame_id,
+                grabbed_at,
+                received,
+                hologram,
+                opd_nm,
+                labels,
+                accepted,
+                bit_depth,
+                source,
+            )
 
     def results(
         self,

@@ -20,9 +20,14 @@ disable_created_metrics()
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STAGES = ("reconstruct", "segment", "classify", "store")
 FRAME_ERRORS = (
-    "grab_timeout", "grab_failed", "camera_open", "camera_lost", "reconstruction", "worker",
+    "grab_timeout",
+    "grab_failed",
+    "camera_open",
+    "camera_lost",
+    "reconstruction",
+    "worker",
     "classify",
-)  # fmt: skip
+)
 
 
 class Metrics:

@@ -219,9 +219,11 @@ class _ChildProcessor:
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         self._process = context.Process(
-            target=_child_main, args=(child, config, reference), name="pipeline-worker",
+            target=_child_main,
+            args=(child, config, reference),
+            name="pipeline-worker",
             daemon=True,
-        )  # fmt: skip
+        )
         self._process.start()
         child.close()
 
@@ -566,8 +568,9 @@ class AcquisitionRunner:
         future = self.classifier.submit(crops)
         future.add_done_callback(lambda f: self._classified(f, frame, cells, crops))
 
-    def _classified(self, future: Future[Prediction], frame: GrabbedFrame, cells: list[Cell],
-                    crops: np.ndarray) -> None:  # fmt: skip
+    def _classified(
+        self, future: Future[Prediction], frame: GrabbedFrame, cells: list[Cell], crops: np.ndarray
+    ) -> None:
         try:
             prediction = future.result()
             labels, stored = self.classifier.store_cells(prediction, frame, cells)

@@ -61,8 +61,12 @@ class ServiceState:
         if settings.model_dir is not None:
             try:
                 runtime = holder.load(settings.model_dir)
-                metrics.set_model(runtime.manifest.name, runtime.manifest.version,
-                                  runtime.manifest.method, ",".join(runtime.providers))  # fmt: skip
+                metrics.set_model(
+                    runtime.manifest.name,
+                    runtime.manifest.version,
+                    runtime.manifest.method,
+                    ",".join(runtime.providers),
+                )
             except ModelError as exc:
                 logger.error("no model loaded: %s", exc)
         else:
@@ -104,18 +108,24 @@ class ServiceState:
     def _show_frame(self, result: FrameResult) -> None:
         frame = result.frame
         self.live.frame(
-            frame.index, frame.grabbed_at, frame.image, result.maps.opd_nm[0],
-            result.segmentation.labels, [c.label for c in result.segmentation.cells],
-            frame.bit_depth, "camera",
-        )  # fmt: skip
+            frame.index,
+            frame.grabbed_at,
+            frame.image,
+            result.maps.opd_nm[0],
+            result.segmentation.labels,
+            [c.label for c in result.segmentation.cells],
+            frame.bit_depth,
+            "camera",
+        )
 
     def _show_cells(self, stored: StoredCells) -> None:
         classes = stored.prediction.manifest.classes
         probabilities = [
             dict(zip(classes, map(float, p), strict=True)) for p in stored.prediction.probabilities
         ]
-        self.live.results(stored.frame.index, stored.crops, stored.ids, stored.labels,
-                          probabilities)  # fmt: skip
+        self.live.results(
+            stored.frame.index, stored.crops, stored.ids, stored.labels, probabilities
+        )
 
     def _archive_writer(self) -> ArchiveWriter:
         s = self.settings
@@ -126,24 +136,36 @@ class ServiceState:
             geometry = self.crop_geometry()
             runtime = self.holder.current
             return CropArchive(
-                folder, max_bytes=s.crop_archive_max_bytes,
-                file_crops=s.crop_archive_file_crops, pixel_size_um=geometry[1],
+                folder,
+                max_bytes=s.crop_archive_max_bytes,
+                file_crops=s.crop_archive_file_crops,
+                pixel_size_um=geometry[1],
                 wavelength_nm=s.wavelength_nm,
                 class_names=runtime.manifest.classes if runtime else [],
-            )  # fmt: skip
+            )
 
-        logger.info("archiving every crop in %s (at most %d bytes)", s.crop_archive,
-                    s.crop_archive_max_bytes)  # fmt: skip
+        logger.info(
+            "archiving every crop in %s (at most %d bytes)",
+            s.crop_archive,
+            s.crop_archive_max_bytes,
+        )
         return ArchiveWriter(make)
 
     def _archive_cells(self, stored: StoredCells) -> None:
         assert self.archive is not None
         manifest = stored.prediction.manifest
         self.archive.submit(
-            stored.crops, stored.ids, stored.labels, stored.prediction.probabilities,
-            [c.qc for c in stored.cells], stored.frame.index, stored.frame.grabbed_at,
-            manifest.name, manifest.version, class_names=manifest.classes,
-        )  # fmt: skip
+            stored.crops,
+            stored.ids,
+            stored.labels,
+            stored.prediction.probabilities,
+            [c.qc for c in stored.cells],
+            stored.frame.index,
+            stored.frame.grabbed_at,
+            manifest.name,
+            manifest.version,
+            class_names=manifest.classes,
+        )
 
     def close(self) -> None:
         """Stop the camera loop (its queued frames are processed), drain the batcher,
@@ -229,9 +251,14 @@ class ServiceState:
         self, prediction: Prediction, frame: GrabbedFrame, cells: list[Cell]
     ) -> tuple[list[str], Future[list[int]]]:
         rows, labels = self.rows(
-            prediction, "camera", frame.monotonic, [dict(c.qc) for c in cells],
-            [c.position_px for c in cells], frame.index, created=frame.grabbed_at,
-        )  # fmt: skip
+            prediction,
+            "camera",
+            frame.monotonic,
+            [dict(c.qc) for c in cells],
+            [c.position_px for c in cells],
+            frame.index,
+            created=frame.grabbed_at,
+        )
         return labels, self.store.add(rows)
 
     # -- holograms ------------------------------------------------------------------

@@ -84,10 +84,15 @@ def export_onnx(model: nn.Module, crop_size: int, probe: torch.Tensor | None = N
     wrapped = WithSoftmax(model).eval()
     example = torch.zeros(2, 1, crop_size, crop_size)
     program = torch.onnx.export(
-        wrapped, (example,), dynamo=True, verbose=False, input_names=["x"],
-        output_names=["probabilities"], opset_version=18,
+        wrapped,
+        (example,),
+        dynamo=True,
+        verbose=False,
+        input_names=["x"],
+        output_names=["probabilities"],
+        opset_version=18,
         dynamic_shapes={"x": {0: torch.export.Dim("N", min=1, max=65536)}},
-    )  # fmt: skip
+    )
     assert program is not None
     proto = program.model_proto
     proto.ir_version = min(proto.ir_version, 10)
@@ -281,8 +286,12 @@ def _try_int8(
     acc_fp32 = onnx_accuracy(onnx_bytes, x[val_pos], labels[val_pos])
     acc_int8 = onnx_accuracy(quantized, x[val_pos], labels[val_pos])
     keep = acc_int8 >= acc_fp32 - INT8_TOLERANCE
-    logger.info("int8: validation accuracy %.4f (fp32 %.4f): %s", acc_int8, acc_fp32,
-                "kept" if keep else "refused, the fp32 model is kept")  # fmt: skip
+    logger.info(
+        "int8: validation accuracy %.4f (fp32 %.4f): %s",
+        acc_int8,
+        acc_fp32,
+        "kept" if keep else "refused, the fp32 model is kept",
+    )
     record = {
         **record,
         "precision": "int8" if keep else "fp32",

@@ -54,10 +54,16 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def scores_for(
-    method: str, crops: Crops, train: np.ndarray, test: np.ndarray, config: ClassifierConfig,
-    gan_dir: Path | None, seed: int, int8: bool = False,
+    method: str,
+    crops: Crops,
+    train: np.ndarray,
+    test: np.ndarray,
+    config: ClassifierConfig,
+    gan_dir: Path | None,
+    seed: int,
+    int8: bool = False,
     int8_results: dict[str, float] | None = None,
-) -> tuple[np.ndarray, float, float]:  # fmt: skip
+) -> tuple[np.ndarray, float, float]:
     """(test probabilities, train seconds, test seconds per cell); with ``int8`` (torch
     methods) the float and int8 ONNX test accuracies go into ``int8_results``."""
     int8_results = {} if int8_results is None else int8_results
@@ -85,9 +91,14 @@ def scores_for(
 
 
 def _int8_check(
-    model: torch.nn.Module, norm: dict[str, Any], crops: Crops, train: np.ndarray,
-    x_test: np.ndarray, y_test: np.ndarray, config: ClassifierConfig,
-) -> dict[str, float]:  # fmt: skip
+    model: torch.nn.Module,
+    norm: dict[str, Any],
+    crops: Crops,
+    train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    config: ClassifierConfig,
+) -> dict[str, float]:
     """Test-fold accuracy of the exported float model and of its int8 quantisation
     (calibrated on training crops only), as ``topgan train classifier --int8`` makes it."""
     from .classifier import export_onnx
@@ -150,26 +161,35 @@ def evaluate(
             for method in methods:
                 extra: dict[str, float] = {}
                 probabilities, train_s, test_s = scores_for(
-                    method, crops, train, test, config, gan_dir, seed + f,
-                    int8=method in int8_methods, int8_results=extra,
-                )  # fmt: skip
+                    method,
+                    crops,
+                    train,
+                    test,
+                    config,
+                    gan_dir,
+                    seed + f,
+                    int8=method in int8_methods,
+                    int8_results=extra,
+                )
                 truth = crops.label[test] == pos_index
                 predicted = probabilities.argmax(1) == pos_index
                 negatives = ~truth
                 sensitivity = float(predicted[truth].mean()) if truth.any() else np.nan
                 specificity = float((~predicted[negatives]).mean()) if negatives.any() else np.nan
-                results.append({
-                    "method": method,
-                    "train_size": int(size),
-                    "fold": f,
-                    "accuracy": float((predicted == truth).mean()),
-                    "sensitivity": sensitivity,
-                    "specificity": specificity,
-                    "auc": auc(probabilities[:, pos_index], truth),
-                    "train_seconds": round(train_s, 3),
-                    "test_seconds_per_cell": test_s,
-                    **extra,
-                })  # fmt: skip
+                results.append(
+                    {
+                        "method": method,
+                        "train_size": int(size),
+                        "fold": f,
+                        "accuracy": float((predicted == truth).mean()),
+                        "sensitivity": sensitivity,
+                        "specificity": specificity,
+                        "auc": auc(probabilities[:, pos_index], truth),
+                        "train_seconds": round(train_s, 3),
+                        "test_seconds_per_cell": test_s,
+                        **extra,
+                    }
+                )
                 done += 1
                 if progress:
                     progress(done, total)
@@ -228,8 +248,10 @@ def _int8_section(results: list[dict[str, Any]]) -> list[str]:
         int8 = float(np.mean([r["accuracy_int8"] for r in group]))
         loss = max(r["accuracy_onnx_fp32"] - r["accuracy_int8"] for r in group)
         ok = fp32 - int8 <= INT8_TOLERANCE
-        lines.append(f"| {key[0]} | {key[1]} | {100 * fp32:.1f} | {100 * int8:.1f} | "
-                     f"{100 * loss:.1f} | {'yes' if ok else 'no'} |")  # fmt: skip
+        lines.append(
+            f"| {key[0]} | {key[1]} | {100 * fp32:.1f} | {100 * int8:.1f} | "
+            f"{100 * loss:.1f} | {'yes' if ok else 'no'} |"
+        )
     return [*lines, ""]
 
 
@@ -256,8 +278,9 @@ def write_report(out: Path, results: list[dict[str, Any]], meta: dict[str, Any])
         rows = [r for r in results if (r["method"], r["train_size"]) == (method, size)]
         train_s = float(np.mean([r["train_seconds"] for r in rows]))
         test_ms = 1e3 * float(np.mean([r["test_seconds_per_cell"] for r in rows]))
-        lines.append(f"| {method} | {size} | " + " | ".join(cells)
-                     + f" | {train_s:.1f} | {test_ms:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {method} | {size} | " + " | ".join(cells) + f" | {train_s:.1f} | {test_ms:.3f} |"
+        )
     lines += ["", "![learning curves](learning-curves.png)", ""]
     lines += _int8_section(results)
     (out / "report.md").write_text("\n".join(lines))
@@ -271,8 +294,14 @@ def write_report(out: Path, results: list[dict[str, Any]], meta: dict[str, Any])
         lo = np.array([100 * table[(method, s)]["accuracy"][1] for s in sizes])
         hi = np.array([100 * table[(method, s)]["accuracy"][2] for s in sizes])
         shift = 1.0 + 0.035 * (i - (len(methods) - 1) / 2)
-        ax.errorbar(np.array(sizes) * shift, mean, yerr=[mean - lo, hi - mean], marker="o",
-                    capsize=3, label=method)  # fmt: skip
+        ax.errorbar(
+            np.array(sizes) * shift,
+            mean,
+            yerr=[mean - lo, hi - mean],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
     ax.set_xscale("log", base=2)
     all_sizes = sorted({k[1] for k in table})
     ax.set_xticks(all_sizes, [str(s) for s in all_sizes])

@@ -162,10 +162,17 @@ def train_gan(
 
     weights = out / "gan.pt"
     torch.save(
-        {"generator": g.state_dict(), "discriminator": d.state_dict(), "network": asdict(net),
-         "normalization": norm, "epoch": epoch, "step": step, "seed": seed},
+        {
+            "generator": g.state_dict(),
+            "discriminator": d.state_dict(),
+            "network": asdict(net),
+            "normalization": norm,
+            "epoch": epoch,
+            "step": step,
+            "seed": seed,
+        },
         weights,
-    )  # fmt: skip
+    )
     info: dict[str, Any] = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "network": asdict(net),

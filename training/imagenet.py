@@ -96,8 +96,9 @@ def efficientnet_lite0(input_size: int, pretrained: bool = True) -> nn.Module:
     if pretrained:
         state = imagenet_state()
         net.load_state_dict(state, strict=True)
-        logger.info("%s: %d ImageNet tensors loaded from %s", ARCHITECTURE, len(state),
-                    weights_path())  # fmt: skip
+        logger.info(
+            "%s: %d ImageNet tensors loaded from %s", ARCHITECTURE, len(state), weights_path()
+        )
     return net
 
 
@@ -158,5 +159,9 @@ class ImageNetClassifier(nn.Module):
 def pretrained_record() -> dict[str, Any]:
     """What the manifest records about the pretrained weights."""
     path = weights_path()
-    return {"architecture": ARCHITECTURE, "weights": path.name, "weights_sha256": sha256_of(path),
-            "packages": PACKAGES}  # fmt: skip
+    return {
+        "architecture": ARCHITECTURE,
+        "weights": path.name,
+        "weights_sha256": sha256_of(path),
+        "packages": PACKAGES,
+    }

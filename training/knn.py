@@ -92,11 +92,12 @@ def knn_onnx(train_x: np.ndarray, train_y: np.ndarray, classes: int, k: int = 9)
     ]
     h, w = train_x.shape[2:]
     graph = helper.make_graph(
-        nodes, "knn",
+        nodes,
+        "knn",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, h, w])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
         inits,
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     onnx.checker.check_model(model)

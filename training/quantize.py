@@ -45,10 +45,16 @@ def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, batch: int = 16) -
         # The softmax stays in float: quantised probabilities would not sum to one.
         softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
         quantize_static(
-            str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-            calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=softmax,
-        )  # fmt: skip
+            str(pre),
+            str(int8),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.Percentile,
+            nodes_to_exclude=softmax,
+        )
         return int8.read_bytes()
 
 

@@ -170,8 +170,9 @@ class BaslerCamera:
         factory = pylon.TlFactory.GetInstance()
         devices = factory.EnumerateDevices()
         emulated = [d.GetDeviceClass() == EMULATOR_CLASS for d in devices]
-        wanted = [d for d, emu in zip(devices, emulated, strict=True)
-                  if emu == (self.kind == "emulator")]  # fmt: skip
+        wanted = [
+            d for d, emu in zip(devices, emulated, strict=True) if emu == (self.kind == "emulator")
+        ]
         serial = self.config.serial
         if serial is not None:
             wanted = [d for d in wanted if d.GetSerialNumber() == serial]

@@ -29,14 +29,16 @@ class EmulatorImages:
 
 
 def prepare_emulator_images(
-    folder: Path, lines: list[str], frames: int = 48, seed: int = 0,
+    folder: Path,
+    lines: list[str],
+    frames: int = 48,
+    seed: int = 0,
     scene: SceneConfig | None = None,
-) -> EmulatorImages:  # fmt: skip
+) -> EmulatorImages:
     """Write ``frames`` simulated holograms of ``lines`` under ``folder`` (unless the
     same request already did) and return where they are."""
     scene = scene or SceneConfig()
-    request = {"lines": lines, "frames": frames, "seed": seed, "scene": asdict(scene),
-               "format": 1}  # fmt: skip
+    request = {"lines": lines, "frames": frames, "seed": seed, "scene": asdict(scene), "format": 1}
     request = json.loads(json.dumps(request))
     out = EmulatorImages(folder / "frames", folder / "reference.tiff")
     stamp = folder / STAMP
@@ -47,8 +49,12 @@ def prepare_emulator_images(
         except ValueError:
             pass
     start = time.perf_counter()
-    logger.info("rendering %d simulated holograms (%s) for the camera emulator in %s",
-                frames, ",".join(lines), folder)  # fmt: skip
+    logger.info(
+        "rendering %d simulated holograms (%s) for the camera emulator in %s",
+        frames,
+        ",".join(lines),
+        folder,
+    )
     if out.frames.exists():
         shutil.rmtree(out.frames)
     out.frames.mkdir(parents=True)

@@ -56,9 +56,10 @@ class ReplayCamera:
         path = self.path
         if path.is_dir():
             self._files = sorted(
-                p for p in path.iterdir()
+                p
+                for p in path.iterdir()
                 if p.suffix.lower() in HOLOGRAM_SUFFIXES and p.stem.lower() != "reference"
-            )  # fmt: skip
+            )
             if not self._files:
                 raise CameraError(f"replay folder {path} holds no hologram files")
         elif path.is_file():
@@ -97,5 +98,10 @@ class ReplayCamera:
         self._frames = None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": str(self.path), "frames": self.length,
-                "rate_hz": self.rate_hz, "loop": self.loop}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "path": str(self.path),
+            "frames": self.length,
+            "rate_hz": self.rate_hz,
+            "loop": self.loop,
+        }

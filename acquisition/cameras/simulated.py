@@ -78,6 +78,11 @@ class SimulatedCamera:
     def describe(self) -> dict[str, Any]:
         h, w = self.scene.shape
         return {
-            "kind": self.kind, "lines": self.lines, "width": w, "height": h,
-            "rate_hz": self.rate_hz, "pool_frames": self.pool_frames, "seed": self.seed,
-        }  # fmt: skip
+            "kind": self.kind,
+            "lines": self.lines,
+            "width": w,
+            "height": h,
+            "rate_hz": self.rate_hz,
+            "pool_frames": self.pool_frames,
+            "seed": self.seed,
+        }

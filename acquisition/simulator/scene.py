@@ -146,10 +146,19 @@ class FlowSimulator:
             self._paste(opd, phantom.opd_nm, y, x)
             occupied.append((y, x, radius))
             objects.append(
-                TrueObject(index, "cell", cell_line, y, x, phantom.params["diameter_um"],
-                           phantom.params["peak_opd_nm"], phantom.params["dry_mass_pg"],
-                           touching, clipped)
-            )  # fmt: skip
+                TrueObject(
+                    index,
+                    "cell",
+                    cell_line,
+                    y,
+                    x,
+                    phantom.params["diameter_um"],
+                    phantom.params["peak_opd_nm"],
+                    phantom.params["dry_mass_pg"],
+                    touching,
+                    clipped,
+                )
+            )
         for _ in range(rng.poisson(cfg.debris_per_frame)):
             blob, diameter = self._debris(rng, px)
             placed = self._place(rng, diameter / 2 / px, occupied, allow_events=False)
@@ -158,9 +167,19 @@ class FlowSimulator:
             y, x, _, _ = placed
             self._paste(opd, blob, y, x)
             objects.append(
-                TrueObject(index, "debris", "debris", y, x, diameter, float(blob.max()),
-                           float(blob.sum()) * 1e-3 * px**2 / 0.18, False, False)
-            )  # fmt: skip
+                TrueObject(
+                    index,
+                    "debris",
+                    "debris",
+                    y,
+                    x,
+                    diameter,
+                    float(blob.max()),
+                    float(blob.sum()) * 1e-3 * px**2 / 0.18,
+                    False,
+                    False,
+                )
+            )
         phase = (2 * math.pi / cfg.optics.wavelength_nm) * opd
         phase += self._frame_noise(rng)
         phasor = np.empty(cfg.shape, dtype=np.complex64)
@@ -196,8 +215,12 @@ class FlowSimulator:
             side = int(rng.integers(4))
             y = rng.uniform(y0 + radius, y1 - radius)
             x = rng.uniform(x0 + radius, x1 - radius)
-            y, x = [(y0 + radius * 0.3, x), (y1 - radius * 0.3, x), (y, x0 + radius * 0.3),
-                    (y, x1 - radius * 0.3)][side]  # fmt: skip
+            y, x = [
+                (y0 + radius * 0.3, x),
+                (y1 - radius * 0.3, x),
+                (y, x0 + radius * 0.3),
+                (y, x1 - radius * 0.3),
+            ][side]
             return y, x, False, True
         margin = radius + 8
         for _ in range(50):

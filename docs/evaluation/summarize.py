@@ -36,10 +36,16 @@ def section(task: str, title: str, margin_size: int, margin: float) -> list[str]
     results, meta = load(task)
     methods = [m for m in ORDER if any(r["method"] == m for r in results)]
     sizes = sorted({r["train_size"] for r in results})
-    lines = [f"## {title}", "", f"Positive class {meta['positive']}; command: `{meta['command']}`",
-             "", "Accuracy (%), mean [min, max] over the folds:", "",
-             "| method | " + " | ".join(str(s) for s in sizes) + " |",
-             "|---|" + "---|" * len(sizes)]  # fmt: skip
+    lines = [
+        f"## {title}",
+        "",
+        f"Positive class {meta['positive']}; command: `{meta['command']}`",
+        "",
+        "Accuracy (%), mean [min, max] over the folds:",
+        "",
+        "| method | " + " | ".join(str(s) for s in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
     for m in methods:
         cells = [cell(100 * stats(results, m, s)) for s in sizes]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -94,19 +100,28 @@ def dev_section() -> list[str]:
             continue
         runs = json.loads(path.read_text())["runs"]
         sizes = sorted({r["train_size"] for run in runs for r in run["results"]})
-        lines += [f"{title}:", "",
-                  "| method | GAN | schedule | " + " | ".join(map(str, sizes)) + " |",
-                  "|---|---|---|" + "---|" * len(sizes)]  # fmt: skip
+        lines += [
+            f"{title}:",
+            "",
+            "| method | GAN | schedule | " + " | ".join(map(str, sizes)) + " |",
+            "|---|---|---|" + "---|" * len(sizes),
+        ]
         for run in sorted(runs, key=lambda r: (ORDER.index(r["method"]), r["gan"] or "")):
             cells = [cell(100 * stats(run["results"], run["method"], s)) for s in sizes]
-            lines.append(f"| {run['method']} | {run['gan'] or '-'} | {run['schedule']} | "
-                         + " | ".join(cells) + " |")  # fmt: skip
+            lines.append(
+                f"| {run['method']} | {run['gan'] or '-'} | {run['schedule']} | "
+                + " | ".join(cells)
+                + " |"
+            )
         lines.append("")
     probes = [HERE / "dev" / f"probe-{task}.md" for task in ("hs", "sw")]
     if any(p.exists() for p in probes):
-        lines += ["Linear probes of the frozen trunks (`docs/evaluation/dev/probe.py`; a "
-                  "logistic regression on each block's channel means and the last block's "
-                  "output):", ""]  # fmt: skip
+        lines += [
+            "Linear probes of the frozen trunks (`docs/evaluation/dev/probe.py`; a "
+            "logistic regression on each block's channel means and the last block's "
+            "output):",
+            "",
+        ]
     for probe in probes:
         if probe.exists():
             lines += [probe.read_text().strip(), ""]

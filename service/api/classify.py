@@ -56,8 +56,11 @@ MAX_HOLOGRAM_SIDE = 4096
 NO_MODEL = "no model is loaded: POST /model/reload with a model directory"
 
 
-def _response(result: Any, qc: list[dict[str, Any]] | None = None,
-              positions: list[tuple[float, float]] | None = None) -> Response:  # fmt: skip
+def _response(
+    result: Any,
+    qc: list[dict[str, Any]] | None = None,
+    positions: list[tuple[float, float]] | None = None,
+) -> Response:
     """The answer, serialised once by pydantic (it is a ClassifyResponse by construction)."""
     m = result.manifest
     cells = [

@@ -60,8 +60,10 @@ def print_info(path: Path, as_json: bool) -> None:
         print(json.dumps(info, indent=2))
         return
     h, w = info["crop_shape"]
-    print(f"{info['file']}: {info['crops']} crops of {h}x{w} px at {info['pixel_size_um']:g} um, "
-          f"wavelength {info['wavelength_nm']:g} nm")  # fmt: skip
+    print(
+        f"{info['file']}: {info['crops']} crops of {h}x{w} px at {info['pixel_size_um']:g} um, "
+        f"wavelength {info['wavelength_nm']:g} nm"
+    )
     classes = ", ".join(f"{name}: {n}" for name, n in info["counts"].items())
     print(f"classes: {classes}")
     o = info["opd_nm"]
@@ -113,5 +115,7 @@ def import_dataset(
             holograms, labels, reconstructor, segmenter, classes, ProgressPrinter("holograms")
         )
     write_crop_dataset(out, data)
-    print(f"wrote {len(data)} crops ({', '.join(data.class_names) or 'unlabeled'}) to {out}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"wrote {len(data)} crops ({', '.join(data.class_names) or 'unlabeled'}) to {out}",
+        file=sys.stderr,
+    )

@@ -60,9 +60,14 @@ def write_holograms(
     objects: list[TrueObject] = []
     with h5py.File(out / "ground_truth.h5", "w") as truth:
         opd = truth.create_dataset(
-            "opd_nm", shape=(frames, h, w), dtype=np.float32, chunks=(1, h, w),
-            compression="gzip", compression_opts=1, shuffle=True,
-        )  # fmt: skip
+            "opd_nm",
+            shape=(frames, h, w),
+            dtype=np.float32,
+            chunks=(1, h, w),
+            compression="gzip",
+            compression_opts=1,
+            shuffle=True,
+        )
         truth.attrs["region_origin_px"] = [rows.start, cols.start]
         truth.attrs["pixel_size_um"] = scene.optics.pixel_size_um
         truth.attrs["wavelength_nm"] = scene.optics.wavelength_nm
@@ -109,13 +114,21 @@ def write_cells(
     progress = ProgressPrinter("cells")
     if direct:
         data = simulate_direct(
-            lines, count, seed=seed, crop_pixel_size_um=crop_pixel_size_um,
-            wavelength_nm=scene.optics.wavelength_nm, progress=progress,
-        )  # fmt: skip
+            lines,
+            count,
+            seed=seed,
+            crop_pixel_size_um=crop_pixel_size_um,
+            wavelength_nm=scene.optics.wavelength_nm,
+            progress=progress,
+        )
     else:
         data = simulate_full(
-            lines, count, seed=seed, scene=scene, crop_pixel_size_um=crop_pixel_size_um,
+            lines,
+            count,
+            seed=seed,
+            scene=scene,
+            crop_pixel_size_um=crop_pixel_size_um,
             progress=progress,
-        )  # fmt: skip
+        )
     write_crop_dataset(out, data)
     print(f"wrote {len(data)} crops to {out}", file=sys.stderr)

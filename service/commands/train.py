@@ -49,21 +49,33 @@ def run_train(args: argparse.Namespace) -> None:
 
             gan = _configure(cfg.gan_preset(args.preset), args, dry_run_batch=8)
             weights = train_gan(
-                args.data, Path(args.out), gan, seed=args.seed, resume=args.resume,
-                progress=ProgressPrinter("GAN steps"), command=_command_line(),
-            )  # fmt: skip
+                args.data,
+                Path(args.out),
+                gan,
+                seed=args.seed,
+                resume=args.resume,
+                progress=ProgressPrinter("GAN steps"),
+                command=_command_line(),
+            )
             print(f"wrote {weights}", file=sys.stderr)
         else:
             from training.classifier import train_classifier
 
             clf = _configure(cfg.classifier_preset(args.preset), args, dry_run_batch=4)
             out = train_classifier(
-                args.method, Path(args.data), Path(args.out), clf, args.preset,
-                gan_dir=Path(args.gan) if args.gan else None, seed=args.seed,
-                train_size=args.train_size, name=args.name,
-                progress=ProgressPrinter("classifier steps"), command=_command_line(),
+                args.method,
+                Path(args.data),
+                Path(args.out),
+                clf,
+                args.preset,
+                gan_dir=Path(args.gan) if args.gan else None,
+                seed=args.seed,
+                train_size=args.train_size,
+                name=args.name,
+                progress=ProgressPrinter("classifier steps"),
+                command=_command_line(),
                 int8=args.int8,
-            )  # fmt: skip
+            )
             print(f"wrote the model directory {out}", file=sys.stderr)
     except (FileNotFoundError, ImportError) as exc:
         # ImportError: an optional training package is missing; the message says which.
@@ -87,13 +99,20 @@ def run_evaluate(args: argparse.Namespace) -> None:
     clf = _configure(cfg.classifier_preset(args.preset), args, dry_run_batch=4)
     try:
         results = evaluate(
-            Path(args.data), Path(args.out),
+            Path(args.data),
+            Path(args.out),
             [m.strip() for m in args.methods.split(",") if m.strip()],
-            numbers(args.train_sizes, "--train-sizes"), args.folds, clf, args.preset,
-            gan_dir=Path(args.gan) if args.gan else None, positive=args.positive,
-            seed=args.seed, progress=ProgressPrinter("trainings"), command=_command_line(),
+            numbers(args.train_sizes, "--train-sizes"),
+            args.folds,
+            clf,
+            args.preset,
+            gan_dir=Path(args.gan) if args.gan else None,
+            positive=args.positive,
+            seed=args.seed,
+            progress=ProgressPrinter("trainings"),
+            command=_command_line(),
             int8_methods=[m.strip() for m in (args.int8 or "").split(",") if m.strip()],
-        )  # fmt: skip
+        )
     except ImportError as exc:
         raise CommandError(str(exc)) from None
     print(

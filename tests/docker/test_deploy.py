@@ -104,7 +104,7 @@ def test_grafana_provisioning_and_dashboard():
         "HTTP errors",
         "Model",
     ):
-        assert needed in titles  # fmt: skip
+        assert needed in titles
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     datasource = yaml.safe_load(
         (DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text()
@@ -160,20 +160,27 @@ def test_prometheus_scrapes_the_service(tmp_path, service):
         for _ in range(3):
             assert c.post("/classify", content=npy(crops(4)), headers=NPY).status_code == 200
         classified = sum(
-            float(line.split()[-1]) for line in c.get("/metrics").text.splitlines()
+            float(line.split()[-1])
+            for line in c.get("/metrics").text.splitlines()
             if line.startswith("topgan_cells_total{")
-        )  # fmt: skip
+        )
     assert classified >= 12
     port = free_port()
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
     (tmp_path / "prometheus.yml").write_text(
-        yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(tmp_path / "alerts.yml")],
-            "scrape_configs": [{"job_name": "topgan",
-                                "static_configs": [{"targets": [service.url.removeprefix("http://")]}]}],
-        })
-    )  # fmt: skip
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(tmp_path / "alerts.yml")],
+                "scrape_configs": [
+                    {
+                        "job_name": "topgan",
+                        "static_configs": [{"targets": [service.url.removeprefix("http://")]}],
+                    }
+                ],
+            }
+        )
+    )
     command = [
         prometheus,
         f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -200,8 +207,14 @@ def test_prometheus_scrapes_the_service(tmp_path, service):
             answer = httpx.get(f"{api}/query", params={"query": expr}).json()
             assert answer["status"] == "success", f"{expr}: {answer}"
         rules = httpx.get(f"{api}/rules").json()["data"]["groups"][0]["rules"]
-        expected = {"TopganDown", "TopganFramesDropped", "TopganLatencyHigh", "TopganNoCells",
-                    "TopganCameraDown", "TopganModelNotReady"}  # fmt: skip
+        expected = {
+            "TopganDown",
+            "TopganFramesDropped",
+            "TopganLatencyHigh",
+            "TopganNoCells",
+            "TopganCameraDown",
+            "TopganModelNotReady",
+        }
         assert {r["name"] for r in rules} >= expected
         assert all(r["health"] == "ok" for r in rules)
     finally:

@@ -41,8 +41,9 @@ class Server:
         return int(self.process.returncode)
 
 
-def start_server(tmp: Path, models_root: Path, model: str | None = "m1", db: Path | None = None,
-                 **env: str) -> Server:  # fmt: skip
+def start_server(
+    tmp: Path, models_root: Path, model: str | None = "m1", db: Path | None = None, **env: str
+) -> Server:
     port = free_port()
     db = db or tmp / "results.sqlite"
     log = tmp / f"server-{port}.log"

@@ -34,10 +34,13 @@ def emulator_images(tmp_path_factory) -> Path:
 
 def serve(tmp: Path, emulator: Path, **env: str) -> Server:
     environment: dict[str, Any] = {
-        "TOPGAN_CAMERA": "emulator", "TOPGAN_MODEL_DIR": str(DEFAULT_MODEL),
-        "TOPGAN_EMULATOR_IMAGES": str(emulator), "TOPGAN_EMULATOR_FRAMES": "12",
-        "TOPGAN_RECONNECT_MAX_S": "1", **env,
-    }  # fmt: skip
+        "TOPGAN_CAMERA": "emulator",
+        "TOPGAN_MODEL_DIR": str(DEFAULT_MODEL),
+        "TOPGAN_EMULATOR_IMAGES": str(emulator),
+        "TOPGAN_EMULATOR_FRAMES": "12",
+        "TOPGAN_RECONNECT_MAX_S": "1",
+        **env,
+    }
     return start_server(tmp, MODELS, model=None, **environment)
 
 
@@ -78,12 +81,15 @@ def test_the_emulator_streams_and_every_cell_is_stored_and_archived(tmp_path, em
     server = serve(tmp_path, emulator_images, TOPGAN_CROP_ARCHIVE=str(archive))
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            status = wait_for(lambda: c.get("/acquisition").json(),
-                              lambda s: s["state"] == "running")  # fmt: skip
+            status = wait_for(
+                lambda: c.get("/acquisition").json(), lambda s: s["state"] == "running"
+            )
             assert status["camera_info"]["model"] == "Emulation"
             assert (status["camera_info"]["width"], status["camera_info"]["height"]) == (1280, 1024)
-            summary = wait_for(lambda: c.get("/results/summary").json(),
-                               lambda s: s["sources"].get("camera", 0) >= 40)  # fmt: skip
+            summary = wait_for(
+                lambda: c.get("/results/summary").json(),
+                lambda s: s["sources"].get("camera", 0) >= 40,
+            )
             assert set(summary["counts"]) == {"sw480", "sw620"}
             assert c.get("/ready").status_code == 200
             metrics = c.get("/metrics").text
@@ -118,8 +124,10 @@ def test_the_emulator_streams_and_every_cell_is_stored_and_archived(tmp_path, em
             again = c.post("/acquisition/start")
             assert again.status_code == 200, again.text
             assert c.post("/acquisition/start").status_code == 409
-            wait_for(lambda: c.get("/acquisition").json()["counts"]["frames_grabbed"],
-                     lambda n: n >= grabbed + 20)  # fmt: skip
+            wait_for(
+                lambda: c.get("/acquisition").json()["counts"]["frames_grabbed"],
+                lambda n: n >= grabbed + 20,
+            )
     finally:
         stopped_cleanly(server)  # SIGTERM: drains the loop, flushes store and archive
     rows = camera_rows(server.db)
@@ -142,14 +150,18 @@ def test_a_camera_that_is_not_there_keeps_the_api_up(tmp_path, emulator_images):
     server = serve(tmp_path, emulator_images, TOPGAN_CAMERA_SERIAL="not-plugged-in")
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            status = wait_for(lambda: c.get("/acquisition").json(),
-                              lambda s: s["errors"].get("camera_open", 0) >= 2)  # fmt: skip
+            status = wait_for(
+                lambda: c.get("/acquisition").json(),
+                lambda s: s["errors"].get("camera_open", 0) >= 2,
+            )
             assert status["state"] == "failed"
             assert "not-plugged-in" in status["detail"]
             ready = c.get("/ready")
             assert ready.status_code == 503
-            assert any("no emulator camera with serial not-plugged-in" in r
-                       for r in ready.json()["reasons"])  # fmt: skip
+            assert any(
+                "no emulator camera with serial not-plugged-in" in r
+                for r in ready.json()["reasons"]
+            )
             crop = render_cell("sw480", np.random.default_rng(0), 0.25).opd_nm
             square = np.zeros((128, 128), np.float32)
             h, w = min(crop.shape[0], 128), min(crop.shape[1], 128)
@@ -167,8 +179,9 @@ def test_unknown_camera_kind_is_a_one_line_error(tmp_path):
     import sys
 
     topgan = str(Path(sys.executable).with_name("topgan"))
-    done = subprocess.run([topgan, "serve", "--camera", "webcam"], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [topgan, "serve", "--camera", "webcam"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2
     assert "camera must be one of" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -217,8 +230,10 @@ def test_live_page_in_chromium_follows_the_camera(tmp_path, emulator_images, bro
         assert first > 0
         wait.until(lambda d: int(d.find_element(By.ID, "frame-id").text) > first)  # it follows
         # The crops are redrawn as results arrive: read them in one go.
-        read = ("return [...document.querySelectorAll('.crop')].map(c => "
-                "[c.dataset.resultId, c.querySelector('.label').textContent])")  # fmt: skip
+        read = (
+            "return [...document.querySelectorAll('.crop')].map(c => "
+            "[c.dataset.resultId, c.querySelector('.label').textContent])"
+        )
         crops = wait.until(lambda d: d.execute_script(read))
         assert {label for _, label in crops} <= {"sw480", "sw620"}
         with httpx.Client(base_url=server.url, timeout=30) as c:

@@ -297,8 +297,13 @@ def test_hologram_route_finds_simulated_cells(tmp_path, models_root):
 
     from acquisition.simulator.scene import FlowSimulator, SceneConfig
 
-    scene = SceneConfig(shape=(512, 640), cells_per_frame=3, touching_probability=0,
-                        clipped_probability=0, debris_per_frame=0)  # fmt: skip
+    scene = SceneConfig(
+        shape=(512, 640),
+        cells_per_frame=3,
+        touching_probability=0,
+        clipped_probability=0,
+        debris_per_frame=0,
+    )
     sim = FlowSimulator(scene, ["sw480"], seed=4)
     tifffile.imwrite(tmp_path / "reference.tif", sim.reference)
     frame = sim.frame(0)
@@ -311,8 +316,13 @@ def test_hologram_route_finds_simulated_cells(tmp_path, models_root):
             truth = [o for o in frame.objects if o.kind == "cell"]
             assert len(cells) == len(truth) > 0
             for obj in truth:
-                assert min(np.hypot(c["position_px"][0] - obj.y_px, c["position_px"][1] - obj.x_px)
-                           for c in cells) < 3  # fmt: skip
+                assert (
+                    min(
+                        np.hypot(c["position_px"][0] - obj.y_px, c["position_px"][1] - obj.x_px)
+                        for c in cells
+                    )
+                    < 3
+                )
             assert all(c["qc"]["area_um2"] > 20 for c in cells)
             stored = c.get("/results").json()["results"]
             assert {r["id"] for r in stored} >= {cell["id"] for cell in cells}

@@ -35,30 +35,50 @@ def crops() -> np.ndarray:
 def qc_rows(n: int, seed: int = 0) -> list[dict[str, float | bool]]:
     rng = np.random.default_rng(seed)
     return [
-        {f: bool(rng.random() < 0.3) if f in FLAGS else float(rng.uniform(1, 100))
-         for f in QC_FEATURES}
+        {
+            f: bool(rng.random() < 0.3) if f in FLAGS else float(rng.uniform(1, 100))
+            for f in QC_FEATURES
+        }
         for _ in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def make_archive(folder: Path, **options: object) -> CropArchive:
-    settings: dict = {"max_bytes": 10**9, "pixel_size_um": 0.25, "wavelength_nm": 632.8,
-                      "class_names": CLASSES, "min_free_bytes": 0, **options}  # fmt: skip
+    settings: dict = {
+        "max_bytes": 10**9,
+        "pixel_size_um": 0.25,
+        "wavelength_nm": 632.8,
+        "class_names": CLASSES,
+        "min_free_bytes": 0,
+        **options,
+    }
     return CropArchive(folder, **settings)
 
 
-def add(archive: CropArchive, crops: np.ndarray, first_id: int, version: str = "1",
-        classes: list[str] = CLASSES, frame_id: int = 7) -> None:  # fmt: skip
+def add(
+    archive: CropArchive,
+    crops: np.ndarray,
+    first_id: int,
+    version: str = "1",
+    classes: list[str] = CLASSES,
+    frame_id: int = 7,
+) -> None:
     """Archive ``crops`` with result ids from ``first_id``, predicted class i % n_classes."""
     n = len(crops)
     probabilities = np.full((n, len(classes)), 0.1 / (len(classes) - 1), np.float32)
     probabilities[np.arange(n), np.arange(n) % len(classes)] = 0.9
     archive.add(
-        crops, list(range(first_id, first_id + n)), [classes[i % len(classes)] for i in range(n)],
-        probabilities, qc_rows(n, first_id), frame_id=frame_id, grabbed_at=1.7e9 + first_id,
-        model_name="sw480-sw620", model_version=version,
+        crops,
+        list(range(first_id, first_id + n)),
+        [classes[i % len(classes)] for i in range(n)],
+        probabilities,
+        qc_rows(n, first_id),
+        frame_id=frame_id,
+        grabbed_at=1.7e9 + first_id,
+        model_name="sw480-sw620",
+        model_version=version,
         class_names=None if classes == CLASSES else classes,
-    )  # fmt: skip
+    )
 
 
 def complete(folder: Path) -> list[Path]:
@@ -88,9 +108,14 @@ def test_round_trip_through_read_crop_dataset(crops, tmp_path):
     np.testing.assert_array_equal(data.label, -1)  # a prediction is not ground truth
     assert data.class_names == CLASSES
     assert (data.pixel_size_um, data.wavelength_nm, data.source) == (0.25, 632.8, "camera SN 1234")
-    expected = {k: np.concatenate([a, b]) for (k, a), b in zip(
-        qc_columns(qc_rows(4, 10), QC_FEATURES).items(),
-        qc_columns(qc_rows(3, 14), QC_FEATURES).values(), strict=True)}  # fmt: skip
+    expected = {
+        k: np.concatenate([a, b])
+        for (k, a), b in zip(
+            qc_columns(qc_rows(4, 10), QC_FEATURES).items(),
+            qc_columns(qc_rows(3, 14), QC_FEATURES).values(),
+            strict=True,
+        )
+    }
     assert set(data.qc) == set(QC_FEATURES)
     for name, values in expected.items():
         np.testing.assert_array_equal(data.qc[name], values)
@@ -210,8 +235,14 @@ os._exit(1)
 
 def test_stale_part_files_are_recovered_or_deleted(crops, tmp_path, caplog):
     folder = tmp_path / "archive"
-    crash = subprocess.run([sys.executable, "-c", CRASH, str(folder)], env=python_env(),
-                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    crash = subprocess.run(
+        [sys.executable, "-c", CRASH, str(folder)],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert crash.returncode == 1, crash.stderr
     (crashed,) = parts(folder)
 
@@ -301,8 +332,14 @@ os._exit(0)
 
 def test_a_failing_write_raises_and_keeps_the_complete_files(tmp_path):
     folder = tmp_path / "archive"
-    run = subprocess.run([sys.executable, "-c", FILE_TOO_LARGE, str(folder)], env=python_env(),
-                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", FILE_TOO_LARGE, str(folder)],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.splitlines()[-1])
     error = report["error"]
@@ -343,9 +380,17 @@ def test_one_archive_per_folder_and_one_caller_at_a_time(crops, tmp_path):
 
 def test_add_validates_its_input(crops, tmp_path):
     archive = make_archive(tmp_path)
-    good = {"crops": crops[:2], "result_ids": [1, 2], "predicted": ["sw480", "sw620"],
-            "probabilities": np.full((2, 2), 0.5), "qc": qc_rows(2), "frame_id": 1,
-            "grabbed_at": 0.0, "model_name": "m", "model_version": "1"}  # fmt: skip
+    good = {
+        "crops": crops[:2],
+        "result_ids": [1, 2],
+        "predicted": ["sw480", "sw620"],
+        "probabilities": np.full((2, 2), 0.5),
+        "qc": qc_rows(2),
+        "frame_id": 1,
+        "grabbed_at": 0.0,
+        "model_name": "m",
+        "model_version": "1",
+    }
     bad = [
         ({"crops": crops[0]}, r"crops must be \(N, H, W\)"),
         ({"result_ids": [1]}, "result_ids has 1 entries for 2 crops"),
@@ -359,8 +404,16 @@ def test_add_validates_its_input(crops, tmp_path):
             archive.add(**{**good, **change})
     with pytest.raises(ValueError, match="max_bytes must be positive, got 0"):
         make_archive(tmp_path / "x", max_bytes=0)
-    archive.add(**{**good, "crops": crops[:0], "result_ids": [], "predicted": [],
-                   "probabilities": np.zeros((0, 2)), "qc": []})  # fmt: skip
+    archive.add(
+        **{
+            **good,
+            "crops": crops[:0],
+            "result_ids": [],
+            "predicted": [],
+            "probabilities": np.zeros((0, 2)),
+            "qc": [],
+        }
+    )
     archive.close()
     assert archive.archived == 0
     assert complete(tmp_path) == []
@@ -386,10 +439,27 @@ def test_topgan_train_gan_accepts_the_archive_folder(crops, tmp_path):
         add(archive, crops, first_id=0)
     out = tmp_path / "gan"
     run = subprocess.run(
-        [sys.executable, "-m", "service.cli", "-q", "train", "gan", "--data", str(folder),
-         "--out", str(out), "--dry-run", "--seed", "1"],
-        env=python_env(), capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "-q",
+            "train",
+            "gan",
+            "--data",
+            str(folder),
+            "--out",
+            str(out),
+            "--dry-run",
+            "--seed",
+            "1",
+        ],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     info = json.loads((out / "gan.json").read_text())
     assert info["crops"] == len(crops)

@@ -29,8 +29,11 @@ from service.live import (
 )
 from tests.service.conftest import headless_chromium, start_server
 
-REAL_FILES = ["hl60_hologram_with_bg.npz", "single_cell_hologram.tif",
-              "single_cell_hologram_meta.h5"]  # fmt: skip
+REAL_FILES = [
+    "hl60_hologram_with_bg.npz",
+    "single_cell_hologram.tif",
+    "single_cell_hologram_meta.h5",
+]
 
 
 @dataclass
@@ -58,10 +61,19 @@ def real_frames(real_dir) -> dict[str, RealFrame]:
     return {name: reconstruct(real_dir / name) for name in REAL_FILES}
 
 
-def feed(view: LiveView, frame: RealFrame, frame_id: int = 7,
-         accepted: list[int] | None = None) -> None:  # fmt: skip
-    view.frame(frame_id, time.time(), frame.hologram, frame.opd_nm, frame.segmentation.labels,
-               frame.accepted if accepted is None else accepted, 8, "camera")  # fmt: skip
+def feed(
+    view: LiveView, frame: RealFrame, frame_id: int = 7, accepted: list[int] | None = None
+) -> None:
+    view.frame(
+        frame_id,
+        time.time(),
+        frame.hologram,
+        frame.opd_nm,
+        frame.segmentation.labels,
+        frame.accepted if accepted is None else accepted,
+        8,
+        "camera",
+    )
 
 
 def decode(png: bytes | None) -> Image.Image:
@@ -376,8 +388,11 @@ def test_live_routes_before_and_after_a_hologram(live_server, real_dir):
         assert c.get("/live/state").json()["frame"] is None
 
         hologram = tifffile.imread(real_dir / "single_cell_hologram.tif")
-        cells = c.post("/classify/hologram", content=npy(hologram),
-                       headers={"content-type": "application/x-npy"}).json()["cells"]  # fmt: skip
+        cells = c.post(
+            "/classify/hologram",
+            content=npy(hologram),
+            headers={"content-type": "application/x-npy"},
+        ).json()["cells"]
         assert len(cells) == 1
         state = c.get("/live/state").json()
         frame = state["frame"]
@@ -408,8 +423,11 @@ def test_page_in_chromium_shows_the_hologram_just_classified(browser_paths, live
 
     hologram = tifffile.imread(real_dir / "single_cell_hologram.tif")
     with httpx.Client(base_url=live_server.url, timeout=30) as c:
-        answer = c.post("/classify/hologram", content=npy(hologram),
-                        headers={"content-type": "application/x-npy"})  # fmt: skip
+        answer = c.post(
+            "/classify/hologram",
+            content=npy(hologram),
+            headers={"content-type": "application/x-npy"},
+        )
         assert answer.status_code == 200, answer.text
         cell = answer.json()["cells"][0]
         summary = c.get("/results/summary").json()
@@ -426,9 +444,12 @@ def test_page_in_chromium_shows_the_hologram_just_classified(browser_paths, live
             lambda d: d.find_elements(By.CSS_SELECTOR, f'.crop[data-result-id="{cell["id"]}"]')
         )[0]
         assert crop.find_element(By.CLASS_NAME, "label").text == cell["label"]
-        wait.until(lambda d: d.execute_script(
-            "const i = arguments[0].querySelector('img'); return i.complete && i.naturalWidth",
-            crop))  # fmt: skip
+        wait.until(
+            lambda d: d.execute_script(
+                "const i = arguments[0].querySelector('img'); return i.complete && i.naturalWidth",
+                crop,
+            )
+        )
         wait.until(lambda d: d.find_element(By.ID, "total-cells").text == str(summary["cells"]))
         for label, count in summary["counts"].items():
             row = driver.find_element(By.CSS_SELECTOR, f'#counts tr[data-class="{label}"]')

@@ -43,8 +43,12 @@ def images(tmp_path_factory):
 
 @pytest.fixture
 def state(tmp_path):
-    settings = Settings(camera="none", database_url=f"sqlite:///{tmp_path}/r.sqlite",
-                        model_dir=DEFAULT_MODEL, execution_provider="cpu")  # fmt: skip
+    settings = Settings(
+        camera="none",
+        database_url=f"sqlite:///{tmp_path}/r.sqlite",
+        model_dir=DEFAULT_MODEL,
+        execution_provider="cpu",
+    )
     service = ServiceState.start(settings)
     yield service
     service.close()
@@ -59,8 +63,9 @@ def _runner(
 ) -> AcquisitionRunner:
     kwargs.setdefault("reconnect_min_s", 0.1)
     kwargs.setdefault("reconnect_max_s", 0.2)
-    return AcquisitionRunner("test", lambda: (factory(), reference), processing, state,
-                             state.metrics, **kwargs)  # fmt: skip
+    return AcquisitionRunner(
+        "test", lambda: (factory(), reference), processing, state, state.metrics, **kwargs
+    )
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 30) -> None:
@@ -128,8 +133,15 @@ def test_every_cut_cell_is_classified_and_stored(state, images):
             continue
         probabilities = runtime.predict(np.stack([c.crop_nm for c in cells]))
         for cell, p in zip(cells, probabilities, strict=True):
-            expected.append((index, round(cell.position_px[0], 3), round(cell.position_px[1], 3),
-                             runtime.manifest.classes[int(p.argmax())], p))  # fmt: skip
+            expected.append(
+                (
+                    index,
+                    round(cell.position_px[0], 3),
+                    round(cell.position_px[1], 3),
+                    runtime.manifest.classes[int(p.argmax())],
+                    p,
+                )
+            )
     got = sorted(
         (r["frame_id"], round(r["y_px"], 3), round(r["x_px"], 3), r["label"], r) for r in rows
     )
@@ -142,10 +154,17 @@ def test_every_cut_cell_is_classified_and_stored(state, images):
 
 
 def test_a_full_queue_drops_the_oldest_and_counts_it(state, images):
-    slow = ProcessingConfig(PROCESSING.reconstruction, PROCESSING.segmentation, "numpy", 1,
-                            processes=False)  # fmt: skip
-    runner = _runner(state, lambda: ReplayCamera(images.frames, loop=False), _reference(images),
-                     slow, workers=1, queue_size=1)  # fmt: skip
+    slow = ProcessingConfig(
+        PROCESSING.reconstruction, PROCESSING.segmentation, "numpy", 1, processes=False
+    )
+    runner = _runner(
+        state,
+        lambda: ReplayCamera(images.frames, loop=False),
+        _reference(images),
+        slow,
+        workers=1,
+        queue_size=1,
+    )
     runner.start()
     _wait(lambda: runner.state == "idle")
     counts = runner.status()["counts"]
@@ -225,8 +244,9 @@ class VanishingCamera:
     kind = "emulator"
     opened = 0
 
-    def __init__(self, inner: BaslerCamera, vanish_after: int | None,
-                 error: Exception | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, inner: BaslerCamera, vanish_after: int | None, error: Exception | None = None
+    ) -> None:
         self.inner = inner
         self.vanish_after = vanish_after
         self.error = error or CameraLost("the camera was removed")
@@ -249,8 +269,9 @@ class VanishingCamera:
         return self.inner.describe()
 
 
-@pytest.mark.parametrize("error", [CameraLost("the camera was removed"),
-                                   RuntimeError("an unforeseen driver error")])  # fmt: skip
+@pytest.mark.parametrize(
+    "error", [CameraLost("the camera was removed"), RuntimeError("an unforeseen driver error")]
+)
 def test_a_lost_camera_is_reopened(state, images, error):
     VanishingCamera.opened = 0
 
@@ -289,8 +310,9 @@ def test_a_camera_that_cannot_open_is_retried_with_backoff(state, images):
 def test_a_dead_worker_process_is_replaced(state, images):
     import multiprocessing
 
-    runner = _runner(state, lambda: ReplayCamera(images.frames, rate_hz=20), _reference(images),
-                     workers=1)  # fmt: skip
+    runner = _runner(
+        state, lambda: ReplayCamera(images.frames, rate_hz=20), _reference(images), workers=1
+    )
     runner.start()
     try:
         _wait(lambda: runner.counts["frames_processed"] >= 3)

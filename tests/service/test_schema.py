@@ -15,8 +15,12 @@ from schemathesis.specs.openapi.checks import (
 # Crops and holograms travel as raw bytes: send what schemathesis generates as is.
 schemathesis.serializer.alias(["application/x-npy", "image/tiff"], "application/octet-stream")
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]  # fmt: skip
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 def test_api_never_fails_and_keeps_its_schema(server):
@@ -26,8 +30,13 @@ def test_api_never_fails_and_keeps_its_schema(server):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @settings(
+            max_examples=40,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def check(case: schemathesis.Case) -> None:
             case.call_and_validate(checks=CHECKS)
 

@@ -27,14 +27,43 @@ def test_jet_colours():
 
 def test_colour_gan_and_topgan_classifier_are_servable(data, tmp_path):
     gan = tmp_path / "gan"
-    assert main(["-q", "train", "gan", "--data", str(data / "pool.h5"), "--out", str(gan),
-                 "--channels", "3", "--dry-run"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "gan",
+                "--data",
+                str(data / "pool.h5"),
+                "--out",
+                str(gan),
+                "--channels",
+                "3",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     assert json.loads((gan / "gan.json").read_text())["network"]["channels"] == 3
     with Image.open(gan / "samples-epoch-001.png") as grid:
         assert grid.mode == "RGB"
     model = tmp_path / "model"
-    args = ["-q", "train", "classifier", "--method", "topgan", "--data", str(data / "cells.h5"),
-            "--gan", str(gan), "--channels", "3", "--out", str(model), "--dry-run"]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        "classifier",
+        "--method",
+        "topgan",
+        "--data",
+        str(data / "cells.h5"),
+        "--gan",
+        str(gan),
+        "--channels",
+        "3",
+        "--out",
+        str(model),
+        "--dry-run",
+    ]
     assert main(args) == 0
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["input"]["shape"] == [1, 128, 128]
@@ -45,16 +74,54 @@ def test_colour_gan_and_topgan_classifier_are_servable(data, tmp_path):
     assert probabilities.shape == (3, 2)
     # A one-channel GAN does not fit a colour classifier: a one-line error.
     plain = tmp_path / "plain"
-    assert main(["-q", "train", "gan", "--data", str(data / "pool.h5"), "--out", str(plain),
-                 "--dry-run"]) == 0  # fmt: skip
-    mismatch = ["-q", "train", "classifier", "--method", "topgan", "--data",
-                str(data / "cells.h5"), "--gan", str(plain), "--channels", "3",
-                "--out", str(tmp_path / "m2"), "--dry-run"]  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "gan",
+                "--data",
+                str(data / "pool.h5"),
+                "--out",
+                str(plain),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
+    mismatch = [
+        "-q",
+        "train",
+        "classifier",
+        "--method",
+        "topgan",
+        "--data",
+        str(data / "cells.h5"),
+        "--gan",
+        str(plain),
+        "--channels",
+        "3",
+        "--out",
+        str(tmp_path / "m2"),
+        "--dry-run",
+    ]
     assert main(mismatch) == 2
 
 
 @pytest.mark.parametrize("method", ["imagenet"])
 def test_colour_encoding_is_refused_where_it_does_not_apply(data, tmp_path, method):
-    args = ["-q", "train", "classifier", "--method", method, "--data", str(data / "cells.h5"),
-            "--channels", "3", "--out", str(tmp_path / "m"), "--dry-run"]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        "classifier",
+        "--method",
+        method,
+        "--data",
+        str(data / "cells.h5"),
+        "--channels",
+        "3",
+        "--out",
+        str(tmp_path / "m"),
+        "--dry-run",
+    ]
     assert main(args) == 2

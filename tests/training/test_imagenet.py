@@ -73,8 +73,10 @@ def test_imagenet_fine_tunes_and_exports_with_parity(data):
     assert record["epochs_run"] == 1
     linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
     assert [(lin.in_features, lin.out_features) for lin in linears] == [
-        (1280, 100), (100, 100), (100, 2)
-    ]  # fmt: skip
+        (1280, 100),
+        (100, 100),
+        (100, 2),
+    ]
     trunk, wheel = model.trunk.state_dict(), imagenet_state()
     assert not torch.equal(trunk["_conv_stem.weight"], wheel["_conv_stem.weight"]), "fine-tuned"
     assert not torch.equal(trunk["_bn0.weight"], wheel["_bn0.weight"])
@@ -92,8 +94,19 @@ def test_imagenet_fine_tunes_and_exports_with_parity(data):
 
 def test_imagenet_from_the_command_line_is_servable(data, tmp_path):
     model = tmp_path / "model"
-    args = ["-q", "train", "classifier", "--method", "imagenet", "--data", str(data / "cells.h5"),
-            "--out", str(model), "--dry-run", "--int8"]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        "classifier",
+        "--method",
+        "imagenet",
+        "--data",
+        str(data / "cells.h5"),
+        "--out",
+        str(model),
+        "--dry-run",
+        "--int8",
+    ]
     assert main(args) == 0
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["method"] == "imagenet"
@@ -111,8 +124,21 @@ def test_imagenet_from_the_command_line_is_servable(data, tmp_path):
 
 def test_evaluate_takes_imagenet(data, tmp_path):
     out = tmp_path / "eval"
-    args = ["-q", "evaluate", "--data", str(data / "cells.h5"), "--methods", "imagenet",
-            "--train-sizes", "4", "--folds", "2", "--dry-run", "--out", str(out)]  # fmt: skip
+    args = [
+        "-q",
+        "evaluate",
+        "--data",
+        str(data / "cells.h5"),
+        "--methods",
+        "imagenet",
+        "--train-sizes",
+        "4",
+        "--folds",
+        "2",
+        "--dry-run",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())["results"]
     assert [(r["method"], r["fold"]) for r in results] == [("imagenet", 0), ("imagenet", 1)]
@@ -121,8 +147,18 @@ def test_evaluate_takes_imagenet(data, tmp_path):
 
 def test_a_missing_package_is_a_one_line_error(data, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)  # import fails
-    args = ["-q", "train", "classifier", "--method", "imagenet", "--data", str(data / "cells.h5"),
-            "--out", str(tmp_path / "m"), "--dry-run"]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        "classifier",
+        "--method",
+        "imagenet",
+        "--data",
+        str(data / "cells.h5"),
+        "--out",
+        str(tmp_path / "m"),
+        "--dry-run",
+    ]
     assert main(args) == 2
     assert "pip install -e '.[train]'" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

@@ -50,8 +50,22 @@ def test_classifier_from_the_command_line_is_servable(data, tmp_path):
         == 0
     )
     model = tmp_path / "model"
-    args = ["-q", "train", "classifier", "--method", "topgan", "--data", str(data / "cells.h5"),
-            "--gan", str(gan), "--out", str(model), "--dry-run", "--seed", "4"]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        "classifier",
+        "--method",
+        "topgan",
+        "--data",
+        str(data / "cells.h5"),
+        "--gan",
+        str(gan),
+        "--out",
+        str(model),
+        "--dry-run",
+        "--seed",
+        "4",
+    ]
     assert main(args) == 0
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["method"] == "topgan"
@@ -79,10 +93,23 @@ def test_training_errors(data, tmp_path):
     with pytest.raises(ValueError, match="12 crops, 50 needed"):
         stratified_indices(crops.label, 100, np.random.default_rng(0))
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("topgan")), "train", "classifier", "--method", "cnn",
-         "--data", str(data / "pool.h5"), "--out", str(tmp_path / "m"), "--dry-run"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).with_name("topgan")),
+            "train",
+            "classifier",
+            "--method",
+            "cnn",
+            "--data",
+            str(data / "pool.h5"),
+            "--out",
+            str(tmp_path / "m"),
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2
     assert "a classifier needs at least two" in result.stderr
 
@@ -102,8 +129,22 @@ def test_knn_model_matches_the_numpy_knn(data, tmp_path):
     from training.knn import KNNClassifier
 
     model = tmp_path / "knn"
-    assert main(["-q", "train", "classifier", "--method", "knn", "--data", str(data / "cells.h5"),
-                 "--out", str(model)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "classifier",
+                "--method",
+                "knn",
+                "--data",
+                str(data / "cells.h5"),
+                "--out",
+                str(model),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((model / "manifest.json").read_text())
     crops = load_crops([data / "cells.h5"])
     x = normalize(crops.opd, manifest["input"]["normalization"])
@@ -120,8 +161,20 @@ def test_knn_model_matches_the_numpy_knn(data, tmp_path):
 
 def test_int8_is_kept_only_within_half_a_point(data, tmp_path):
     model = tmp_path / "q"
-    args = ["-q", "train", "classifier", "--method", "cnn", "--data", str(data / "cells.h5"),
-            "--out", str(model), "--int8", "--epochs", "2"]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        "classifier",
+        "--method",
+        "cnn",
+        "--data",
+        str(data / "cells.h5"),
+        "--out",
+        str(model),
+        "--int8",
+        "--epochs",
+        "2",
+    ]
     assert main(args) == 0
     metrics = json.loads((model / "manifest.json").read_text())["metrics"]
     kept = metrics["validation_accuracy_int8"] >= metrics["validation_accuracy_fp32"] - 0.005
@@ -134,13 +187,35 @@ def test_int8_is_kept_only_within_half_a_point(data, tmp_path):
 
 def test_evaluate_follows_the_protocol(data, tmp_path):
     out = tmp_path / "eval"
-    args = ["-q", "evaluate", "--data", str(data / "cells.h5"), "--methods", "knn,cnn",
-            "--train-sizes", "4,8", "--folds", "3", "--dry-run", "--out", str(out)]  # fmt: skip
+    args = [
+        "-q",
+        "evaluate",
+        "--data",
+        str(data / "cells.h5"),
+        "--methods",
+        "knn,cnn",
+        "--train-sizes",
+        "4,8",
+        "--folds",
+        "3",
+        "--dry-run",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())["results"]
     assert len(results) == 3 * 2 * 2
-    keys = {"method", "train_size", "fold", "accuracy", "sensitivity", "specificity", "auc",
-            "train_seconds", "test_seconds_per_cell"}  # fmt: skip
+    keys = {
+        "method",
+        "train_size",
+        "fold",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "auc",
+        "train_seconds",
+        "test_seconds_per_cell",
+    }
     assert all(set(r) == keys for r in results)
     assert {r["fold"] for r in results} == {0, 1, 2}
     assert all(0 <= r["accuracy"] <= 1 and r["test_seconds_per_cell"] > 0 for r in results)
@@ -150,9 +225,23 @@ def test_evaluate_follows_the_protocol(data, tmp_path):
 
 def test_evaluate_scores_int8_on_the_test_folds(data, tmp_path):
     out = tmp_path / "eval"
-    args = ["-q", "evaluate", "--data", str(data / "cells.h5"), "--methods", "knn,cnn",
-            "--int8", "cnn", "--train-sizes", "8", "--folds", "2", "--dry-run",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        "-q",
+        "evaluate",
+        "--data",
+        str(data / "cells.h5"),
+        "--methods",
+        "knn,cnn",
+        "--int8",
+        "cnn",
+        "--train-sizes",
+        "8",
+        "--folds",
+        "2",
+        "--dry-run",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())["results"]
     cnn = [r for r in results if r["method"] == "cnn"]
@@ -165,8 +254,23 @@ def test_evaluate_scores_int8_on_the_test_folds(data, tmp_path):
     report = (out / "report.md").read_text()
     assert "## int8 on the evaluation folds" in report
     assert "| cnn | 8 |" in report.split("## int8")[1]
-    bad = ["-q", "evaluate", "--data", str(data / "cells.h5"), "--methods", "cnn", "--int8",
-           "knn", "--train-sizes", "8", "--folds", "2", "--dry-run", "--out", str(out)]  # fmt: skip
+    bad = [
+        "-q",
+        "evaluate",
+        "--data",
+        str(data / "cells.h5"),
+        "--methods",
+        "cnn",
+        "--int8",
+        "knn",
+        "--train-sizes",
+        "8",
+        "--folds",
+        "2",
+        "--dry-run",
+        "--out",
+        str(out),
+    ]
     assert main(bad) == 2
 
 

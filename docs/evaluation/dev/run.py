@@ -43,11 +43,27 @@ def main() -> None:
         if any((r["method"], r["gan"], r["schedule"]) == (method, gan, SCHEDULE) for r in runs):
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            results = evaluate(args.data, Path(tmp), [method], SIZES, 5,
-                               cfg.classifier_preset("cpu"), "cpu", gan_dir=args.gan,
-                               positive=POSITIVE[args.task], seed=0)  # fmt: skip
-        runs.append({"method": method, "gan": gan, "schedule": SCHEDULE,
-                     "data": args.data.name, "results": results})  # fmt: skip
+            results = evaluate(
+                args.data,
+                Path(tmp),
+                [method],
+                SIZES,
+                5,
+                cfg.classifier_preset("cpu"),
+                "cpu",
+                gan_dir=args.gan,
+                positive=POSITIVE[args.task],
+                seed=0,
+            )
+        runs.append(
+            {
+                "method": method,
+                "gan": gan,
+                "schedule": SCHEDULE,
+                "data": args.data.name,
+                "results": results,
+            }
+        )
         path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
         print(method, gan, "done", flush=True)
 
