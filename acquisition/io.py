@@ -175,3 +175,28 @@ def read_hologram(path: str | Path) -> HologramFile:
         raise UnreadableFileError(
             f"cannot read hologram {path}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def camera_tiff_shift(bit_depth: int) -> int:
+    """Bits a frame of ``bit_depth`` is shifted up when stored in 16-bit TIFF: pylon
+    (and its camera emulator) read 16-bit TIFF MSB-aligned, so 12-bit counts are
+    stored as ``counts << 4`` and 8-bit frames as they are."""
+    if bit_depth not in (8, 12):
+        raise ValueError(f"bit_depth must be 8 or 12, got {bit_depth}")
+    return 16 - bit_depth if bit_depth > 8 else 0
+
+
+def write_camera_tiff(path: str | Path, counts: np.ndarray, bit_depth: int) -> None:
+    """Store camera ``counts`` : (H, W) of ``bit_depth`` bits as uncompressed TIFF the
+    way pylon reads it back (see :func:`camera_tiff_shift`)."""
+    import tifffile
+
+    shift = camera_tiff_shift(bit_depth)
+    tifffile.imwrite(path, counts << shift if shift else counts)
+
+
+def read_camera_tiff(path: str | Path, bit_depth: int) -> np.ndarray:
+    """The (H, W) counts of a file written by :func:`write_camera_tiff`."""
+    frame = read_hologram(path).frames[0]
+    shift = camera_tiff_shift(bit_depth)
+    return frame >> shift if shift else frame

@@ -12,7 +12,7 @@ only the configured sample half reaches this stage.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -83,6 +83,11 @@ class SegmentationConfig:
     crop_size: int = 128
     crop_pixel_size_um: float = 0.25
     mask_neighbours: bool = True
+
+    def for_crop(self, crop_size: int, crop_pixel_size_um: float) -> SegmentationConfig:
+        """This configuration cutting ``crop_size`` crops at ``crop_pixel_size_um``
+        (a model's input): the one rule that sets the crop geometry."""
+        return replace(self, crop_size=crop_size, crop_pixel_size_um=crop_pixel_size_um)
 
     def __post_init__(self) -> None:
         if self.threshold != "otsu" and not (

@@ -33,15 +33,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from acquisition.cameras import SimulatedCamera  # noqa: E402
-from acquisition.reconstruction import ReconstructionConfig, Reconstructor  # noqa: E402
-from acquisition.segmentation import SegmentationConfig, Segmenter  # noqa: E402
+from acquisition.frames import FrameProcessor  # noqa: E402
+from acquisition.reconstruction import ReconstructionConfig  # noqa: E402
+from acquisition.segmentation import SegmentationConfig  # noqa: E402
 from acquisition.simulator.scene import SceneConfig  # noqa: E402
-from service.pipeline import AcquisitionRunner, ProcessingConfig  # noqa: E402
+from service.loop import AcquisitionRunner, Count, WorkerConfig  # noqa: E402
+from service.services import Services  # noqa: E402
 from service.settings import DEFAULT_MODEL, Settings  # noqa: E402
-from service.state import ServiceState  # noqa: E402
 from service.store import ResultRow  # noqa: E402
 
 STAGES = ("reconstruct", "segment", "classify", "store")
+RECONSTRUCTION = ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, sample_half="left")
 
 
 def run(
@@ -55,19 +57,14 @@ def run(
         model_dir=DEFAULT_MODEL,
         execution_provider="cpu",
     )
-    state = ServiceState.start(settings)
-    processing = ProcessingConfig(
-        ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, sample_half="left"),
-        SegmentationConfig(),
-        backend="numpy",
-        fft_workers=1,
-    )
+    state = Services.start(settings)
+    processing = WorkerConfig(RECONSTRUCTION, SegmentationConfig(), backend="numpy", fft_workers=1)
     camera.rate_hz = rate
     runner = AcquisitionRunner(
         "simulator",
         lambda: (camera, camera.reference),
         processing,
-        state,
+        state.classification,
         state.metrics,
         workers=workers,
         queue_size=64,
@@ -77,18 +74,19 @@ def run(
         while runner.state != "running":
             time.sleep(0.05)
         time.sleep(2.0)  # warm-up: worker processes start, the first geometry is built
-        before = dict(runner.counts)
+        before = runner.status().counts
         stages_before = _stage_sums(state)
         began, began_wall = time.monotonic(), time.time()
         time.sleep(seconds)
         elapsed = time.monotonic() - began
-        after = dict(runner.counts)
+        after = runner.status().counts
         stages_after = _stage_sums(state)
         runner.stop()
+        final = runner.status().counts  # after the stop drained the queued frames
     finally:
         state.close()
-    grabbed = after.get("frames_grabbed", 0) - before.get("frames_grabbed", 0)
-    dropped = after.get("frames_dropped", 0) - before.get("frames_dropped", 0)
+    grabbed = after.get(Count.FRAMES_GRABBED, 0) - before.get(Count.FRAMES_GRABBED, 0)
+    dropped = after.get(Count.FRAMES_DROPPED, 0) - before.get(Count.FRAMES_DROPPED, 0)
     import sqlite3
 
     with sqlite3.connect(db) as conn:
@@ -99,9 +97,9 @@ def run(
         "fps": grabbed / elapsed,
         "grabbed": grabbed,
         "dropped": dropped,
-        "cells": after.get("cells_stored", 0) - before.get("cells_stored", 0),
-        "cut": after.get("cells_cut", 0),
-        "stored": after.get("cells_stored", 0),
+        "cells": after.get(Count.CELLS_STORED, 0) - before.get(Count.CELLS_STORED, 0),
+        "cut": final.get(Count.CELLS_CUT, 0),
+        "stored": final.get(Count.CELLS_STORED, 0),
         "p50_ms": float(np.percentile(latency, 50)) * 1e3 if latency.size else float("nan"),
         "p99_ms": float(np.percentile(latency, 99)) * 1e3 if latency.size else float("nan"),
     }
@@ -112,7 +110,7 @@ def run(
     return result
 
 
-def _stage_sums(state: ServiceState) -> dict[str, tuple[float, float]]:
+def _stage_sums(state: Services) -> dict[str, tuple[float, float]]:
     sums: dict[str, tuple[float, float]] = {}
     for metric in state.metrics.stage_seconds.collect():
         for sample in metric.samples:
@@ -136,23 +134,19 @@ def serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
         model_dir=DEFAULT_MODEL,
         execution_provider="cpu",
     )
-    state = ServiceState.start(settings)
-    runtime = state.holder.current
+    state = Services.start(settings)
+    runtime = state.classification.runtime
     assert runtime is not None
-    reconstructor = Reconstructor(
-        ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, sample_half="left"),
-        reference=camera.reference,
-    )
-    segmenter = Segmenter(SegmentationConfig())
+    processor = FrameProcessor(RECONSTRUCTION, SegmentationConfig(), reference=camera.reference)
     camera.rate_hz = None
     camera.open()
     try:
         for _ in range(3):
-            segmenter.segment(reconstructor.reconstruct(camera.grab().image))
+            processor.process(camera.grab().image)
         began = time.perf_counter()
         for _ in range(frames):
             frame = camera.grab()
-            cells = segmenter.segment(reconstructor.reconstruct(frame.image))[0].cells
+            cells = processor.process(frame.image).cells
             if not cells:
                 continue
             probabilities = runtime.predict(np.stack([c.crop_nm for c in cells]))
@@ -168,7 +162,7 @@ def serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
                 )
                 for p in probabilities
             ]
-            state.store.add(rows).result()
+            state.classification.store.add(rows).result()
         return frames / (time.perf_counter() - began)
     finally:
         state.close()

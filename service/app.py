@@ -15,9 +15,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .api import classify, live, results, system
+from .api import camera_loop, classify, health, live, model, ready, results
+from .api import metrics as metrics_route
+from .services import Services
 from .settings import Settings
-from .state import ServiceState
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,10 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            state: ServiceState | None = getattr(scope["app"].state, "service", None)
-            if state is not None:
-                state.metrics.http_requests.labels(path, str(status)).inc()
-                state.metrics.http_seconds.labels(path).observe(time.perf_counter() - start)
+            services: Services | None = getattr(scope["app"].state, "services", None)
+            if services is not None:
+                services.metrics.http_requests.labels(path, str(status)).inc()
+                services.metrics.http_seconds.labels(path).observe(time.perf_counter() - start)
 
 
 def _describe(errors: list[Any]) -> str:
@@ -63,13 +64,13 @@ def _describe(errors: list[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(settings: Settings, state: ServiceState | None = None) -> FastAPI:
-    """The app; it starts its own :class:`ServiceState` unless one is given."""
+def create_app(settings: Settings) -> FastAPI:
+    """The app; its lifespan starts the :class:`Services` of ``settings`` and closes
+    them at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = state is None
-        app.state.service = ServiceState.start(settings) if own else state
+        app.state.services = Services.start(settings)
         # Everything built so far (modules, the model, the app) lives as long as the
         # process: keep it out of the collector's full passes, which would otherwise
         # stall requests for tens of milliseconds.
@@ -78,9 +79,8 @@ def create_app(settings: Settings, state: ServiceState | None = None) -> FastAPI
         try:
             yield
         finally:
-            if own:
-                logger.info("shutting down: draining the batcher and flushing the store")
-                app.state.service.close()
+            logger.info("shutting down: draining the batcher and flushing the store")
+            app.state.services.close()
 
     app = FastAPI(
         title="topgan",
@@ -88,8 +88,6 @@ def create_app(settings: Settings, state: ServiceState | None = None) -> FastAPI
         summary="Stain-free cancer-cell classification from off-axis holograms",
         lifespan=lifespan,
     )
-    if state is not None:
-        app.state.service = state
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -101,9 +99,7 @@ def create_app(settings: Settings, state: ServiceState | None = None) -> FastAPI
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _describe(list(exc.errors()))}, status_code=422)
 
-    app.include_router(classify.router)
-    app.include_router(results.router)
-    app.include_router(system.router)
-    app.include_router(live.router)
+    for api in (classify, results, health, ready, model, camera_loop, metrics_route, live):
+        app.include_router(api.router)
     app.add_middleware(RequestMetrics)
     return app

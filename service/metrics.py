@@ -12,6 +12,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from .loop.states import Count, ErrorReason
+
 # The *_created series double every counter's output and nothing here reads them.
 disable_created_metrics()
 
@@ -19,15 +21,6 @@ disable_created_metrics()
 #: few seconds (a stalled camera).
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STAGES = ("reconstruct", "segment", "classify", "store")
-FRAME_ERRORS = (
-    "grab_timeout",
-    "grab_failed",
-    "camera_open",
-    "camera_lost",
-    "reconstruction",
-    "worker",
-    "classify",
-)
 
 
 class Metrics:
@@ -42,6 +35,22 @@ class Metrics:
         )
         self.frame_errors = Counter(
             "topgan_frame_errors_total", "Frames that failed, by reason", ["reason"], registry=r
+        )
+        self.frames_processed = Counter(
+            "topgan_frames_processed_total",
+            "Camera frames reconstructed and segmented",
+            registry=r,
+        )
+        self.cells_cut = Counter(
+            "topgan_cells_cut_total", "Cells cut from camera frames", registry=r
+        )
+        self.cells_lost = Counter(
+            "topgan_cells_lost_total",
+            "Cells cut from camera frames that could not be classified or stored",
+            registry=r,
+        )
+        self.camera_reconnects = Counter(
+            "topgan_camera_reconnects_total", "Times a lost camera was opened again", registry=r
         )
         self.cells = Counter(
             "topgan_cells_total",
@@ -93,11 +102,55 @@ class Metrics:
         )
         for stage in STAGES:
             self.stage_seconds.labels(stage)
-        for reason in FRAME_ERRORS:
-            self.frame_errors.labels(reason)
+        for reason in ErrorReason:
+            self.frame_errors.labels(reason.value)
+        # The camera loop's counts live here only: GET /acquisition reads them back.
+        self._loop: dict[Count, Counter] = {
+            Count.FRAMES_GRABBED: self.frames_grabbed,
+            Count.FRAMES_DROPPED: self.frames_dropped,
+            Count.FRAMES_PROCESSED: self.frames_processed,
+            Count.CELLS_CUT: self.cells_cut,
+            Count.CELLS_LOST: self.cells_lost,
+            Count.RECONNECTS: self.camera_reconnects,
+        }
+
+    def count(self, what: Count, n: int = 1) -> None:
+        """Count ``n`` events of the camera loop (stored cells are counted by the
+        store's commits, as ``topgan_cells_total{source="camera"}``)."""
+        self._loop[what].inc(n)
+
+    def error(self, reason: ErrorReason) -> None:
+        self.frame_errors.labels(reason.value).inc()
+
+    def loop_counts(self) -> dict[Count, int]:
+        """Every count of the camera loop, as ``/metrics`` shows it."""
+        counts = {what: int(_samples(counter)[()]) for what, counter in self._loop.items()}
+        stored = sum(
+            value
+            for labels, value in _samples(self.cells).items()
+            if ("source", "camera") in labels
+        )
+        counts[Count.CELLS_STORED] = int(stored)
+        return {what: counts[what] for what in Count}
+
+    def error_counts(self) -> dict[ErrorReason, int]:
+        """Errors of the camera loop by reason (the reasons that occurred)."""
+        by_labels = _samples(self.frame_errors)
+        counts = {reason: int(by_labels[(("reason", reason.value),)]) for reason in ErrorReason}
+        return {reason: n for reason, n in counts.items() if n}
 
     def set_model(self, name: str, version: str, method: str, providers: str) -> None:
         self.model_info.info(
             {"name": name, "version": version, "method": method, "providers": providers}
         )
         self.model_loaded.set(1)
+
+
+def _samples(counter: Counter) -> dict[tuple[tuple[str, str], ...], float]:
+    """The ``_total`` samples of ``counter`` by their sorted labels."""
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }

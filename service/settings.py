@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from acquisition.cameras import CameraConfig
+from acquisition.cameras.spec import CameraSpec, parse_camera
 from acquisition.reconstruction import ReconstructionConfig
 from acquisition.segmentation import SegmentationConfig
 from acquisition.simulator.phantoms import parse_lines
@@ -137,10 +139,36 @@ class Settings(BaseSettings):
     @field_validator("camera")
     @classmethod
     def _camera(cls, value: str) -> str:
-        kinds = ("emulator", "basler", "simulator", "none")
-        if value in kinds or (value.startswith("replay:") and len(value) > len("replay:")):
-            return value
-        raise ValueError(f"camera must be one of {', '.join(kinds)} or replay:PATH, got {value!r}")
+        if value != "none":
+            parse_camera(value)
+        return value
+
+    def camera_spec(self) -> CameraSpec | None:
+        """The camera to build (None for ``camera = "none"``: the API alone)."""
+        if self.camera == "none":
+            return None
+        kind, replay_path = parse_camera(self.camera)
+        config = CameraConfig(
+            serial=self.camera_serial,
+            exposure_us=self.exposure_us,
+            roi=self.roi,
+            pixel_format=self.pixel_format,
+            frame_rate_hz=self.frame_rate_hz or None,
+            trigger=self.trigger,
+            buffer_count=self.buffer_count,
+            grab_timeout_s=self.grab_timeout_s,
+        )
+        return CameraSpec(
+            kind,
+            config,
+            replay_path=replay_path,
+            replay_loop=self.replay_loop,
+            reference=self.reference,
+            simulated_lines=tuple(parse_lines(self.simulated_lines)),
+            emulator_images=self.emulator_images,
+            emulator_frames=self.emulator_frames,
+            simulator_pool_frames=self.simulator_pool_frames,
+        )
 
     def reconstruction_config(self) -> ReconstructionConfig:
         """The optics settings as the reconstruction takes them."""
@@ -151,14 +179,12 @@ class Settings(BaseSettings):
             carrier=self.carrier,
         )
 
-    def segmentation_config(
-        self, crop_size: int = 128, crop_pixel_size_um: float | None = None
-    ) -> SegmentationConfig:
-        """The segmentation settings, cutting crops of ``crop_size`` (the model's)."""
+    def segmentation_config(self) -> SegmentationConfig:
+        """The segmentation settings; the served model sets the crop geometry
+        (:meth:`SegmentationConfig.for_crop`)."""
         return SegmentationConfig(
             threshold=self.threshold_nm if self.threshold_nm else "otsu",
-            crop_size=crop_size,
-            crop_pixel_size_um=crop_pixel_size_um or self.crop_pixel_size_um,
+            crop_pixel_size_um=self.crop_pixel_size_um,
         )
 
     @classmethod

@@ -14,8 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import tifffile
-
+from ..io import write_camera_tiff
 from ..simulator.scene import FlowSimulator, SceneConfig
 
 logger = logging.getLogger(__name__)
@@ -60,10 +59,10 @@ def prepare_emulator_images(
     out.frames.mkdir(parents=True)
     stamp.unlink(missing_ok=True)
     simulator = FlowSimulator(scene, lines, seed=seed)
-    shift = 4 if scene.optics.bit_depth == 12 else 0
-    tifffile.imwrite(out.reference, simulator.reference << shift)
+    depth = scene.optics.bit_depth
+    write_camera_tiff(out.reference, simulator.reference, depth)
     for i in range(frames):
-        tifffile.imwrite(out.frames / f"frame_{i:05d}.tif", simulator.frame(i).hologram << shift)
+        write_camera_tiff(out.frames / f"frame_{i:05d}.tif", simulator.frame(i).hologram, depth)
     stamp.write_text(json.dumps(request, indent=1))
     logger.info("rendered %d holograms in %.1f s", frames, time.perf_counter() - start)
     return out

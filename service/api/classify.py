@@ -5,14 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from acquisition.frames import CropGeometry
 from models.runtime import ModelNotLoadedError
 
-from ..live import bit_depth_of
-from .deps import ApiKey, State
+from .deps import ApiKey, ClassificationDep, HologramsDep, LiveDep, SettingsDep
 from .payloads import JSON, NPY, TIFF, check_numbers, crops_from, media_type, parse_array, read_body
 from .schemas import CellResult, ClassifyResponse, ErrorResponse, ModelSummary
 
@@ -80,11 +79,10 @@ def _response(
     return Response(body.model_dump_json(), media_type="application/json")
 
 
-def _model_shape(state: State) -> tuple[tuple[int, int], float]:
-    runtime = state.holder.current
-    if runtime is None:
+def _crop_geometry(classification: ClassificationDep) -> CropGeometry:
+    if classification.runtime is None:
         raise HTTPException(503, NO_MODEL)
-    return runtime.crop_shape, runtime.manifest.pixel_size_um
+    return classification.crop_geometry()
 
 
 @router.post(
@@ -95,16 +93,18 @@ def _model_shape(state: State) -> tuple[tuple[int, int], float]:
     dependencies=[ApiKey],
     summary="Classify OPD crops",
 )
-async def classify(request: Request, state: State) -> Response:
+async def classify(
+    request: Request, classification: ClassificationDep, settings: SettingsDep
+) -> Response:
     """Classify single-cell OPD crops (nm): a .npy or TIFF of shape (128, 128) or
     (N, 128, 128), or JSON ``{"opd": nested lists}``. Every result is stored."""
     started = time.monotonic()
     kind = media_type(request, (NPY, TIFF, JSON))
-    body = await read_body(request, state.settings.max_body_bytes)
-    shape, _ = _model_shape(state)
-    crops = crops_from(parse_array(body, kind), shape, state.settings.max_crops_per_request)
+    body = await read_body(request, settings.max_body_bytes)
+    crop = _crop_geometry(classification)
+    crops = crops_from(parse_array(body, kind), crop.shape, settings.max_crops_per_request)
     try:
-        result = await state.classify(crops, "api", started)
+        result = await classification.classify(crops, "api", started)
     except ModelNotLoadedError:
         raise HTTPException(503, NO_MODEL) from None
     return _response(result)
@@ -118,13 +118,19 @@ async def classify(request: Request, state: State) -> Response:
     dependencies=[ApiKey],
     summary="Classify every cell in a raw hologram",
 )
-async def classify_hologram(request: Request, state: State) -> Response:
+async def classify_hologram(
+    request: Request,
+    classification: ClassificationDep,
+    holograms: HologramsDep,
+    live: LiveDep,
+    settings: SettingsDep,
+) -> Response:
     """Reconstruct one raw off-axis hologram (.npy or TIFF, 2-D), segment its cells and
     classify each; cells carry their position in hologram pixels and their QC."""
     started = time.monotonic()
     kind = media_type(request, (NPY, TIFF))
-    body = await read_body(request, state.settings.max_body_bytes)
-    shape, pixel_size = _model_shape(state)
+    body = await read_body(request, settings.max_body_bytes)
+    crop = _crop_geometry(classification)
     raw = parse_array(body, kind)
     hologram = check_numbers(raw, "hologram")
     if hologram.ndim != 2:
@@ -135,42 +141,25 @@ async def classify_hologram(request: Request, state: State) -> Response:
         raise HTTPException(
             413, f"hologram {hologram.shape} exceeds {MAX_HOLOGRAM_SIDE} pixels a side"
         )
-
-    frame_id, grabbed_at = state.live.api_frame_id(), time.time()
-
-    def reconstruct_and_segment() -> tuple[
-        np.ndarray, list[dict[str, Any]], list[tuple[float, float]]
-    ]:
-        t0 = time.perf_counter()
-        maps = state.reconstructor.reconstruct(hologram)
-        t1 = time.perf_counter()
-        segmentation = state.segmenter(shape, pixel_size).segment(maps)[0]
-        cells = segmentation.cells
-        state.metrics.stage_seconds.labels("reconstruct").observe(t1 - t0)
-        state.metrics.stage_seconds.labels("segment").observe(time.perf_counter() - t1)
-        counts = raw if raw.dtype.kind == "u" else hologram  # as the camera gave them
-        accepted = [c.label for c in cells]
-        opd_nm, labels = maps.opd_nm[0], segmentation.labels
-        state.live.frame(
-            frame_id, grabbed_at, counts, opd_nm, labels, accepted, bit_depth_of(raw), "api"
-        )
-        crops = np.stack([c.crop_nm for c in cells]) if cells else np.zeros((0, *shape), np.float32)
-        return crops, [dict(c.qc) for c in cells], [c.position_px for c in cells]
-
     try:
-        crops, qc, positions = await run_in_threadpool(reconstruct_and_segment)
+        frame_id, processed = await run_in_threadpool(holograms.process, raw, hologram, crop)
     except ValueError as exc:  # HologramError and friends: the hologram is at fault
         raise HTTPException(422, " ".join(str(exc).split())) from None
-    if len(crops) == 0:
-        runtime = state.holder.current
-        assert runtime is not None
+    cells = processed.cells
+    if not cells:
+        runtime = classification.runtime
+        if runtime is None:
+            raise HTTPException(503, NO_MODEL)
         empty = ClassifyResponse(model=ModelSummary(**runtime.manifest.summary()), cells=[])
         return Response(empty.model_dump_json(), media_type="application/json")
+    crops = processed.crops()
+    qc = [dict(c.qc) for c in cells]
+    positions = [c.position_px for c in cells]
     try:
-        result = await state.classify(crops, "api", started, qc=qc, positions=positions)
+        result = await classification.classify(crops, "api", started, qc=qc, positions=positions)
     except ModelNotLoadedError:
         raise HTTPException(503, NO_MODEL) from None
     classes = result.manifest.classes
     probabilities = [dict(zip(classes, p.tolist(), strict=True)) for p in result.probabilities]
-    state.live.results(frame_id, crops, result.ids, result.labels, probabilities)
+    live.results(frame_id, crops, result.ids, result.labels, probabilities)
     return _response(result, qc, positions)

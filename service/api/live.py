@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
-from .deps import State
+from .deps import LiveDep
 from .schemas import ErrorResponse
 
 router = APIRouter(tags=["live"])
@@ -88,10 +88,10 @@ async def page() -> HTMLResponse:
 
 
 @router.get("/live/state", response_model=LiveState, summary="What the live page shows")
-async def live_state(state: State) -> LiveState:
+async def live_state(live: LiveDep) -> LiveState:
     """The displayed frame, the latest classified cells, and sequence numbers that tell
     a page when to refetch its images."""
-    return LiveState.model_validate(state.live.snapshot())
+    return LiveState.model_validate(live.snapshot())
 
 
 def _png(png: bytes | None, missing: str) -> Response:
@@ -101,23 +101,23 @@ def _png(png: bytes | None, missing: str) -> Response:
 
 
 @router.get("/live/hologram.png", response_class=Response, responses=PNG_RESPONSES)
-async def hologram_png(state: State, seq: FrameSequence = None) -> Response:
+async def hologram_png(live: LiveDep, seq: FrameSequence = None) -> Response:
     """The displayed hologram, grey, downscaled to at most 640 pixels a side."""
-    return _png(await run_in_threadpool(state.live.hologram_png, seq), NO_FRAME)
+    return _png(await run_in_threadpool(live.hologram_png, seq), NO_FRAME)
 
 
 @router.get("/live/opd.png", response_class=Response, responses=PNG_RESPONSES)
-async def opd_png(state: State, seq: FrameSequence = None) -> Response:
+async def opd_png(live: LiveDep, seq: FrameSequence = None) -> Response:
     """The displayed OPD map, colour-mapped over ``opd_range_nm``, accepted cells and
     rejected objects outlined."""
-    return _png(await run_in_threadpool(state.live.opd_png, seq), NO_FRAME)
+    return _png(await run_in_threadpool(live.opd_png, seq), NO_FRAME)
 
 
 @router.get("/live/crops/{result_id}.png", response_class=Response, responses=PNG_RESPONSES)
-async def crop_png(state: State, result_id: int) -> Response:
+async def crop_png(live: LiveDep, result_id: int) -> Response:
     """One of the latest crops, coloured from 0 nm to its peak OPD."""
-    png = await run_in_threadpool(state.live.crop_png, result_id)
-    kept = state.live.max_crops
+    png = await run_in_threadpool(live.crop_png, result_id)
+    kept = live.max_crops
     return _png(
         png, f"no crop with result id {result_id} in the live view (it keeps the last {kept})"
     )

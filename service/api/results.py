@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from .deps import State
+from .deps import ClassificationDep, StartedDep
 from .schemas import ErrorResponse, ResultsPage, StoredResult, Summary
 
 router = APIRouter(tags=["results"])
@@ -15,14 +15,14 @@ router = APIRouter(tags=["results"])
 
 @router.get("/results", response_model=ResultsPage, responses={422: {"model": ErrorResponse}})
 async def list_results(
-    state: State,
+    classification: ClassificationDep,
     after_id: Annotated[
         int, Query(ge=0, le=2**62, description="only results with a larger id")
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="at most this many")] = 100,
 ) -> ResultsPage:
     """Stored results of the camera loop and of /classify, oldest first."""
-    rows = await run_in_threadpool(state.store.list, after_id, limit)
+    rows = await run_in_threadpool(classification.store.list, after_id, limit)
     return ResultsPage(
         results=[StoredResult(**r) for r in rows],
         next_after_id=rows[-1]["id"] if rows else after_id,
@@ -30,6 +30,6 @@ async def list_results(
 
 
 @router.get("/results/summary", response_model=Summary)
-async def summary(state: State) -> Summary:
+async def summary(classification: ClassificationDep, started: StartedDep) -> Summary:
     """Counts per class, class fractions and rates since the service started."""
-    return Summary(**await run_in_threadpool(state.store.summary, state.started))
+    return Summary(**await run_in_threadpool(classification.store.summary, started))

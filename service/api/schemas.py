@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from ..loop.states import Count, ErrorReason, RunState
 
 
 class ErrorResponse(BaseModel):
@@ -85,19 +87,23 @@ class ReloadRequest(BaseModel):
 
 
 class AcquisitionStatus(BaseModel):
-    state: str = Field(description="disabled, idle, starting, running, stopping or failed")
+    state: RunState | Literal["disabled"] = Field(
+        description="disabled, idle, starting, running, stopping or failed"
+    )
     camera: str
     detail: str | None = None
     started_at: float | None = Field(None, description="Unix time of the last start")
     frames_per_second: float = Field(0.0, description="grab rate over the last 5 s")
     queue_depth: int = Field(0, description="frames waiting for the workers")
     queue_size: int = Field(0, description="the queue's bound; a full queue drops the oldest")
-    counts: dict[str, int] = Field(
+    counts: dict[Count, int] = Field(
         default_factory=dict,
         description="frames_grabbed, frames_dropped, frames_processed, cells_cut, "
         "cells_stored, cells_lost, reconnects (since the service started)",
     )
-    errors: dict[str, int] = Field(default_factory=dict, description="errors by reason")
+    errors: dict[ErrorReason, int] = Field(
+        default_factory=dict, description="errors by reason (those that occurred)"
+    )
     last_error: str | None = None
     camera_info: dict[str, Any] = Field(default_factory=dict, description="the open camera")
     archive: dict[str, Any] | None = Field(

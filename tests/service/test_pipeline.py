@@ -24,11 +24,11 @@ from acquisition.cameras.emulator import prepare_emulator_images
 from acquisition.reconstruction import ReconstructionConfig, Reconstructor
 from acquisition.segmentation import SegmentationConfig, Segmenter
 from models.runtime import ModelRuntime
-from service.pipeline import AcquisitionRunner, FrameQueue, ProcessingConfig
+from service.loop import AcquisitionRunner, Count, ErrorReason, FrameQueue, WorkerConfig
+from service.services import Services
 from service.settings import DEFAULT_MODEL, Settings
-from service.state import ServiceState
 
-PROCESSING = ProcessingConfig(
+PROCESSING = WorkerConfig(
     ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, sample_half="left"),
     SegmentationConfig(),
     backend="numpy",
@@ -49,22 +49,27 @@ def state(tmp_path):
         model_dir=DEFAULT_MODEL,
         execution_provider="cpu",
     )
-    service = ServiceState.start(settings)
+    service = Services.start(settings)
     yield service
     service.close()
 
 
 def _runner(
-    state: ServiceState,
+    state: Services,
     factory: Callable[[], Camera],
     reference: np.ndarray | None,
-    processing: ProcessingConfig = PROCESSING,
+    processing: WorkerConfig = PROCESSING,
     **kwargs: Any,
 ) -> AcquisitionRunner:
     kwargs.setdefault("reconnect_min_s", 0.1)
     kwargs.setdefault("reconnect_max_s", 0.2)
     return AcquisitionRunner(
-        "test", lambda: (factory(), reference), processing, state, state.metrics, **kwargs
+        "test",
+        lambda: (factory(), reference),
+        processing,
+        state.classification,
+        state.metrics,
+        **kwargs,
     )
 
 
@@ -80,8 +85,8 @@ def _wait(condition: Callable[[], bool], timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def _rows(state: ServiceState) -> list[dict[str, Any]]:
-    with state.store.engine.connect() as conn:
+def _rows(state: Services) -> list[dict[str, Any]]:
+    with state.classification.store.engine.connect() as conn:
         result = conn.execute(sa.text("SELECT * FROM results ORDER BY id"))
         return [dict(r._mapping) for r in result]
 
@@ -110,15 +115,15 @@ def test_every_cut_cell_is_classified_and_stored(state, images):
     runner.start()
     _wait(lambda: runner.state == "idle")
     status = runner.status()
-    assert status["detail"].startswith("replay of")
-    assert status["detail"].endswith("finished after 6 frames")
-    counts = status["counts"]
-    assert counts["frames_grabbed"] == counts["frames_processed"] == 6
-    assert counts.get("frames_dropped", 0) == 0
-    assert counts["cells_cut"] >= 12  # about 4 cells a frame
-    assert counts["cells_stored"] == counts["cells_cut"]
+    assert status.detail.startswith("replay of")
+    assert status.detail.endswith("finished after 6 frames")
+    counts = status.counts
+    assert counts[Count.FRAMES_GRABBED] == counts[Count.FRAMES_PROCESSED] == 6
+    assert counts.get(Count.FRAMES_DROPPED, 0) == 0
+    assert counts[Count.CELLS_CUT] >= 12  # about 4 cells a frame
+    assert counts[Count.CELLS_STORED] == counts[Count.CELLS_CUT]
     rows = _rows(state)
-    assert len(rows) == counts["cells_cut"]
+    assert len(rows) == counts[Count.CELLS_CUT]
     assert {r["source"] for r in rows} == {"camera"}
     assert all(r["latency_s"] > 0 for r in rows)
 
@@ -154,7 +159,7 @@ def test_every_cut_cell_is_classified_and_stored(state, images):
 
 
 def test_a_full_queue_drops_the_oldest_and_counts_it(state, images):
-    slow = ProcessingConfig(
+    slow = WorkerConfig(
         PROCESSING.reconstruction, PROCESSING.segmentation, "numpy", 1, processes=False
     )
     runner = _runner(
@@ -167,13 +172,13 @@ def test_a_full_queue_drops_the_oldest_and_counts_it(state, images):
     )
     runner.start()
     _wait(lambda: runner.state == "idle")
-    counts = runner.status()["counts"]
-    assert counts["frames_dropped"] >= 1
-    assert counts["frames_grabbed"] == 6
-    assert counts["frames_processed"] + counts["frames_dropped"] == 6
-    assert counts["cells_stored"] == counts["cells_cut"] == len(_rows(state))
+    counts = runner.status().counts
+    assert counts[Count.FRAMES_DROPPED] >= 1
+    assert counts[Count.FRAMES_GRABBED] == 6
+    assert counts[Count.FRAMES_PROCESSED] + counts[Count.FRAMES_DROPPED] == 6
+    assert counts[Count.CELLS_STORED] == counts[Count.CELLS_CUT] == len(_rows(state))
     dropped = state.metrics.frames_dropped._value.get()
-    assert dropped == counts["frames_dropped"]
+    assert dropped == counts[Count.FRAMES_DROPPED]
 
 
 def test_a_bad_frame_is_counted_and_skipped(state, images, tmp_path):
@@ -187,10 +192,10 @@ def test_a_bad_frame_is_counted_and_skipped(state, images, tmp_path):
     runner.start()
     _wait(lambda: runner.state == "idle")
     status = runner.status()
-    assert status["errors"] == {"reconstruction": 1}
-    assert "frame 3: reference hologram shape" in status["last_error"]
-    assert status["counts"]["frames_processed"] == 2
-    assert status["counts"]["cells_stored"] == status["counts"]["cells_cut"] > 0
+    assert status.errors == {"reconstruction": 1}
+    assert "frame 3: reference hologram shape" in (status.last_error or "")
+    assert status.counts[Count.FRAMES_PROCESSED] == 2
+    assert status.counts[Count.CELLS_STORED] == status.counts[Count.CELLS_CUT] > 0
 
 
 def test_failed_buffers_are_counted_and_the_loop_goes_on(state, images):
@@ -204,18 +209,23 @@ def test_failed_buffers_are_counted_and_the_loop_goes_on(state, images):
     runner = _runner(state, factory, _reference(images))
     runner.start()
     try:
-        _wait(lambda: runner.state == "running" and runner.counts["frames_processed"] >= 3)
+        _wait(
+            lambda: (
+                runner.state == "running" and runner.status().counts[Count.FRAMES_PROCESSED] >= 3
+            )
+        )
         cameras[0].force_failed_buffers(4)
-        _wait(lambda: runner.errors["grab_failed"] >= 4)
-        before = runner.counts["frames_processed"]
-        _wait(lambda: runner.counts["frames_processed"] >= before + 3)
+        _wait(lambda: runner.status().errors.get(ErrorReason.GRAB_FAILED, 0) >= 4)
+        before = runner.status().counts[Count.FRAMES_PROCESSED]
+        _wait(lambda: runner.status().counts[Count.FRAMES_PROCESSED] >= before + 3)
         assert runner.state == "running"
-        assert runner.errors["grab_failed"] == 4
+        assert runner.status().errors.get(ErrorReason.GRAB_FAILED, 0) == 4
         assert len(cameras) == 1, "failed buffers do not reopen the camera"
     finally:
         runner.stop()
     assert runner.state == "idle"
-    assert runner.counts["cells_stored"] == runner.counts["cells_cut"] == len(_rows(state))
+    counts = runner.status().counts
+    assert counts[Count.CELLS_STORED] == counts[Count.CELLS_CUT] == len(_rows(state))
     metric = state.metrics.frame_errors.labels("grab_failed")._value.get()
     assert metric == 4
 
@@ -227,10 +237,10 @@ def test_grab_timeouts_are_counted_and_a_silent_camera_is_reopened(state, images
     runner = _runner(state, lambda: BaslerCamera(config, "emulator"), _reference(images))
     runner.start()
     try:
-        _wait(lambda: runner.counts["reconnects"] >= 1, timeout=20)
+        _wait(lambda: runner.status().counts[Count.RECONNECTS] >= 1, timeout=20)
         status = runner.status()
-        assert status["errors"]["grab_timeout"] >= 5
-        assert "no frame within 0.1 s" in status["last_error"]
+        assert status.errors[ErrorReason.GRAB_TIMEOUT] >= 5
+        assert "no frame within 0.1 s" in (status.last_error or "")
         assert state.metrics.frame_errors.labels("grab_timeout")._value.get() >= 5
     finally:
         runner.stop()
@@ -282,14 +292,14 @@ def test_a_lost_camera_is_reopened(state, images, error):
     runner = _runner(state, factory, _reference(images))
     runner.start()
     try:
-        _wait(lambda: runner.counts["reconnects"] == 1 and runner.state == "running")
-        before = runner.counts["frames_grabbed"]
-        _wait(lambda: runner.counts["frames_grabbed"] >= before + 5)
-        assert runner.errors["camera_lost"] == 1
+        _wait(lambda: runner.status().counts[Count.RECONNECTS] == 1 and runner.state == "running")
+        before = runner.status().counts[Count.FRAMES_GRABBED]
+        _wait(lambda: runner.status().counts[Count.FRAMES_GRABBED] >= before + 5)
+        assert runner.status().errors.get(ErrorReason.CAMERA_LOST, 0) == 1
         assert VanishingCamera.opened == 2
     finally:
         runner.stop()
-    assert runner.counts["cells_stored"] == runner.counts["cells_cut"]
+    assert runner.status().counts[Count.CELLS_STORED] == runner.status().counts[Count.CELLS_CUT]
 
 
 def test_a_camera_that_cannot_open_is_retried_with_backoff(state, images):
@@ -297,11 +307,11 @@ def test_a_camera_that_cannot_open_is_retried_with_backoff(state, images):
     runner = _runner(state, lambda: BaslerCamera(config, "emulator"), None)
     runner.start()
     try:
-        _wait(lambda: runner.errors["camera_open"] >= 3, timeout=10)
+        _wait(lambda: runner.status().errors.get(ErrorReason.CAMERA_OPEN, 0) >= 3, timeout=10)
         status = runner.status()
-        assert status["state"] == "failed"
-        assert "no emulator camera with serial no-such-camera" in status["detail"]
-        assert "retry" in status["detail"]
+        assert status.state == "failed"
+        assert "no emulator camera with serial no-such-camera" in status.detail
+        assert "retry" in status.detail
     finally:
         runner.stop()
     assert runner.state == "idle"
@@ -315,17 +325,17 @@ def test_a_dead_worker_process_is_replaced(state, images):
     )
     runner.start()
     try:
-        _wait(lambda: runner.counts["frames_processed"] >= 3)
+        _wait(lambda: runner.status().counts[Count.FRAMES_PROCESSED] >= 3)
         children = [p for p in multiprocessing.active_children() if p.name == "pipeline-worker"]
         assert len(children) == 1
         children[0].kill()
-        _wait(lambda: runner.errors["worker"] >= 1)
-        before = runner.counts["frames_processed"]
-        _wait(lambda: runner.counts["frames_processed"] >= before + 3)
+        _wait(lambda: runner.status().errors.get(ErrorReason.WORKER, 0) >= 1)
+        before = runner.status().counts[Count.FRAMES_PROCESSED]
+        _wait(lambda: runner.status().counts[Count.FRAMES_PROCESSED] >= before + 3)
     finally:
         runner.stop()
     assert runner.state == "idle"
-    assert runner.counts["cells_stored"] == runner.counts["cells_cut"]
+    assert runner.status().counts[Count.CELLS_STORED] == runner.status().counts[Count.CELLS_CUT]
 
 
 def test_start_twice_is_refused_and_stop_is_idempotent(state, images):
@@ -339,6 +349,7 @@ def test_start_twice_is_refused_and_stop_is_idempotent(state, images):
     runner.stop()
     assert runner.state == "idle"
     runner.start()  # and it starts again
-    _wait(lambda: runner.counts["frames_processed"] >= 10)
+    _wait(lambda: runner.status().counts[Count.FRAMES_PROCESSED] >= 10)
     runner.stop()
-    assert runner.counts["cells_stored"] == runner.counts["cells_cut"] == len(_rows(state))
+    counts = runner.status().counts
+    assert counts[Count.CELLS_STORED] == counts[Count.CELLS_CUT] == len(_rows(state))

@@ -116,7 +116,7 @@ def test_training_errors(data, tmp_path):
 
 def test_the_service_never_imports_pytorch():
     code = (
-        "import sys; import service.cli, service.app, service.state, models.runtime; "
+        "import sys; import service.cli, service.app, service.services, models.runtime; "
         "from service.settings import Settings; from service.app import create_app; "
         "create_app(Settings(camera='none', model_dir=None)); "
         "sys.exit('torch' in sys.modules)"

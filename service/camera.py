@@ -1,0 +1,175 @@
+"""The camera loop as the service runs it: the runner built from the settings, and
+its observers (the live view, the crop archive)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from acquisition.backend import cpu_count, get_backend
+from acquisition.cameras import Camera
+from acquisition.cameras.spec import CameraSpec, build_camera
+
+from .archive import ArchiveWriter, CropArchive
+from .classification import Classification
+from .live import LiveView
+from .loop import AcquisitionRunner, FrameResult, LoopStatus, RunState, StoredCells, WorkerConfig
+from .metrics import Metrics
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class CameraLoop:
+    """The camera loop of the service and what watches it.
+
+    Parameters
+    ----------
+    runner : the loop
+    live : shows every processed frame and every stored cell
+    archive : archives every stored crop, when configured
+    """
+
+    def __init__(
+        self, runner: AcquisitionRunner, live: LiveView, archive: ArchiveWriter | None = None
+    ) -> None:
+        self.runner = runner
+        self.live = live
+        self.archive = archive
+        runner.on_frame.append(self._show_frame)
+        runner.on_stored.append(self._show_cells)
+        if archive is not None:
+            runner.on_stored.append(self._archive_cells)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        spec: CameraSpec,
+        classification: Classification,
+        metrics: Metrics,
+        live: LiveView,
+    ) -> CameraLoop:
+        """The loop the settings describe (not started)."""
+        workers = settings.pipeline_workers
+        get_backend(settings.array_backend)  # logs the backend the workers will use
+        config = WorkerConfig(
+            settings.reconstruction_config(),
+            settings.segmentation_config(),
+            backend=settings.array_backend,
+            # Each worker is a process of its own: share the cores rather than oversubscribe.
+            fft_workers=max(1, cpu_count() // workers),
+            processes=settings.worker_processes,
+        )
+        logger.info(
+            "camera loop: %s, %d %s, queue of %d frames",
+            spec.name,
+            workers,
+            "worker processes" if settings.worker_processes else "worker threads",
+            settings.frame_queue,
+        )
+
+        def camera_factory() -> tuple[Camera, np.ndarray | None]:
+            return build_camera(spec)
+
+        runner = AcquisitionRunner(
+            spec.name,
+            camera_factory,
+            config,
+            classification,
+            metrics,
+            workers=workers,
+            queue_size=settings.frame_queue,
+            reconnect_max_s=settings.reconnect_max_s,
+            trigger=settings.trigger,
+        )
+        archive = _archive_writer(settings, classification) if settings.crop_archive else None
+        return cls(runner, live, archive)
+
+    # -- control ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> RunState:
+        return self.runner.state
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        return self.runner.reference
+
+    def status(self) -> LoopStatus:
+        return self.runner.status()
+
+    def start(self) -> None:
+        self.runner.start()
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+    def close(self) -> None:
+        """Stop the loop (its queued frames are processed), then close the archive."""
+        self.runner.stop()
+        if self.archive is not None:
+            self.archive.close()
+
+    # -- observers ----------------------------------------------------------------------
+
+    def _show_frame(self, result: FrameResult) -> None:
+        frame, processed = result.frame, result.processed
+        segmentation = processed.segmentations[0]
+        self.live.frame(
+            frame.index,
+            frame.grabbed_at,
+            frame.image,
+            processed.maps.opd_nm[0],
+            segmentation.labels,
+            [c.label for c in segmentation.cells],
+            frame.bit_depth,
+            "camera",
+        )
+
+    def _show_cells(self, stored: StoredCells) -> None:
+        classes = stored.prediction.manifest.classes
+        probabilities = [
+            dict(zip(classes, map(float, p), strict=True)) for p in stored.prediction.probabilities
+        ]
+        self.live.results(
+            stored.frame.index, stored.crops, stored.ids, stored.labels, probabilities
+        )
+
+    def _archive_cells(self, stored: StoredCells) -> None:
+        assert self.archive is not None
+        manifest = stored.prediction.manifest
+        self.archive.submit(
+            stored.crops,
+            stored.ids,
+            stored.labels,
+            stored.prediction.probabilities,
+            [c.qc for c in stored.cells],
+            stored.frame.index,
+            stored.frame.grabbed_at,
+            manifest.name,
+            manifest.version,
+            class_names=manifest.classes,
+        )
+
+
+def _archive_writer(settings: Settings, classification: Classification) -> ArchiveWriter:
+    folder = settings.crop_archive
+    assert folder is not None
+
+    def make() -> CropArchive:
+        runtime = classification.runtime
+        return CropArchive(
+            folder,
+            max_bytes=settings.crop_archive_max_bytes,
+            file_crops=settings.crop_archive_file_crops,
+            pixel_size_um=classification.crop_geometry().pixel_size_um,
+            wavelength_nm=settings.wavelength_nm,
+            class_names=runtime.manifest.classes if runtime else [],
+        )
+
+    logger.info(
+        "archiving every crop in %s (at most %d bytes)", folder, settings.crop_archive_max_bytes
+    )
+    return ArchiveWriter(make)

@@ -1,0 +1,204 @@
+"""Classification: the served model, the shared micro-batcher and the results store.
+
+One path for every caller: crops -> the micro-batcher -> the results store; a
+result is returned only once it is committed. ``/classify``, ``/classify/hologram``
+and the camera loop (:class:`service.loop.Classifier`) all go through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from acquisition.cameras import GrabbedFrame
+from acquisition.frames import CropGeometry
+from acquisition.segmentation import Cell
+from models.manifest import Manifest, ModelError
+from models.runtime import MicroBatcher, ModelHolder, ModelRuntime, Prediction
+
+from .metrics import Metrics
+from .settings import Settings
+from .store import ResultRow, ResultStore
+
+logger = logging.getLogger(__name__)
+
+#: Crop side cut while no model is loaded (the design's 128x128 crops).
+DEFAULT_CROP_PX = 128
+
+
+@dataclass
+class Classified:
+    manifest: Manifest
+    probabilities: np.ndarray
+    ids: list[int]
+    labels: list[str]
+
+
+class Classification:
+    """The model, the batcher in front of it and the store behind it.
+
+    Parameters
+    ----------
+    holder : the model being served (atomically replaceable)
+    batcher : the micro-batcher every caller shares
+    store : where every result is committed
+    metrics : the model info metric and the per-label cell counts
+    crop_pixel_size_um : the crop pixel size while no model is loaded
+    """
+
+    def __init__(
+        self,
+        holder: ModelHolder,
+        batcher: MicroBatcher,
+        store: ResultStore,
+        metrics: Metrics,
+        crop_pixel_size_um: float = 0.25,
+    ) -> None:
+        self.holder = holder
+        self.batcher = batcher
+        self.store = store
+        self.metrics = metrics
+        self.crop_pixel_size_um = crop_pixel_size_um
+
+    @classmethod
+    def start(cls, settings: Settings, metrics: Metrics) -> Classification:
+        """Load the configured model and start the batcher and the store."""
+        holder = ModelHolder(settings.execution_provider, settings.inference_threads)
+        if settings.model_dir is not None:
+            try:
+                _show_model(metrics, holder.load(settings.model_dir))
+            except ModelError as exc:
+                logger.error("no model loaded: %s", exc)
+        else:
+            logger.warning(
+                "no model directory configured: /classify answers 503 until one is loaded"
+            )
+
+        def on_batch(n: int, seconds: float) -> None:
+            metrics.batch_size.observe(n)
+            metrics.stage_seconds.labels("classify").observe(seconds)
+
+        batcher = MicroBatcher(holder, settings.batch_size, settings.batch_wait_ms / 1000, on_batch)
+        store = ResultStore(settings.database_url)
+
+        def on_commit(rows: list[ResultRow], seconds: float, done: float) -> None:
+            metrics.stage_seconds.labels("store").observe(seconds)
+            for row in rows:
+                metrics.cells.labels(row.label, row.source).inc()
+                if row.started is not None:
+                    metrics.cell_latency.labels(row.source).observe(done - row.started)
+
+        store.on_commit = on_commit
+        logger.info("results stored in %s", _safe_url(settings.database_url))
+        return cls(holder, batcher, store, metrics, settings.crop_pixel_size_um)
+
+    @property
+    def runtime(self) -> ModelRuntime | None:
+        """The model being served, None when none is loaded."""
+        return self.holder.current
+
+    def reload_model(self, directory: Path) -> Manifest:
+        """Load ``directory`` atomically (on failure the current model keeps serving)."""
+        runtime = self.holder.load(directory)
+        _show_model(self.metrics, runtime)
+        return runtime.manifest
+
+    def crop_geometry(self) -> CropGeometry:
+        """The crops the served model takes."""
+        runtime = self.holder.current
+        if runtime is None:
+            return CropGeometry(DEFAULT_CROP_PX, self.crop_pixel_size_um)
+        return CropGeometry(runtime.crop_shape[0], runtime.manifest.pixel_size_um)
+
+    async def classify(
+        self,
+        crops: np.ndarray,
+        source: str,
+        started: float,
+        qc: list[dict[str, Any]] | None = None,
+        positions: list[tuple[float, float]] | None = None,
+        frame_id: int | None = None,
+    ) -> Classified:
+        """Classify ``crops`` and commit one result row each (from the event loop)."""
+        prediction = await asyncio.wrap_future(self.batcher.submit(crops))
+        rows, labels = result_rows(prediction, source, started, qc, positions, frame_id)
+        ids = await asyncio.wrap_future(self.store.add(rows))
+        return Classified(prediction.manifest, prediction.probabilities, ids, labels)
+
+    # -- the camera loop's side (service.loop.Classifier) ---------------------------
+
+    def submit(self, crops: np.ndarray) -> Future[Prediction]:
+        return self.batcher.submit(crops)
+
+    def store_cells(
+        self, prediction: Prediction, frame: GrabbedFrame, cells: list[Cell]
+    ) -> tuple[list[str], Future[list[int]]]:
+        rows, labels = result_rows(
+            prediction,
+            "camera",
+            frame.monotonic,
+            [dict(c.qc) for c in cells],
+            [c.position_px for c in cells],
+            frame.index,
+            created=frame.grabbed_at,
+        )
+        return labels, self.store.add(rows)
+
+    def close(self) -> None:
+        """Drain the batcher, then commit every queued result."""
+        self.batcher.close()
+        self.store.close()
+
+
+def result_rows(
+    prediction: Prediction,
+    source: str,
+    started: float,
+    qc: list[dict[str, Any]] | None = None,
+    positions: list[tuple[float, float]] | None = None,
+    frame_id: int | None = None,
+    created: float | None = None,
+) -> tuple[list[ResultRow], list[str]]:
+    """One result row per crop of ``prediction``, and the predicted labels."""
+    manifest = prediction.manifest
+    classes = manifest.classes
+    labels = [classes[i] for i in prediction.probabilities.argmax(axis=1)]
+    extra = {} if created is None else {"created": created}
+    rows = [
+        ResultRow(
+            source=source,
+            label=labels[i],
+            probabilities={
+                c: float(p) for c, p in zip(classes, prediction.probabilities[i], strict=True)
+            },
+            model_name=manifest.name,
+            model_version=manifest.version,
+            qc=qc[i] if qc else {},
+            frame_id=frame_id,
+            y_px=positions[i][0] if positions else None,
+            x_px=positions[i][1] if positions else None,
+            started=started,
+            **extra,
+        )
+        for i in range(len(prediction.probabilities))
+    ]
+    return rows, labels
+
+
+def _show_model(metrics: Metrics, runtime: ModelRuntime) -> None:
+    m = runtime.manifest
+    metrics.set_model(m.name, m.version, m.method, ",".join(runtime.providers))
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

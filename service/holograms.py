@@ -1,0 +1,99 @@
+"""Holograms posted to the API: the same frame processor, reference and crop
+geometry as the camera loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from acquisition.backend import get_backend
+from acquisition.frames import CropGeometry, FrameProcessor, ProcessedFrames
+from acquisition.io import read_hologram
+
+from .camera import CameraLoop
+from .live import LiveView, bit_depth_of
+from .metrics import Metrics
+from .settings import Settings
+
+
+class HologramPath:
+    """Reconstructs and segments one posted hologram at a time.
+
+    The reference is the camera loop's (its source's, or the configured one) while
+    the loop has one, else the configured ``reference`` setting: a hologram posted
+    under ``make serve`` is reconstructed exactly as the camera's frames are. A
+    hologram of another shape than the reference (another instrument's) is
+    reconstructed without it, with a fitted background.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        live: LiveView,
+        camera: CameraLoop | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.live = live
+        self.camera = camera
+        self._processor: FrameProcessor | None = None
+        self._unreferenced: FrameProcessor | None = None
+        self._reference: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def _configured_reference(self) -> np.ndarray | None:
+        path = self.settings.reference
+        return read_hologram(path).frames[0] if path else None
+
+    def _new_processor(self, reference: np.ndarray | None) -> FrameProcessor:
+        s = self.settings
+        return FrameProcessor(
+            s.reconstruction_config(),
+            s.segmentation_config(),
+            get_backend(s.array_backend),
+            reference,
+        )
+
+    def processor(self, shape: tuple[int, int]) -> FrameProcessor:
+        """The frame processor for a hologram of ``shape``, with the reference in
+        force now when it has that shape."""
+        with self._lock:
+            if self._processor is None:
+                self._reference = self._configured_reference()
+                self._processor = self._new_processor(self._reference)
+            loop_reference = self.camera.reference if self.camera is not None else None
+            if loop_reference is not None and loop_reference is not self._reference:
+                self._processor.set_reference(loop_reference)
+                self._reference = loop_reference
+            if self._reference is None or self._reference.shape == shape:
+                return self._processor
+            if self._unreferenced is None:
+                self._unreferenced = self._new_processor(None)
+            return self._unreferenced
+
+    def process(
+        self, raw: np.ndarray, hologram: np.ndarray, crop: CropGeometry
+    ) -> tuple[int, ProcessedFrames]:
+        """Reconstruct and segment ``hologram`` : (H, W), time the stages and show it
+        in the live view (``raw``: the counts as posted); returns its live frame id.
+        Raises ``ValueError`` when the hologram cannot be reconstructed."""
+        frame_id, grabbed_at = self.live.api_frame_id(), time.time()
+        processed = self.processor(hologram.shape).process(hologram, crop)
+        self.metrics.stage_seconds.labels("reconstruct").observe(processed.reconstruct_s)
+        self.metrics.stage_seconds.labels("segment").observe(processed.segment_s)
+        segmentation = processed.segmentations[0]
+        counts = raw if raw.dtype.kind == "u" else hologram  # as the camera gave them
+        self.live.frame(
+            frame_id,
+            grabbed_at,
+            counts,
+            processed.maps.opd_nm[0],
+            segmentation.labels,
+            [c.label for c in segmentation.cells],
+            bit_depth_of(raw),
+            "api",
+        )
+        return frame_id, processed

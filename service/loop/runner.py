@@ -1,0 +1,482 @@
+"""The real-time camera loop (docs/design.md, "Data flow and threads").
+
+::
+
+    grab thread --frames--> FrameQueue (bounded, drops the oldest) --> worker threads
+      (FrameProcessor: reconstruct + segment) --crops--> the classifier (the shared
+      micro-batcher) --> the results store --> observers: live view, crop archive
+
+Nothing blocks the grab thread: a full queue drops its oldest frame and counts it.
+Workers do not wait for inference either: each frame's crops go to the batcher
+with a callback that stores the results, so a worker is free for the next frame.
+
+States (:class:`RunState`)::
+
+               start()              camera open
+      IDLE ------------> STARTING --------------> RUNNING
+       ^                   |   ^                    |  camera lost, silent or failing
+       |       open fails  v   | reopened           v
+       |                 FAILED <-------------------+   (retried with backoff)
+       |                   |
+       |  stop()           v        every queued frame processed, its cells stored
+       +------------- STOPPING ------------------------------> IDLE
+                           | (a replay's last frame stops by itself)
+                           +---- not done within the timeout --> FAILED
+
+Every count and error lives in :class:`service.metrics.Metrics` only; ``status()``
+reads them back, so ``GET /acquisition`` and ``/metrics`` tell the same numbers.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from acquisition.cameras import (
+    Camera,
+    CameraError,
+    CameraLost,
+    EndOfStream,
+    GrabbedFrame,
+    GrabFailed,
+    GrabTimeout,
+)
+from acquisition.frames import CropGeometry, ProcessedFrames
+from acquisition.segmentation import Cell
+from models.runtime import Prediction
+
+from .frame_queue import FrameQueue
+from .states import Count, ErrorReason, RunState
+from .workers import Worker, WorkerConfig, WorkerDied, start_worker
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+#: Consecutive failed buffers (free run) after which the camera is reopened.
+MAX_FAILED_IN_A_ROW = 50
+#: Consecutive grab timeouts in free run after which the camera is reopened.
+MAX_TIMEOUTS_IN_A_ROW = 5
+#: The grab rate is measured over this window, seconds.
+RATE_WINDOW_S = 5.0
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One frame's way through a worker, handed to the ``on_frame`` observers."""
+
+    frame: GrabbedFrame
+    processed: ProcessedFrames
+
+
+@dataclass
+class StoredCells:
+    """Cells of one frame after they were committed (``on_stored`` observers)."""
+
+    frame: GrabbedFrame
+    cells: list[Cell]
+    crops: np.ndarray
+    prediction: Prediction
+    labels: list[str]
+    ids: list[int]
+
+
+@dataclass(frozen=True)
+class LoopStatus:
+    """A snapshot of the camera loop, taken under its lock (``GET /acquisition``)."""
+
+    state: RunState
+    camera: str
+    detail: str
+    started_at: float | None
+    frames_per_second: float
+    queue_depth: int
+    queue_size: int
+    counts: Mapping[Count, int]
+    errors: Mapping[ErrorReason, int]
+    last_error: str | None
+    camera_info: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Classifier(Protocol):
+    """What the loop needs from the service: the served model's crop geometry, the
+    shared micro-batcher and the store (see :class:`service.classification.Classification`)."""
+
+    def crop_geometry(self) -> CropGeometry: ...
+
+    def submit(self, crops: np.ndarray) -> Future[Prediction]: ...
+
+    def store_cells(
+        self, prediction: Prediction, frame: GrabbedFrame, cells: list[Cell]
+    ) -> tuple[list[str], Future[list[int]]]: ...
+
+
+class AcquisitionRunner:
+    """Runs one camera through reconstruction, segmentation, classification and storage.
+
+    Parameters
+    ----------
+    camera : the camera's name for the status (``emulator``, ``replay:PATH``, ...)
+    camera_factory : builds the camera and the reference hologram (if it has one);
+        called in the grab thread, again after every reconnect
+    workers_config : how the workers reconstruct and segment
+    classifier : the service side (crop geometry, batcher and store)
+    metrics : where every count and error goes
+    """
+
+    def __init__(
+        self,
+        camera: str,
+        camera_factory: Callable[[], tuple[Camera, np.ndarray | None]],
+        workers_config: WorkerConfig,
+        classifier: Classifier,
+        metrics: Metrics,
+        *,
+        workers: int = 2,
+        queue_size: int = 32,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        trigger: str = "free",
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"at least one worker is needed, got {workers}")
+        self.camera = camera
+        self.camera_factory = camera_factory
+        self.workers_config = workers_config
+        self.classifier = classifier
+        self.metrics = metrics
+        self.workers = workers
+        self.queue_size = queue_size
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = reconnect_max_s
+        self.trigger = trigger
+        #: Called in a worker for each processed frame, and after a frame's cells are
+        #: stored (from the store's thread); both must be quick.
+        self.on_frame: list[Callable[[FrameResult], None]] = []
+        self.on_stored: list[Callable[[StoredCells], None]] = []
+
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._state = RunState.IDLE
+        self._detail = "not started"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._queue = FrameQueue(queue_size)
+        self._reference: np.ndarray | None = None
+        self._reference_version = 0
+        self._camera_info: dict[str, Any] = {}
+        self._inflight = 0  # frames whose cells are in the batcher or the store
+        self._grab_times: collections.deque[float] = collections.deque(maxlen=256)
+        self._last_error: str | None = None
+        self._started_at: float | None = None
+        self._finished: str | None = None  # why the stream ended by itself
+
+    # -- control --------------------------------------------------------------------
+
+    @property
+    def state(self) -> RunState:
+        return self._state
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        """The reference hologram of the open camera's source (None: none)."""
+        with self._lock:
+            return self._reference
+
+    def start(self) -> None:
+        """Start the loop (the camera opens in the background). Raises RuntimeError
+        when it is already running or stopping."""
+        with self._lock:
+            busy = (RunState.STARTING, RunState.RUNNING, RunState.STOPPING)
+            if self._state in busy or self._threads:
+                raise RuntimeError(f"the acquisition is already {self._state}")
+            self._set_state(RunState.STARTING, "opening the camera")
+            self._stop.clear()
+            self._finished = None
+            self._queue = FrameQueue(self.queue_size)
+            self._started_at = time.time()
+        threads = [threading.Thread(target=self._grab_loop, name="camera-grab", daemon=True)]
+        threads += [
+            threading.Thread(target=self._work_loop, name=f"pipeline-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        self._threads = threads
+        for thread in (*threads[1:], threads[0]):  # the workers first: stop() joins them
+            thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop grabbing, process every queued frame, wait until its cells are stored."""
+        with self._lock:
+            if not self._threads:
+                return
+            self._set_state(RunState.STOPPING, "finishing the queued frames")
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        grab, *workers = self._threads
+        grab.join(max(deadline - time.monotonic(), 0))
+        self._queue.close()
+        for thread in workers:
+            thread.join(max(deadline - time.monotonic(), 0))
+        with self._idle:
+            while self._inflight and time.monotonic() < deadline:
+                self._idle.wait(max(deadline - time.monotonic(), 0.01))
+            left = self._inflight
+        self._threads = []
+        self.metrics.camera_up.set(0)
+        self.metrics.queue_depth.set(len(self._queue))
+        with self._lock:
+            alive = [t.name for t in (grab, *workers) if t.is_alive()]
+            if left or alive:
+                self._set_state(
+                    RunState.FAILED,
+                    f"stop timed out: {left} frames' cells unstored, threads still running: "
+                    f"{', '.join(alive) or 'none'}",
+                )
+            else:
+                self._set_state(RunState.IDLE, self._finished or "stopped")
+        logger.info("acquisition stopped: %s", dict(self.metrics.loop_counts()))
+
+    def status(self) -> LoopStatus:
+        """A frozen snapshot for ``GET /acquisition``."""
+        counts = self.metrics.loop_counts()
+        errors = self.metrics.error_counts()
+        with self._lock:
+            times = list(self._grab_times)
+            now = time.monotonic()
+            recent = [t for t in times if now - t <= RATE_WINDOW_S]
+            fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
+            return LoopStatus(
+                state=self._state,
+                camera=self.camera,
+                detail=self._detail,
+                started_at=self._started_at,
+                frames_per_second=round(fps, 2),
+                queue_depth=len(self._queue),
+                queue_size=self.queue_size,
+                counts=counts,
+                errors=errors,
+                last_error=self._last_error,
+                camera_info=dict(self._camera_info),
+            )
+
+    # -- internals ------------------------------------------------------------------
+
+    def _set_state(self, state: RunState, detail: str) -> None:
+        if state != self._state:
+            logger.info("acquisition %s: %s", state, detail)
+        self._state, self._detail = state, detail
+
+    def _error(self, reason: ErrorReason, message: str) -> None:
+        with self._lock:
+            self._last_error = message
+        self.metrics.error(reason)
+
+    def _grab_loop(self) -> None:
+        backoff = self.reconnect_min_s
+        attempt = 0
+        while not self._stop.is_set():
+            camera: Camera | None = None
+            try:
+                camera, reference = self.camera_factory()
+                camera.open()
+            except Exception as exc:  # any failure to open is retried; the API stays up
+                if not isinstance(exc, CameraError | OSError | ValueError):
+                    logger.exception("unexpected error opening the camera")
+                if camera is not None:
+                    camera.close()
+                attempt += 1
+                message = f"camera: {' '.join(str(exc).split())}"
+                self._error(ErrorReason.CAMERA_OPEN, message)
+                with self._lock:
+                    self._set_state(
+                        RunState.FAILED, f"{message}; retry {attempt} in {backoff:.1f} s"
+                    )
+                logger.warning("%s; retrying in %.1f s", message, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.reconnect_max_s)
+                continue
+            with self._lock:
+                if reference is not self._reference:
+                    self._reference = reference
+                    self._reference_version += 1
+                self._camera_info = camera.describe()
+                if self._state != RunState.STOPPING:
+                    self._set_state(RunState.RUNNING, f"streaming from {self.camera}")
+            if attempt:
+                self.metrics.count(Count.RECONNECTS)
+            self.metrics.camera_up.set(1)
+            try:
+                lost = self._stream(camera)
+            finally:
+                camera.close()
+                self.metrics.camera_up.set(0)
+            if lost is None:
+                return
+            attempt = 1
+            backoff = self.reconnect_min_s
+            with self._lock:
+                self._set_state(RunState.FAILED, f"{lost}; reconnecting in {backoff:.1f} s")
+            logger.warning("%s; reconnecting in %.1f s", lost, backoff)
+            self._stop.wait(backoff)
+
+    def _stream(self, camera: Camera) -> str | None:
+        """Grab until stopped (None) or until the camera is lost (the reason)."""
+        failed_in_a_row = timeouts_in_a_row = 0
+        while not self._stop.is_set():
+            try:
+                frame = camera.grab()
+            except GrabTimeout as exc:
+                if self.trigger != "free":
+                    continue  # waiting for a trigger is normal
+                self._error(ErrorReason.GRAB_TIMEOUT, str(exc))
+                timeouts_in_a_row += 1
+                if timeouts_in_a_row >= MAX_TIMEOUTS_IN_A_ROW:
+                    return f"camera silent: {timeouts_in_a_row} grab timeouts in a row"
+                continue
+            except GrabFailed as exc:
+                self._error(ErrorReason.GRAB_FAILED, str(exc))
+                failed_in_a_row += 1
+                if failed_in_a_row in (1, 10) or failed_in_a_row % 100 == 0:
+                    logger.warning("grab failed (%d in a row): %s", failed_in_a_row, exc)
+                if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+                    return f"camera failing: {failed_in_a_row} failed buffers in a row ({exc})"
+                continue
+            except EndOfStream as exc:
+                with self._lock:
+                    self._finished = str(exc)
+                    self._set_state(RunState.STOPPING, str(exc))
+                self._stop.set()
+                threading.Thread(target=self.stop, name="replay-end", daemon=True).start()
+                return None
+            except CameraLost as exc:
+                self._error(ErrorReason.CAMERA_LOST, str(exc))
+                return f"camera lost: {exc}"
+            except CameraError as exc:
+                self._error(ErrorReason.GRAB_FAILED, str(exc))
+                failed_in_a_row += 1
+                if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+                    return f"camera failing: {exc}"
+                continue
+            except Exception as exc:  # a driver error nobody foresaw: reopen the camera
+                logger.exception("unexpected error grabbing")
+                self._error(ErrorReason.CAMERA_LOST, f"{type(exc).__name__}: {exc}")
+                return f"camera error: {type(exc).__name__}: {exc}"
+            failed_in_a_row = timeouts_in_a_row = 0
+            dropped = self._queue.put(frame)
+            with self._lock:
+                self._grab_times.append(frame.monotonic)
+            self.metrics.count(Count.FRAMES_GRABBED)
+            if dropped:
+                self.metrics.count(Count.FRAMES_DROPPED, dropped)
+            self.metrics.queue_depth.set(len(self._queue))
+        return None
+
+    def _start_worker(self) -> tuple[Worker, int]:
+        with self._lock:
+            reference, version = self._reference, self._reference_version
+        return start_worker(self.workers_config, reference), version
+
+    def _work_loop(self) -> None:
+        worker: Worker | None = None
+        version = -1
+        try:
+            while True:
+                frame = self._queue.get(timeout=0.25)
+                if frame is None:
+                    if self._queue.closed:
+                        return
+                    continue
+                self.metrics.queue_depth.set(len(self._queue))
+                for attempt in (1, 2):  # a frame whose worker died gets one more worker
+                    try:
+                        if worker is not None and version != self._reference_version:
+                            worker.close()
+                            worker = None
+                        if worker is None:
+                            worker, version = self._start_worker()
+                        self._process(frame, worker)
+                    except WorkerDied as exc:
+                        if worker is not None:
+                            worker.close()
+                            worker = None
+                        retry = attempt == 1
+                        fate = "a new worker takes it" if retry else "the frame is lost"
+                        self._error(ErrorReason.WORKER, f"frame {frame.index}: {exc}; {fate}")
+                        logger.error("frame %d: %s; %s", frame.index, exc, fate)
+                        if retry:
+                            continue
+                    except ValueError as exc:  # HologramError and friends: this frame is bad
+                        self._error(ErrorReason.RECONSTRUCTION, f"frame {frame.index}: {exc}")
+                        logger.debug("frame %d skipped: %s", frame.index, exc)
+                    except Exception as exc:  # a worker must survive any one frame
+                        message = f"frame {frame.index}: {type(exc).__name__}: {exc}"
+                        self._error(ErrorReason.WORKER, message)
+                        logger.exception("frame %d failed in the pipeline", frame.index)
+                    break
+        finally:
+            if worker is not None:
+                worker.close()
+
+    def _process(self, frame: GrabbedFrame, worker: Worker) -> None:
+        processed = worker.process(frame.image, self.classifier.crop_geometry())
+        self.metrics.stage_seconds.labels("reconstruct").observe(processed.reconstruct_s)
+        self.metrics.stage_seconds.labels("segment").observe(processed.segment_s)
+        cells = processed.cells
+        self.metrics.count(Count.FRAMES_PROCESSED)
+        self.metrics.count(Count.CELLS_CUT, len(cells))
+        for observer in self.on_frame:
+            observer(FrameResult(frame, processed))
+        if not cells:
+            return
+        crops = processed.crops()
+        with self._lock:
+            self._inflight += 1
+        future = self.classifier.submit(crops)
+        future.add_done_callback(lambda f: self._classified(f, frame, cells, crops))
+
+    def _classified(
+        self, future: Future[Prediction], frame: GrabbedFrame, cells: list[Cell], crops: np.ndarray
+    ) -> None:
+        try:
+            prediction = future.result()
+            labels, stored = self.classifier.store_cells(prediction, frame, cells)
+        except Exception as exc:
+            self._lost_cells(len(cells), f"classification failed: {type(exc).__name__}: {exc}")
+            return
+        stored.add_done_callback(
+            lambda f: self._stored(f, StoredCells(frame, cells, crops, prediction, labels, []))
+        )
+
+    def _stored(self, future: Future[list[int]], result: StoredCells) -> None:
+        try:
+            result.ids = future.result()
+        except Exception as exc:
+            self._lost_cells(len(result.cells), f"storing failed: {type(exc).__name__}: {exc}")
+            return
+        try:
+            for observer in self.on_stored:
+                observer(result)
+        except Exception:
+            logger.exception("an observer of stored cells failed")
+        finally:
+            self._done_one()
+
+    def _lost_cells(self, n: int, message: str) -> None:
+        self._error(ErrorReason.CLASSIFY, message)
+        self.metrics.count(Count.CELLS_LOST, n)
+        self._done_one()
+
+    def _done_one(self) -> None:
+        with self._idle:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.notify_all()

@@ -1,0 +1,57 @@
+"""The running service, wired in one place from :class:`Settings`.
+
+Each capability is an object of its own, handed to the routes by one dependency
+each (``service/api/deps.py``):
+
+- :class:`Classification`: the model, the shared micro-batcher, the results store;
+- :class:`LiveView`: what the operator's page shows;
+- :class:`CameraLoop`: the camera loop and its observers (None without a camera);
+- :class:`HologramPath`: holograms posted to the API, reconstructed as the loop does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .camera import CameraLoop
+from .classification import Classification
+from .holograms import HologramPath
+from .live import LiveView
+from .metrics import Metrics
+from .settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    classification: Classification
+    live: LiveView
+    holograms: HologramPath
+    camera: CameraLoop | None = None
+    started: float = field(default_factory=time.time)
+
+    @classmethod
+    def start(cls, settings: Settings) -> Services:
+        """Build every capability the settings ask for and start the camera loop."""
+        metrics = Metrics()
+        spec = settings.camera_spec()
+        metrics.camera_enabled.set(spec is not None)
+        classification = Classification.start(settings, metrics)
+        live = LiveView()
+        camera = None
+        if spec is not None:
+            camera = CameraLoop.build(settings, spec, classification, metrics, live)
+        holograms = HologramPath(settings, metrics, live, camera)
+        services = cls(settings, metrics, classification, live, holograms, camera)
+        if camera is not None:
+            camera.start()
+        return services
+
+    def close(self) -> None:
+        """Stop the camera loop (its queued frames are processed), close the archive,
+        drain the batcher, then commit every queued result."""
+        if self.camera is not None:
+            self.camera.close()
+        self.classification.close()
