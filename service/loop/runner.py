@@ -243,7 +243,8 @@ class AcquisitionRunner:
                 )
             else:
                 self._set_state(RunState.IDLE, self._finished or "stopped")
-        logger.info("acquisition stopped: %s", dict(self.metrics.loop_counts()))
+        counts = {what.value: n for what, n in self.metrics.loop_counts().items()}
+        logger.info("acquisition stopped: %s", counts)
 
     def status(self) -> LoopStatus:
         """A frozen snapshot for ``GET /acquisition``."""
