@@ -193,6 +193,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are public test data
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
