@@ -28,7 +28,8 @@ def real_dir() -> Path:
     try:
         return real_data_dir()
     except RealDataError as e:
-        pytest.fail(str(e), pytrace=False)
+        reason = str(e)
+    pytest.fail(reason, pytrace=False)  # outside the handler: one message, no traceback
 
 
 @pytest.fixture(scope="session")
