@@ -1,10 +1,11 @@
-# Everything a fresh Linux machine needs: each target creates .venv and installs
-# what it uses when missing.
+# Everything a fresh Linux machine needs: each target creates $(VENV) and installs
+# what it uses when missing. `make serve` installs the service alone (no PyTorch, no
+# test tools); test, lint and bench install everything.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-REAL ?= ../shared/data/real
+SERVE_STAMP := $(VENV)/.installed-serve
 
 .PHONY: serve test lint bench install tools clean
 
@@ -12,6 +13,20 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
+	@touch $@
+
+# What the service needs at run time: the package and the PostgreSQL driver. An up
+# to date full install above includes them, so then nothing is installed; otherwise
+# pip adds only what is missing and keeps whatever already satisfies a requirement.
+$(SERVE_STAMP): pyproject.toml
+	@if [ $(STAMP) -nt pyproject.toml ]; then \
+		echo "$(VENV) has the full install"; \
+	else \
+		set -e; \
+		test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+		$(BIN)/python -m pip install --quiet --upgrade pip; \
+		$(BIN)/python -m pip install --quiet -e '.[postgres]'; \
+	fi
 	@touch $@
 
 install: $(STAMP)
@@ -51,7 +66,7 @@ bench: $(STAMP)
 # The whole product: the pylon camera emulator streaming simulated SW480/SW620
 # holograms (rendered once into data/emulator), the bundled model, results in
 # data/results.sqlite, the live page at http://127.0.0.1:8000/.
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(BIN)/topgan serve
 
 clean:

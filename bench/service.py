@@ -10,9 +10,8 @@ drives it with a light raw-asyncio HTTP/1.1 client over keep-alive connections:
 4. side by side, the peer floor: the same ONNX model run directly in ONNX Runtime
    (no HTTP, no store), one crop and 32 crops per call.
 
-The model: ``--model DIR``, else the bundled ``models/sw480-sw620``, else a small
-model built for the run (said in the output). Bounded: loopback only, a fixed
-number of requests, a time limit per phase.
+The model: ``--model DIR``, else the bundled ``models/sw480-sw620``. Bounded:
+loopback only, a fixed number of requests, a time limit per phase.
 
 Usage: ``python bench/service.py [--requests 100000] [--connections 16]``
 """
@@ -182,15 +181,10 @@ def main() -> int:
     parser.add_argument("--model", type=Path)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="topgan-bench-"))
     model = args.model or REPO / "models" / "sw480-sw620"
-    note = ""
     if not (model / "manifest.json").exists():
-        sys.path.insert(0, str(REPO))
-        from tests.models.onnx_model import write_small_model
-
-        model = write_small_model(work / "models" / "small")
-        note = " (the bundled model does not exist yet: a small 2-layer model built for this run)"
+        parser.error(f"--model: {model} is not a model directory (no manifest.json)")
+    work = Path(tempfile.mkdtemp(prefix="topgan-bench-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -220,7 +214,7 @@ def main() -> int:
         rng = np.random.default_rng(0)
         one = request_bytes(port, npy(rng.normal(200, 50, (128, 128))))
         many = request_bytes(port, npy(rng.normal(200, 50, (32, 128, 128))))
-        print(f"# service benchmark: {os.cpu_count()} cores, model {model}{note}")
+        print(f"# service benchmark: {os.cpu_count()} cores, model {model}")
         asyncio.run(closed_loop(port, one, args.connections, 2000))  # warm-up
         rows = []
         for name, payload, cells, count in (

@@ -1,10 +1,9 @@
-"""Shared fixtures: the real holograms in ../shared/data/real and simulated scenes
+"""Shared fixtures: the real holograms (see tests/realdata.py) and simulated scenes
 built from an exact optical field."""
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,22 +19,17 @@ from acquisition.simulator.optics import (
     record_hologram,
     smooth_aberration,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def real_data_dir() -> Path:
-    """The real holograms: $TOPGAN_REAL_DATA, else ../shared/data/real beside the repo."""
-    env = os.environ.get("TOPGAN_REAL_DATA")
-    path = Path(env) if env else REPO.parent / "shared" / "data" / "real"
-    if not (path / "hl60_hologram_with_bg.npz").exists():
-        pytest.fail(f"the real holograms are missing: expected them in {path}")
-    return path
+from tests.realdata import RealDataError, real_data_dir
 
 
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
-    return real_data_dir()
+    """The real holograms: $TOPGAN_REAL_DATA, ../shared/data/real, or fetched once."""
+    try:
+        return real_data_dir()
+    except RealDataError as e:
+        reason = str(e)
+    pytest.fail(reason, pytrace=False)  # outside the handler: one message, no traceback
 
 
 @pytest.fixture(scope="session")

@@ -112,3 +112,24 @@ def headless_chromium(browser_paths: tuple[str, str]) -> Any:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
         options.add_argument(arg)
     return webdriver.Chrome(options=options, service=Service(executable_path=browser_paths[1]))
+
+
+def page_wait(driver: Any, timeout: float) -> Any:
+    """A WebDriverWait for the live page, which replaces elements as it updates
+    (``#frame-id``, the count rows, the crops): its conditions find their elements
+    afresh on every try, and one that was replaced meanwhile means another try."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(
+        driver,
+        timeout,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )
+
+
+def page_text(driver: Any, selector: str) -> str:
+    """The rendered text of the element ``selector`` selects ('' when there is none),
+    found and read in one script: nothing the page replaces in between can go stale."""
+    script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
+    return str(driver.execute_script(script, selector))

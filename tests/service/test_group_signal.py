@@ -34,9 +34,7 @@ def emulator_images(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("delay_s", DELAYS_S)
-def test_a_group_sigterm_while_the_workers_start_stops_cleanly(
-    tmp_path, emulator_images, delay_s
-):
+def test_a_group_sigterm_while_the_workers_start_stops_cleanly(tmp_path, emulator_images, delay_s):
     port = free_port()
     db = tmp_path / "results.sqlite"
     log = tmp_path / "server.log"
@@ -87,6 +85,6 @@ def test_a_group_sigterm_while_the_workers_start_stops_cleanly(
     assert "Application shutdown complete" in text, text
     # Every cell the loop cut before the stop was stored.
     stopped = [line for line in text.splitlines() if "acquisition stopped:" in line][-1]
-    assert f"'cells_lost': 0" in stopped
+    assert "'cells_lost': 0" in stopped
     cut = int(stopped.split("'cells_cut': ")[1].split(",")[0])
     assert len(camera_rows(db)) == cut

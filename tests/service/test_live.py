@@ -27,7 +27,7 @@ from service.live import (
     bit_depth_of,
     opd_display_shape,
 )
-from tests.service.conftest import headless_chromium, start_server
+from tests.service.conftest import headless_chromium, page_text, page_wait, start_server
 
 REAL_FILES = [
     "hl60_hologram_with_bg.npz",
@@ -419,7 +419,6 @@ def test_live_routes_before_and_after_a_hologram(live_server, real_dir):
 
 def test_page_in_chromium_shows_the_hologram_just_classified(browser_paths, live_server, real_dir):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     hologram = tifffile.imread(real_dir / "single_cell_hologram.tif")
     with httpx.Client(base_url=live_server.url, timeout=30) as c:
@@ -435,33 +434,32 @@ def test_page_in_chromium_shows_the_hologram_just_classified(browser_paths, live
     driver = headless_chromium(browser_paths)
     try:
         driver.get(live_server.url + "/")
-        wait = WebDriverWait(driver, 10)
+        wait = page_wait(driver, 10)
         loaded = "const i = document.getElementById(arguments[0]);"
         loaded += "return i.complete && i.naturalWidth"
         wait.until(lambda d: all(d.execute_script(loaded, i) for i in ("hologram", "opd")))
         assert driver.execute_script(loaded, "hologram") == hologram.shape[1]
-        crop = wait.until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, f'.crop[data-result-id="{cell["id"]}"]')
-        )[0]
-        assert crop.find_element(By.CLASS_NAME, "label").text == cell["label"]
-        wait.until(
-            lambda d: d.execute_script(
-                "const i = arguments[0].querySelector('img'); return i.complete && i.naturalWidth",
-                crop,
-            )
-        )
-        wait.until(lambda d: d.find_element(By.ID, "total-cells").text == str(summary["cells"]))
-        for label, count in summary["counts"].items():
-            row = driver.find_element(By.CSS_SELECTOR, f'#counts tr[data-class="{label}"]')
-            assert row.find_element(By.CLASS_NAME, "count").text == str(count)
-        assert driver.find_element(By.ID, "frame-id").text == "-1"
-        assert driver.find_element(By.ID, "acq-state").text.lower() == "disabled"
-        assert driver.find_element(By.ID, "model-name").text == "small 1"
+        crop = f'.crop[data-result-id="{cell["id"]}"]'
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, crop))
+        assert page_text(driver, f"{crop} .label") == cell["label"]
+        loaded_crop = "const i = document.querySelector(arguments[0]);"
+        loaded_crop += "return i !== null && i.complete && i.naturalWidth"
+        wait.until(lambda d: d.execute_script(loaded_crop, f"{crop} img"))
+        wait.until(lambda d: page_text(d, "#total-cells") == str(summary["cells"]))
+        for label, count in summary["counts"].items():  # the rows are rebuilt on every poll
+            assert page_text(driver, f'#counts tr[data-class="{label}"] .count') == str(count)
+        assert page_text(driver, "#frame-id") == "-1"
+        assert page_text(driver, "#acq-state").lower() == "disabled"
+        assert page_text(driver, "#model-name") == "small 1"
         assert not driver.find_element(By.ID, "banner").is_displayed()
 
         # The operator sees when the service goes away.
         live_server.stop()
-        banner = driver.find_element(By.ID, "banner")
-        wait.until(lambda d: banner.is_displayed() and "unreachable" in banner.text)
+        wait.until(
+            lambda d: (
+                d.find_element(By.ID, "banner").is_displayed()
+                and "unreachable" in page_text(d, "#banner")
+            )
+        )
     finally:
         driver.quit()
