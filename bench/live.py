@@ -17,8 +17,8 @@ import sys
 import time
 
 from acquisition.backend import get_backend
-from acquisition.reconstruction import ReconstructionConfig, Reconstructor
-from acquisition.segmentation import Segmenter
+from acquisition.frames import FrameProcessor
+from acquisition.reconstruction import ReconstructionConfig
 from acquisition.simulator.scene import FlowSimulator, SceneConfig
 from service.live import LiveView
 
@@ -30,13 +30,14 @@ def main(argv: list[str] | None = None) -> int:
 
     simulator = FlowSimulator(SceneConfig(shape=(1024, 1280)), ["sw480", "sw620"], seed=1)
     config = ReconstructionConfig(sample_half="left")
-    reconstructor = Reconstructor(config, get_backend("numpy"), simulator.reference)
+    processor = FrameProcessor(config, backend=get_backend("numpy"), reference=simulator.reference)
     frames = []
     for i in range(5):
         hologram = simulator.frame(i).hologram
-        maps = reconstructor.reconstruct(hologram)
-        seg = Segmenter().segment(maps)[0]
-        frames.append((hologram, maps.opd_nm[0], seg.labels, [c.label for c in seg.cells]))
+        processed = processor.process(hologram)
+        seg = processed.segmentations[0]
+        opd_nm = processed.maps.opd_nm[0]
+        frames.append((hologram, opd_nm, seg.labels, [c.label for c in seg.cells]))
     print(f"hologram {frames[0][0].shape}, OPD map {frames[0][1].shape}")
 
     view = LiveView(display_interval_s=0)

@@ -15,8 +15,8 @@ import sys
 import time
 
 from acquisition.backend import cpu_count, get_backend
-from acquisition.reconstruction import ReconstructionConfig, Reconstructor
-from acquisition.segmentation import Segmenter
+from acquisition.frames import FrameProcessor
+from acquisition.reconstruction import ReconstructionConfig
 from acquisition.simulator.datasets import simulate_direct, simulate_full
 from acquisition.simulator.scene import FlowSimulator, SceneConfig
 
@@ -43,20 +43,18 @@ def main() -> int:
 
     scene = SceneConfig()
     sim = FlowSimulator(scene, ["sw480"], seed=0)
-    rec = Reconstructor(ReconstructionConfig(sample_half="left"), backend, reference=sim.reference)
-    segmenter = Segmenter()
+    processor = FrameProcessor(
+        ReconstructionConfig(sample_half="left"), backend=backend, reference=sim.reference
+    )
     parts: dict[str, list[float]] = {"simulate frame": [], "reconstruct": [], "segment + crop": []}
     for i in range(20):
         t0 = time.perf_counter()
         frame = sim.frame(i)
         t1 = time.perf_counter()
-        maps = rec.reconstruct(frame.hologram)
-        t2 = time.perf_counter()
-        segmenter.segment(maps)
-        t3 = time.perf_counter()
+        processed = processor.process(frame.hologram)
         parts["simulate frame"].append(t1 - t0)
-        parts["reconstruct"].append(t2 - t1)
-        parts["segment + crop"].append(t3 - t2)
+        parts["reconstruct"].append(processed.reconstruct_s)
+        parts["segment + crop"].append(processed.segment_s)
     print(f"\nPer 1024x1280 frame with {scene.cells_per_frame:g} cells on average (median of 20):")
     for name, values in parts.items():
         print(f"- {name}: {1e3 * statistics.median(values):.1f} ms")

@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from acquisition.backend import get_backend
-from acquisition.reconstruction import ReconstructionConfig, Reconstructor
-from acquisition.segmentation import Segmenter
+from acquisition.frames import FrameProcessor
+from acquisition.reconstruction import ReconstructionConfig
 from acquisition.simulator.datasets import segmentation_for, simulate_full
 from acquisition.simulator.phantoms import (
     ALL_LINES,
@@ -47,24 +47,21 @@ def figure(line: str, seed: int) -> str:
     scene = SceneConfig(cells_per_frame=5.0, touching_probability=0.0, clipped_probability=0.0)
     sim = FlowSimulator(scene, [line], seed=seed)
     backend = get_backend("numpy")
-    rec = Reconstructor(
+    processor = FrameProcessor(
         ReconstructionConfig(
             sample_half=scene.sample_half, pixel_size_um=scene.optics.pixel_size_um
         ),
+        segmentation_for(line, 128, 0.25),
         backend,
         reference=sim.reference,
     )
-    segmenter = Segmenter(segmentation_for(line, 128, 0.25))
     frame = sim.frame(0)
-    maps = rec.reconstruct(frame.hologram)
-    seg = segmenter.segment(maps)[0]
+    processed = processor.process(frame.hologram)
+    maps, seg = processed.maps, processed.segmentations[0]
     crops = [c.crop_nm for c in seg.cells]
     index = 1
     while len(crops) < 4 and index < 10:
-        crops += [
-            c.crop_nm
-            for c in segmenter.segment(rec.reconstruct(sim.frame(index).hologram))[0].cells
-        ]
+        crops += [c.crop_nm for c in processor.process(sim.frame(index).hologram).cells]
         index += 1
     phantom = render_cell(line, np.random.default_rng(seed), 0.12)
 

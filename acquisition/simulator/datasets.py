@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict
 
 import numpy as np
 import scipy.ndimage as ndi
 
 from ..backend import ArrayBackend, get_backend
 from ..cropfile import CropDataset, qc_columns
-from ..reconstruction import ReconstructionConfig, Reconstructor
-from ..segmentation import QC_FEATURES, SegmentationConfig, Segmenter
+from ..frames import FrameProcessor
+from ..reconstruction import ReconstructionConfig
+from ..segmentation import QC_FEATURES, SegmentationConfig
 from .phantoms import check_line, render_cell
 from .scene import FlowSimulator, SceneConfig
 
@@ -42,9 +42,7 @@ SPERM_SEGMENTATION = SegmentationConfig(
 
 def segmentation_for(line: str, crop_size: int, crop_pixel_size_um: float) -> SegmentationConfig:
     base = SPERM_SEGMENTATION if line == "sperm" else SegmentationConfig()
-    return SegmentationConfig(
-        **{**asdict(base), "crop_size": crop_size, "crop_pixel_size_um": crop_pixel_size_um}
-    )
+    return base.for_crop(crop_size, crop_pixel_size_um)
 
 
 def _labels(lines: list[str]) -> tuple[list[str], dict[str, int]]:
@@ -70,15 +68,12 @@ def simulate_full(
     lines = [check_line(line) for line in lines]
     scene = scene or SceneConfig()
     simulator = FlowSimulator(scene, lines, seed=seed)
-    reconstructor = Reconstructor(
-        ReconstructionConfig(
-            wavelength_nm=scene.optics.wavelength_nm,
-            pixel_size_um=scene.optics.pixel_size_um,
-            sample_half=scene.sample_half,
-        ),
-        backend or get_backend("auto"),
-        reference=simulator.reference,
+    reconstruction = ReconstructionConfig(
+        wavelength_nm=scene.optics.wavelength_nm,
+        pixel_size_um=scene.optics.pixel_size_um,
+        sample_half=scene.sample_half,
     )
+    backend = backend or get_backend("auto")
     class_names, label_of = _labels(lines)
     crops: list[np.ndarray] = []
     labels: list[int] = []
@@ -86,7 +81,12 @@ def simulate_full(
     done, total = 0, count * len(lines)
     frame_index = 0
     for line in lines:
-        segmenter = Segmenter(segmentation_for(line, crop_size, crop_pixel_size_um))
+        processor = FrameProcessor(
+            reconstruction,
+            segmentation_for(line, crop_size, crop_pixel_size_um),
+            backend,
+            simulator.reference,
+        )
         found = 0
         budget = max_frames_per_cell * count
         while found < count:
@@ -98,9 +98,8 @@ def simulate_full(
             budget -= 1
             frame = simulator.frame(frame_index, line=line)
             frame_index += 1
-            maps = reconstructor.reconstruct(frame.hologram)
             truths = [o for o in frame.objects if o.kind == "cell"]
-            for cell in segmenter.segment(maps)[0].cells:
+            for cell in processor.process(frame.hologram).cells:
                 if found == count:
                     break
                 nearest = min(
