@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,3 +136,26 @@ def page_text(driver: Any, selector: str) -> str:
     found and read in one script: nothing the page replaces in between can go stale."""
     script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
     return str(driver.execute_script(script, selector))
+
+
+@contextlib.contextmanager
+def in_process(app: Any) -> Iterator[httpx.Client]:
+    """``app`` served by uvicorn on 127.0.0.1 in a thread of this process."""
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off", log_config=None)
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive(), "uvicorn ended before it started"
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=30) as c:
+            yield c
+    finally:
+        server.should_exit = True
+        thread.join(30)

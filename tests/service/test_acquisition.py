@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,8 @@ from service.services import Services
 from service.settings import DEFAULT_MODEL, REPO_ROOT, Settings
 from tests.service.conftest import (
     Server,
-    free_port,
     headless_chromium,
+    in_process,
     page_text,
     page_wait,
     start_server,
@@ -205,25 +204,6 @@ def test_unknown_camera_kind_is_a_one_line_error(tmp_path):
     assert done.returncode == 2
     assert "camera must be one of" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
-
-
-@contextlib.contextmanager
-def in_process(app: Any) -> Iterator[httpx.Client]:
-    """``app`` served by uvicorn on 127.0.0.1 in a thread of this process."""
-    import uvicorn
-
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off", log_config=None)
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, bool)
-        with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=30) as c:
-            yield c
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 class HeldBack:
