@@ -46,7 +46,9 @@ from acquisition.frames import FrameProcessor  # noqa: E402
 from acquisition.reconstruction import ReconstructionConfig  # noqa: E402
 from acquisition.segmentation import SegmentationConfig  # noqa: E402
 from acquisition.simulator.scene import SceneConfig  # noqa: E402
-from service.loop import AcquisitionRunner, Count, WorkerConfig  # noqa: E402
+from service.loop.runner import AcquisitionRunner  # noqa: E402
+from service.loop.states import Count  # noqa: E402
+from service.loop.workers import WorkerConfig  # noqa: E402
 from service.services import Services  # noqa: E402
 from service.settings import DEFAULT_MODEL, Settings  # noqa: E402
 from service.store import ResultRow  # noqa: E402

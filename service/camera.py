@@ -14,7 +14,9 @@ from acquisition.cameras.spec import CameraSpec, build_camera
 from .archive import ArchiveWriter, CropArchive
 from .classification import Classification
 from .live import LiveView
-from .loop import AcquisitionRunner, FrameResult, LoopStatus, RunState, StoredCells, WorkerConfig
+from .loop.runner import AcquisitionRunner, FrameResult, LoopStatus, StoredCells
+from .loop.states import RunState
+from .loop.workers import WorkerConfig
 from .metrics import Metrics
 from .settings import Settings
 

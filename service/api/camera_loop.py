@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
 from ..camera import CameraLoop
-from ..loop import RunState
+from ..loop.states import RunState
 from ..settings import Settings
 from .deps import ApiKey, CameraDep, SettingsDep
 from .schemas import AcquisitionStatus, ErrorResponse

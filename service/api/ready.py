@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from ..loop import RunState
+from ..loop.states import RunState
 from .deps import CameraDep, ClassificationDep, SettingsDep
 from .schemas import ModelSummary, Ready
 

@@ -1,21 +1,7 @@
-"""The camera loop: grab thread, bounded frame queue, workers, classification and
-storage, with its states, error reasons and counts."""
+"""The camera loop: ``frame_queue`` (the bounded queue between the grab thread and
+the workers), ``workers`` (the frame processor in a thread or a child process),
+``runner`` (the loop itself) and ``states`` (its states, error reasons and counts,
+shared with the metrics and the HTTP schemas).
 
-from .frame_queue import FrameQueue
-from .runner import AcquisitionRunner, Classifier, FrameResult, LoopStatus, StoredCells
-from .states import Count, ErrorReason, RunState
-from .workers import WorkerConfig, WorkerDied
-
-__all__ = [
-    "AcquisitionRunner",
-    "Classifier",
-    "Count",
-    "ErrorReason",
-    "FrameQueue",
-    "FrameResult",
-    "LoopStatus",
-    "RunState",
-    "StoredCells",
-    "WorkerConfig",
-    "WorkerDied",
-]
+The package imports nothing itself, so that ``states`` can be imported by the
+metrics without the runner."""

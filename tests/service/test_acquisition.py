@@ -26,7 +26,8 @@ from models.runtime import Prediction
 from service.app import create_app
 from service.camera import CameraLoop
 from service.classification import Classification
-from service.loop import AcquisitionRunner, WorkerConfig
+from service.loop.runner import AcquisitionRunner
+from service.loop.workers import WorkerConfig
 from service.services import Services
 from service.settings import DEFAULT_MODEL, REPO_ROOT, Settings
 from tests.service.conftest import (

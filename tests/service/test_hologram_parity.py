@@ -15,7 +15,7 @@ import tifffile
 
 from acquisition.cameras.emulator import prepare_emulator_images
 from service.app import create_app
-from service.loop import Count, RunState
+from service.loop.states import Count, RunState
 from service.services import Services
 from service.settings import DEFAULT_MODEL, Settings
 from tests.service.conftest import in_process

@@ -24,7 +24,10 @@ from acquisition.cameras.emulator import prepare_emulator_images
 from acquisition.reconstruction import ReconstructionConfig, Reconstructor
 from acquisition.segmentation import SegmentationConfig, Segmenter
 from models.runtime import ModelRuntime
-from service.loop import AcquisitionRunner, Count, ErrorReason, FrameQueue, WorkerConfig
+from service.loop.frame_queue import FrameQueue
+from service.loop.runner import AcquisitionRunner
+from service.loop.states import Count, ErrorReason
+from service.loop.workers import WorkerConfig
 from service.services import Services
 from service.settings import DEFAULT_MODEL, Settings
 

@@ -20,7 +20,8 @@ from service.app import create_app
 from service.camera import CameraLoop
 from service.classification import Classification
 from service.live import LiveView
-from service.loop import AcquisitionRunner, WorkerConfig
+from service.loop.runner import AcquisitionRunner
+from service.loop.workers import WorkerConfig
 from service.metrics import Metrics
 from service.settings import DEFAULT_MODEL, Settings
 from service.store import ResultStore
