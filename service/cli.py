@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from .errors import CommandError
+from acquisition.commandline import add_common_options, carrier, positive_float, run_command
 
 logger = logging.getLogger("topgan")
-
-EXIT_BAD_INPUT = 2
-
 
 CHANNELS_HELP = (
     "1: the OPD map (default); 3: the paper's colour encoding (a jet colour map of the "
@@ -25,39 +22,9 @@ CHANNELS_HELP = (
 )
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _carrier(text: str) -> tuple[float, float]:
-    try:
-        ky, kx = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected KY,KX in cycles per pixel, e.g. 0.2,0.25; got {text!r}"
-        ) from None
-    return ky, kx
-
-
 def _common() -> argparse.ArgumentParser:
-    """--seed and -q on every command too (SUPPRESS keeps the top-level value when
-    the option is given before the command)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--seed",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="random seed for anything random the command does (default 0)",
-    )
-    common.add_argument(
-        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings only"
-    )
+    add_common_options(common)
     return common
 
 
@@ -82,12 +49,12 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--wavelength-nm",
-        type=_positive_float,
+        type=positive_float,
         help="wavelength in nm (default: the file's metadata, else 632.8)",
     )
     p.add_argument(
         "--pixel-size-um",
-        type=_positive_float,
+        type=positive_float,
         help="camera pixel size in the sample plane, um (default: the file's, else 0.12)",
     )
     p.add_argument(
@@ -106,7 +73,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--carrier",
-        type=_carrier,
+        type=carrier,
         metavar="KY,KX",
         help="the +1 sideband in cycles per pixel (default: found automatically)",
     )
@@ -126,7 +93,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crops", metavar="FILE.h5", help="also write the single-cell crops here")
     p.add_argument(
         "--crop-pixel-size-um",
-        type=_positive_float,
+        type=positive_float,
         default=0.25,
         help="pixel size of the 128x128 crops, um (default 0.25)",
     )
@@ -180,7 +147,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                 help="render phantoms straight at the crop pixel size (fast; for "
                 "large unlabeled pools; recorded in the file's source)",
             )
-            k.add_argument("--crop-pixel-size-um", type=_positive_float, default=0.25)
+            k.add_argument("--crop-pixel-size-um", type=positive_float, default=0.25)
         k.add_argument(
             "--shape",
             type=_shape,
@@ -240,10 +207,10 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
     )
     imp.add_argument(
         "--pixel-size-um",
-        type=_positive_float,
+        type=positive_float,
         help="pixel size of the maps, or the camera's in the sample plane",
     )
-    imp.add_argument("--wavelength-nm", type=_positive_float, default=632.8)
+    imp.add_argument("--wavelength-nm", type=positive_float, default=632.8)
     imp.add_argument(
         "--unit",
         choices=("nm", "um", "rad"),
@@ -254,7 +221,7 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
     imp.add_argument(
         "--sample-half", default="full", choices=("left", "right", "top", "bottom", "full")
     )
-    imp.add_argument("--crop-pixel-size-um", type=_positive_float, default=0.25)
+    imp.add_argument("--crop-pixel-size-um", type=positive_float, default=0.25)
     imp.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"))
     p.set_defaults(handler=_run_dataset)
 
@@ -443,19 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    handler: Callable[[argparse.Namespace], None] = args.handler
-    try:
-        handler(args)
-    except (CommandError, ValueError, OSError) as exc:
-        # ValueError covers the packages' own input errors (HologramError,
-        # UnreadableFileError, ...), whose messages already say what is wrong.
-        message = " ".join(str(exc).split())  # always exactly one line
-        print(f"{_command_name(args)}: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"{_command_name(args)}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(args.handler, args, _command_name(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,11 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from acquisition.commandline import CommandError, ProgressPrinter, backend_or_error
 from acquisition.cropfile import CropDataset, read_crop_dataset, write_crop_dataset
-
-from ..errors import CommandError
-from ..progress import ProgressPrinter
-from . import backend_or_error
 
 
 def summary(path: Path) -> dict[str, Any]:

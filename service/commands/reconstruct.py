@@ -11,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from acquisition.commandline import CommandError, backend_or_error
 from acquisition.cropfile import CropDataset, qc_columns, write_crop_dataset
 from acquisition.io import read_hologram
 from acquisition.reconstruction import ReconstructionConfig, Reconstructor
 from acquisition.segmentation import QC_FEATURES, Cell, SegmentationConfig, Segmenter
-
-from ..errors import CommandError
-from . import backend_or_error
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import CommandError
+from acquisition.commandline import CommandError
 
 logger = logging.getLogger(__name__)
 

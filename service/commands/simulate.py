@@ -12,13 +12,11 @@ import h5py
 import numpy as np
 import tifffile
 
+from acquisition.commandline import CommandError, ProgressPrinter
 from acquisition.cropfile import write_crop_dataset
 from acquisition.simulator import phantoms
 from acquisition.simulator.datasets import simulate_direct, simulate_full
 from acquisition.simulator.scene import FlowSimulator, SceneConfig, TrueObject
-
-from ..errors import CommandError
-from ..progress import ProgressPrinter
 
 
 def parse_lines(text: str) -> list[str]:

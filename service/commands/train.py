@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import CommandError
-from ..progress import ProgressPrinter
+from acquisition.commandline import CommandError, ProgressPrinter
 
 DRY_RUN_STEPS = 2
 
