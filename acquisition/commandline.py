@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import get_args
 
 from .backend import ArrayBackend, BackendName, BackendUnavailableError, get_backend
@@ -25,6 +26,28 @@ BACKENDS: tuple[str, ...] = get_args(BackendName)
 
 class CommandError(Exception):
     """A command cannot do its work; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``topgan`` command.
+
+    name : the command word (also its entry point's name)
+    help : the line ``topgan --help`` shows for it
+    add_arguments : fills the command's parser (options, sub-commands)
+    run : does the work with the parsed arguments; raises :class:`CommandError`
+        (or ValueError, OSError) with a one-line message on bad input
+    order : where ``topgan --help`` lists it, in ascending order (entry points
+        come in no fixed order)
+    description : the text above the options in ``topgan NAME --help``
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+    order: int
+    description: str | None = None
 
 
 def run_command(

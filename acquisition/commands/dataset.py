@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -9,8 +10,79 @@ from typing import Any
 
 import numpy as np
 
-from acquisition.commandline import CommandError, ProgressPrinter, backend_or_error
-from acquisition.cropfile import CropDataset, read_crop_dataset, write_crop_dataset
+from ..commandline import (
+    Command,
+    CommandError,
+    ProgressPrinter,
+    add_common_options,
+    backend_or_error,
+    positive_float,
+)
+from ..cropfile import CropDataset, read_crop_dataset, write_crop_dataset
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    info = actions.add_parser("info", help="summary of a crop dataset")
+    add_common_options(info)
+    info.add_argument("file", metavar="FILE.h5")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    imp = actions.add_parser(
+        "import",
+        help="a folder of OPD maps or holograms plus a labels CSV -> a crop dataset",
+        description="Import single-cell OPD maps (--maps: .npy, .tif, .mat, one size) or raw "
+        "holograms (--holograms: reconstructed and segmented here). The labels CSV has the "
+        "columns 'file' and 'label' (empty label: unlabeled).",
+    )
+    add_common_options(imp)
+    src = imp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--maps", metavar="DIR")
+    src.add_argument("--holograms", metavar="DIR")
+    imp.add_argument("--labels", required=True, metavar="CSV")
+    imp.add_argument("--out", required=True, metavar="FILE.h5")
+    imp.add_argument(
+        "--classes",
+        metavar="A,B,...",
+        help="the class names in label order; any other label is an error",
+    )
+    imp.add_argument(
+        "--pixel-size-um",
+        type=positive_float,
+        help="pixel size of the maps, or the camera's in the sample plane",
+    )
+    imp.add_argument("--wavelength-nm", type=positive_float, default=632.8)
+    imp.add_argument(
+        "--unit",
+        choices=("nm", "um", "rad"),
+        default="nm",
+        help="unit of the OPD maps (default nm)",
+    )
+    imp.add_argument("--reference", metavar="REF", help="hologram without cells (--holograms)")
+    imp.add_argument(
+        "--sample-half", default="full", choices=("left", "right", "top", "bottom", "full")
+    )
+    imp.add_argument("--crop-pixel-size-um", type=positive_float, default=0.25)
+    imp.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"))
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.action == "info":
+        print_info(Path(args.file), args.json)
+        return
+    import_dataset(
+        out=Path(args.out),
+        labels=Path(args.labels),
+        maps=Path(args.maps) if args.maps else None,
+        holograms=Path(args.holograms) if args.holograms else None,
+        pixel_size_um=args.pixel_size_um,
+        wavelength_nm=args.wavelength_nm,
+        unit=args.unit,
+        classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
+        sample_half=args.sample_half,
+        reference=Path(args.reference) if args.reference else None,
+        crop_pixel_size_um=args.crop_pixel_size_um,
+        backend=args.backend,
+    )
 
 
 def summary(path: Path) -> dict[str, Any]:
@@ -85,7 +157,7 @@ def import_dataset(
     crop_pixel_size_um: float,
     backend: str,
 ) -> None:
-    from acquisition.importer import import_holograms, import_opd_maps
+    from ..importer import import_holograms, import_opd_maps
 
     if (maps is None) == (holograms is None):
         raise CommandError("give exactly one of --maps DIR or --holograms DIR")
@@ -96,9 +168,9 @@ def import_dataset(
         data = import_opd_maps(maps, labels, pixel_size_um, wavelength_nm, unit, classes)  # type: ignore[arg-type]
     else:
         assert holograms is not None
-        from acquisition.io import read_hologram
-        from acquisition.reconstruction import ReconstructionConfig, Reconstructor
-        from acquisition.segmentation import SegmentationConfig, Segmenter
+        from ..io import read_hologram
+        from ..reconstruction import ReconstructionConfig, Reconstructor
+        from ..segmentation import SegmentationConfig, Segmenter
 
         ref = read_hologram(reference).frames[0] if reference else None
         config = ReconstructionConfig(
@@ -116,3 +188,12 @@ def import_dataset(
         f"wrote {len(data)} crops ({', '.join(data.class_names) or 'unlabeled'}) to {out}",
         file=sys.stderr,
     )
+
+
+COMMAND = Command(
+    name="dataset",
+    help="inspect and import crop datasets",
+    add_arguments=add_arguments,
+    run=run,
+    order=40,
+)

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition.commandline import CommandError, backend_or_error
-from acquisition.cropfile import CropDataset, qc_columns, write_crop_dataset
-from acquisition.io import read_hologram
-from acquisition.reconstruction import ReconstructionConfig, Reconstructor
-from acquisition.segmentation import QC_FEATURES, Cell, SegmentationConfig, Segmenter
+from ..commandline import (
+    Command,
+    CommandError,
+    add_common_options,
+    backend_or_error,
+    carrier,
+    positive_float,
+)
+from ..cropfile import CropDataset, qc_columns, write_crop_dataset
+from ..io import read_hologram
+from ..reconstruction import ReconstructionConfig, Reconstructor
+from ..segmentation import QC_FEATURES, Cell, SegmentationConfig, Segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +63,75 @@ class ReconstructOptions:
             crops=Path(args.crops) if args.crops else None,
             crop_pixel_size_um=args.crop_pixel_size_um,
         )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_options(p)
+    p.add_argument(
+        "holograms",
+        nargs="+",
+        metavar="HOLOGRAM",
+        help="hologram files: TIFF, PNG, JPEG, NPY, NPZ or qpformat HDF5",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="REF",
+        help="a hologram recorded without cells (default: the file's own, if any)",
+    )
+    p.add_argument(
+        "--wavelength-nm",
+        type=positive_float,
+        help="wavelength in nm (default: the file's metadata, else 632.8)",
+    )
+    p.add_argument(
+        "--pixel-size-um",
+        type=positive_float,
+        help="camera pixel size in the sample plane, um (default: the file's, else 0.12)",
+    )
+    p.add_argument(
+        "--sample-half",
+        default="full",
+        choices=("left", "right", "top", "bottom", "full"),
+        help="the part of the frame holding the sample (a half for a flipping "
+        "interferometer; default: full)",
+    )
+    p.add_argument("--filter", default="disk", choices=("disk", "smooth disk"))
+    p.add_argument(
+        "--filter-size",
+        type=float,
+        default=1 / 3,
+        help="filter radius as a fraction of the sideband distance (default 1/3)",
+    )
+    p.add_argument(
+        "--carrier",
+        type=carrier,
+        metavar="KY,KX",
+        help="the +1 sideband in cycles per pixel (default: found automatically)",
+    )
+    p.add_argument(
+        "--resolution",
+        default="reduced",
+        choices=("reduced", "full"),
+        help="'reduced': the filter's resolution (default); 'full': camera pixels",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "numpy", "cupy"),
+        help="array backend (default: CuPy when a GPU answers, else NumPy)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--crops", metavar="FILE.h5", help="also write the single-cell crops here")
+    p.add_argument(
+        "--crop-pixel-size-um",
+        type=positive_float,
+        default=0.25,
+        help="pixel size of the 128x128 crops, um (default 0.25)",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    run_reconstruct(ReconstructOptions.from_args(args))
 
 
 def run_reconstruct(opts: ReconstructOptions) -> list[Cell]:
@@ -192,3 +268,14 @@ def write_crops(
     data.qc.update(qc)
     write_crop_dataset(path, data)
     print(f"wrote {len(cells)} crop(s) to {path}", file=sys.stderr)
+
+
+COMMAND = Command(
+    name="reconstruct",
+    help="reconstruct holograms into OPD maps (and optionally single-cell crops)",
+    description="Reconstruct off-axis holograms into OPD maps in nm: DIR/<stem>.npy with "
+    "the pixel size and reconstruction details in DIR/<stem>.json.",
+    add_arguments=add_arguments,
+    run=run,
+    order=20,
+)

@@ -1,1 +1,0 @@
-"""One module per ``topgan`` command, imported only when the command runs."""
