@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import get_args
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .backend import ArrayBackend, BackendName, BackendUnavailableError, get_backend
 
@@ -82,6 +82,15 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def choices_of(config: type, field: str) -> tuple[Any, ...]:
+    """The values that the Literal-typed ``field`` of the dataclass ``config`` takes:
+    an option's choices, from the config that receives it."""
+    hint = get_type_hints(config)[field]
+    if get_origin(hint) is not Literal:
+        raise TypeError(f"{config.__name__}.{field} is {hint}, not a Literal")
+    return get_args(hint)
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -102,10 +111,10 @@ def carrier(text: str) -> tuple[float, float]:
     return ky, kx
 
 
-def backend_or_error(name: str) -> ArrayBackend:
+def backend_or_error(name: BackendName) -> ArrayBackend:
     """The array backend ``name``, or a one-line error saying why it cannot run."""
     try:
-        return get_backend(name)  # type: ignore[arg-type]
+        return get_backend(name)
     except BackendUnavailableError as exc:
         raise CommandError(f"--backend {name}: {exc}") from None
 

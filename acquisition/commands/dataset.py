@@ -6,19 +6,29 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
+from ..backend import BackendName
 from ..commandline import (
+    BACKENDS,
     Command,
     CommandError,
     ProgressPrinter,
     add_common_options,
     backend_or_error,
+    choices_of,
     positive_float,
 )
 from ..cropfile import CropDataset, read_crop_dataset, write_crop_dataset
+from ..importer import OPDUnit, import_holograms, import_opd_maps
+from ..io import read_hologram
+from ..reconstruction import ReconstructionConfig, Reconstructor, SampleHalf
+from ..segmentation import SegmentationConfig, Segmenter
+
+DEFAULTS = ReconstructionConfig()
+CROP_DEFAULTS = SegmentationConfig()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,19 +60,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_float,
         help="pixel size of the maps, or the camera's in the sample plane",
     )
-    imp.add_argument("--wavelength-nm", type=positive_float, default=632.8)
+    imp.add_argument("--wavelength-nm", type=positive_float, default=DEFAULTS.wavelength_nm)
     imp.add_argument(
         "--unit",
-        choices=("nm", "um", "rad"),
+        choices=get_args(OPDUnit),
         default="nm",
         help="unit of the OPD maps (default nm)",
     )
     imp.add_argument("--reference", metavar="REF", help="hologram without cells (--holograms)")
     imp.add_argument(
-        "--sample-half", default="full", choices=("left", "right", "top", "bottom", "full")
+        "--sample-half",
+        default=DEFAULTS.sample_half,
+        choices=choices_of(ReconstructionConfig, "sample_half"),
     )
-    imp.add_argument("--crop-pixel-size-um", type=positive_float, default=0.25)
-    imp.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"))
+    imp.add_argument(
+        "--crop-pixel-size-um", type=positive_float, default=CROP_DEFAULTS.crop_pixel_size_um
+    )
+    imp.add_argument("--backend", default="auto", choices=BACKENDS)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -150,33 +164,27 @@ def import_dataset(
     holograms: Path | None,
     pixel_size_um: float | None,
     wavelength_nm: float,
-    unit: str,
+    unit: OPDUnit,
     classes: list[str] | None,
-    sample_half: str,
+    sample_half: SampleHalf,
     reference: Path | None,
     crop_pixel_size_um: float,
-    backend: str,
+    backend: BackendName,
 ) -> None:
-    from ..importer import import_holograms, import_opd_maps
-
     if (maps is None) == (holograms is None):
         raise CommandError("give exactly one of --maps DIR or --holograms DIR")
     data: CropDataset
     if maps is not None:
         if pixel_size_um is None:
             raise CommandError("--pixel-size-um is required with --maps: the maps' pixel size")
-        data = import_opd_maps(maps, labels, pixel_size_um, wavelength_nm, unit, classes)  # type: ignore[arg-type]
+        data = import_opd_maps(maps, labels, pixel_size_um, wavelength_nm, unit, classes)
     else:
         assert holograms is not None
-        from ..io import read_hologram
-        from ..reconstruction import ReconstructionConfig, Reconstructor
-        from ..segmentation import SegmentationConfig, Segmenter
-
         ref = read_hologram(reference).frames[0] if reference else None
         config = ReconstructionConfig(
             wavelength_nm=wavelength_nm,
-            pixel_size_um=pixel_size_um or ReconstructionConfig().pixel_size_um,
-            sample_half=sample_half,  # type: ignore[arg-type]
+            pixel_size_um=pixel_size_um or DEFAULTS.pixel_size_um,
+            sample_half=sample_half,
         )
         reconstructor = Reconstructor(config, backend_or_error(backend), reference=ref)
         segmenter = Segmenter(SegmentationConfig(crop_pixel_size_um=crop_pixel_size_um))

@@ -6,17 +6,18 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..commandline import (
+    BACKENDS,
     Command,
     CommandError,
     add_common_options,
     backend_or_error,
     carrier,
+    choices_of,
     positive_float,
 )
 from ..cropfile import CropDataset, qc_columns, write_crop_dataset
@@ -26,43 +27,8 @@ from ..segmentation import QC_FEATURES, Cell, SegmentationConfig, Segmenter
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WAVELENGTH_NM = 632.8
-DEFAULT_PIXEL_SIZE_UM = 0.12
-
-
-@dataclass(frozen=True)
-class ReconstructOptions:
-    holograms: tuple[Path, ...]
-    out: Path
-    reference: Path | None = None
-    wavelength_nm: float | None = None
-    pixel_size_um: float | None = None
-    sample_half: str = "full"
-    filter: str = "disk"
-    filter_size: float = 1 / 3
-    carrier: tuple[float, float] | None = None
-    resolution: str = "reduced"
-    backend: str = "auto"
-    crops: Path | None = None
-    crop_pixel_size_um: float = 0.25
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ReconstructOptions:
-        return cls(
-            holograms=tuple(Path(p) for p in args.holograms),
-            out=Path(args.out),
-            reference=Path(args.reference) if args.reference else None,
-            wavelength_nm=args.wavelength_nm,
-            pixel_size_um=args.pixel_size_um,
-            sample_half=args.sample_half,
-            filter=args.filter,
-            filter_size=args.filter_size,
-            carrier=args.carrier,
-            resolution=args.resolution,
-            backend=args.backend,
-            crops=Path(args.crops) if args.crops else None,
-            crop_pixel_size_um=args.crop_pixel_size_um,
-        )
+DEFAULTS = ReconstructionConfig()
+CROP_DEFAULTS = SegmentationConfig()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,25 +47,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--wavelength-nm",
         type=positive_float,
-        help="wavelength in nm (default: the file's metadata, else 632.8)",
+        help=f"wavelength in nm (default: the file's metadata, else {DEFAULTS.wavelength_nm:g})",
     )
     p.add_argument(
         "--pixel-size-um",
         type=positive_float,
-        help="camera pixel size in the sample plane, um (default: the file's, else 0.12)",
+        help="camera pixel size in the sample plane, um (default: the file's, else "
+        f"{DEFAULTS.pixel_size_um:g})",
     )
     p.add_argument(
         "--sample-half",
-        default="full",
-        choices=("left", "right", "top", "bottom", "full"),
+        default=DEFAULTS.sample_half,
+        choices=choices_of(ReconstructionConfig, "sample_half"),
         help="the part of the frame holding the sample (a half for a flipping "
-        "interferometer; default: full)",
+        f"interferometer; default: {DEFAULTS.sample_half})",
     )
-    p.add_argument("--filter", default="disk", choices=("disk", "smooth disk"))
+    p.add_argument(
+        "--filter", default=DEFAULTS.filter, choices=choices_of(ReconstructionConfig, "filter")
+    )
     p.add_argument(
         "--filter-size",
         type=float,
-        default=1 / 3,
+        default=DEFAULTS.filter_size,
         help="filter radius as a fraction of the sideband distance (default 1/3)",
     )
     p.add_argument(
@@ -110,14 +79,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--resolution",
-        default="reduced",
-        choices=("reduced", "full"),
+        default=DEFAULTS.output,
+        choices=choices_of(ReconstructionConfig, "output"),
         help="'reduced': the filter's resolution (default); 'full': camera pixels",
     )
     p.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "numpy", "cupy"),
+        choices=BACKENDS,
         help="array backend (default: CuPy when a GPU answers, else NumPy)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -125,18 +94,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--crop-pixel-size-um",
         type=positive_float,
-        default=0.25,
-        help="pixel size of the 128x128 crops, um (default 0.25)",
+        default=CROP_DEFAULTS.crop_pixel_size_um,
+        help=f"pixel size of the {CROP_DEFAULTS.crop_size}x{CROP_DEFAULTS.crop_size} crops, um "
+        f"(default {CROP_DEFAULTS.crop_pixel_size_um:g})",
+    )
+
+
+def reconstruction_config(
+    args: argparse.Namespace, wavelength_nm: float | None = None, pixel_size_um: float | None = None
+) -> ReconstructionConfig:
+    """The reconstruction the options ask for, of a file recorded at ``wavelength_nm``
+    and ``pixel_size_um`` (its metadata, if any): an option given overrides the file,
+    which overrides the default."""
+    return ReconstructionConfig(
+        wavelength_nm=args.wavelength_nm or wavelength_nm or DEFAULTS.wavelength_nm,
+        pixel_size_um=args.pixel_size_um or pixel_size_um or DEFAULTS.pixel_size_um,
+        filter=args.filter,
+        filter_size=args.filter_size,
+        carrier=args.carrier,
+        sample_half=args.sample_half,
+        output=args.resolution,
     )
 
 
 def run(args: argparse.Namespace) -> None:
-    run_reconstruct(ReconstructOptions.from_args(args))
-
-
-def run_reconstruct(opts: ReconstructOptions) -> list[Cell]:
-    """Reconstruct every hologram of ``opts``; return the cells cut from them."""
-    stems = [p.stem for p in opts.holograms]
+    """Reconstruct every hologram; write its OPD map and details, and the crops."""
+    holograms = [Path(p) for p in args.holograms]
+    out = Path(args.out)
+    reference_path = Path(args.reference) if args.reference else None
+    crops = Path(args.crops) if args.crops else None
+    stems = [p.stem for p in holograms]
     duplicated = sorted({s for s in stems if stems.count(s) > 1})
     if duplicated:
         raise CommandError(
@@ -144,47 +131,33 @@ def run_reconstruct(opts: ReconstructOptions) -> list[Cell]:
             "each other in --out: reconstruct them in separate runs"
         )
     # Read everything first: a bad file fails the run before anything is written.
-    files = [read_hologram(p) for p in opts.holograms]
-    reference = read_hologram(opts.reference) if opts.reference else None
+    files = [read_hologram(p) for p in holograms]
+    reference = read_hologram(reference_path) if reference_path else None
     if reference is not None and reference.frames.shape[0] != 1:
         raise CommandError(
-            f"reference {opts.reference} holds {reference.frames.shape[0]} frames, expected 1"
+            f"reference {reference_path} holds {reference.frames.shape[0]} frames, expected 1"
         )
 
-    optics = [
-        (
-            opts.wavelength_nm or f.wavelength_nm or DEFAULT_WAVELENGTH_NM,
-            opts.pixel_size_um or f.pixel_size_um or DEFAULT_PIXEL_SIZE_UM,
-        )
-        for f in files
-    ]
-    wavelengths = sorted({wl for wl, _ in optics})
-    if opts.crops is not None and len(wavelengths) > 1:
+    configs = [reconstruction_config(args, f.wavelength_nm, f.pixel_size_um) for f in files]
+    wavelengths = sorted({c.wavelength_nm for c in configs})
+    if crops is not None and len(wavelengths) > 1:
         raise CommandError(
             f"the inputs were recorded at several wavelengths {wavelengths}; a crop file "
             "holds one: write their crops in separate runs"
         )
 
-    _check_outputs(opts)
-    backend = backend_or_error(opts.backend)
-    segmenter = Segmenter(SegmentationConfig(crop_pixel_size_um=opts.crop_pixel_size_um))
-    opts.out.mkdir(parents=True, exist_ok=True)
-    reconstructors: dict[tuple[float, float, int], Reconstructor] = {}
+    _check_outputs(holograms, reference_path, out, crops)
+    backend = backend_or_error(args.backend)
+    segmentation = SegmentationConfig(crop_pixel_size_um=args.crop_pixel_size_um)
+    segmenter = Segmenter(segmentation)
+    out.mkdir(parents=True, exist_ok=True)
+    reconstructors: dict[tuple[ReconstructionConfig, int], Reconstructor] = {}
     all_cells: list[tuple[int, Cell]] = []
-    for number, (holo, (wavelength, pixel)) in enumerate(zip(files, optics, strict=True), start=1):
+    for number, (holo, config) in enumerate(zip(files, configs, strict=True), start=1):
         ref = reference.frames[0] if reference is not None else holo.reference
-        key = (wavelength, pixel, id(ref) if ref is not None else 0)
+        key = (config, id(ref) if ref is not None else 0)
         rec = reconstructors.get(key)
         if rec is None:
-            config = ReconstructionConfig(
-                wavelength_nm=wavelength,
-                pixel_size_um=pixel,
-                filter=opts.filter,  # type: ignore[arg-type]
-                filter_size=opts.filter_size,
-                carrier=opts.carrier,
-                sample_half=opts.sample_half,  # type: ignore[arg-type]
-                output=opts.resolution,  # type: ignore[arg-type]
-            )
             rec = reconstructors[key] = Reconstructor(config, backend, reference=ref)
         try:
             maps = rec.reconstruct(holo.frames)
@@ -195,7 +168,7 @@ def run_reconstruct(opts: ReconstructOptions) -> list[Cell]:
         all_cells.extend((number - 1, cell) for cell in cells)
         stem = holo.path.stem
         opd = maps.opd_nm[0] if maps.opd_nm.shape[0] == 1 else maps.opd_nm
-        np.save(opts.out / f"{stem}.npy", opd)
+        np.save(out / f"{stem}.npy", opd)
         dy, dx = maps.pixel_size_um
         meta = {
             "source": str(holo.path),
@@ -203,53 +176,58 @@ def run_reconstruct(opts: ReconstructOptions) -> list[Cell]:
             "unit": "nm",
             "pixel_size_um": float(np.sqrt(dy * dx)),
             "pixel_size_yx_um": [dy, dx],
-            "wavelength_nm": wavelength,
-            "camera_pixel_size_um": pixel,
-            "sample_half": opts.sample_half,
+            "wavelength_nm": config.wavelength_nm,
+            "camera_pixel_size_um": config.pixel_size_um,
+            "sample_half": config.sample_half,
             "origin_px": list(maps.origin_px),
             "scale": list(maps.scale),
             "carrier_cycles_per_px": list(maps.carrier),
             "phase_sign": maps.sign,
-            "filter": opts.filter,
-            "filter_size": opts.filter_size,
-            "reference": str(opts.reference)
-            if opts.reference
+            "filter": config.filter,
+            "filter_size": config.filter_size,
+            "reference": str(reference_path)
+            if reference_path
             else ("embedded" if ref is not None else None),
             "cells_per_frame": [len(f.cells) for f in frames],
             "rejected": [f.rejected for f in frames],
         }
-        (opts.out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
         print(
             f"[{number}/{len(files)}] {holo.path.name}: {holo.frames.shape[0]} frame(s), "
             f"{len(cells)} cell(s), pixel {np.sqrt(dy * dx):.4g} um",
             file=sys.stderr,
         )
-    if opts.crops is not None:
-        write_crops(opts.crops, all_cells, opts, wavelengths[0])
-    return [cell for _, cell in all_cells]
+    if crops is not None:
+        write_crops(crops, all_cells, holograms, segmentation, wavelengths[0])
 
 
-def _check_outputs(opts: ReconstructOptions) -> None:
+def _check_outputs(
+    holograms: list[Path], reference: Path | None, out: Path, crops: Path | None
+) -> None:
     """Refuse outputs that would overwrite an input, or a --crops path that is a folder."""
-    inputs = {p.resolve() for p in opts.holograms}
-    if opts.reference is not None:
-        inputs.add(opts.reference.resolve())
-    for path in opts.holograms:
+    inputs = {p.resolve() for p in holograms}
+    if reference is not None:
+        inputs.add(reference.resolve())
+    for path in holograms:
         for suffix in (".npy", ".json"):
-            target = (opts.out / f"{path.stem}{suffix}").resolve()
+            target = (out / f"{path.stem}{suffix}").resolve()
             if target in inputs:
                 raise CommandError(
-                    f"--out {opts.out} would overwrite the input {target}: choose another folder"
+                    f"--out {out} would overwrite the input {target}: choose another folder"
                 )
-    if opts.crops is not None and (opts.crops.is_dir() or opts.crops.resolve() in inputs):
-        raise CommandError(f"--crops {opts.crops} must be a new or existing .h5 file")
+    if crops is not None and (crops.is_dir() or crops.resolve() in inputs):
+        raise CommandError(f"--crops {crops} must be a new or existing .h5 file")
 
 
 def write_crops(
-    path: Path, found: list[tuple[int, Cell]], opts: ReconstructOptions, wavelength_nm: float
+    path: Path,
+    found: list[tuple[int, Cell]],
+    holograms: list[Path],
+    segmentation: SegmentationConfig,
+    wavelength_nm: float,
 ) -> None:
     """Write the crops with their QC, frame, input index and camera position."""
-    size = SegmentationConfig().crop_size
+    size = segmentation.crop_size
     cells = [cell for _, cell in found]
     opd = np.stack([c.crop_nm for c in cells]) if cells else np.zeros((0, size, size), np.float32)
     qc = qc_columns([c.qc for c in cells], QC_FEATURES)
@@ -261,9 +239,9 @@ def write_crops(
         opd=opd,
         label=np.full(len(cells), -1, dtype=np.int16),
         class_names=[],
-        pixel_size_um=opts.crop_pixel_size_um,
+        pixel_size_um=segmentation.crop_pixel_size_um,
         wavelength_nm=wavelength_nm,
-        source="topgan reconstruct " + " ".join(str(p) for p in opts.holograms),
+        source="topgan reconstruct " + " ".join(str(p) for p in holograms),
     )
     data.qc.update(qc)
     write_crop_dataset(path, data)

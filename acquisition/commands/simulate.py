@@ -21,9 +21,12 @@ from ..commandline import (
     positive_float,
 )
 from ..cropfile import write_crop_dataset
+from ..segmentation import SegmentationConfig
 from ..simulator import phantoms
 from ..simulator.datasets import simulate_direct, simulate_full
 from ..simulator.scene import FlowSimulator, SceneConfig, TrueObject
+
+DEFAULTS = SceneConfig()
 
 
 def frame_shape(text: str) -> tuple[int, int]:
@@ -50,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             "--cell-line",
             required=True,
             metavar="L[,L...]",
-            help="sperm, hs895-sk, hs895-t, sw480, sw620 (several: comma-separated)",
+            help=f"{', '.join(phantoms.ALL_LINES)} (several: comma-separated)",
         )
         if kind == "holograms":
             k.add_argument("--frames", type=int, required=True, metavar="N")
@@ -66,16 +69,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 help="render phantoms straight at the crop pixel size (fast; for "
                 "large unlabeled pools; recorded in the file's source)",
             )
-            k.add_argument("--crop-pixel-size-um", type=positive_float, default=0.25)
+            k.add_argument(
+                "--crop-pixel-size-um",
+                type=positive_float,
+                default=SegmentationConfig().crop_pixel_size_um,
+            )
         k.add_argument(
             "--shape",
             type=frame_shape,
-            default=(1024, 1280),
+            default=DEFAULTS.shape,
             metavar="HxW",
-            help="camera frame (default 1024x1280)",
+            help="camera frame (default {}x{})".format(*DEFAULTS.shape),
         )
-        k.add_argument("--bit-depth", type=int, choices=(8, 12), default=8)
-        k.add_argument("--cells-per-frame", type=float, default=4.0)
+        k.add_argument("--bit-depth", type=int, choices=(8, 12), default=DEFAULTS.optics.bit_depth)
+        k.add_argument("--cells-per-frame", type=float, default=DEFAULTS.cells_per_frame)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -103,13 +110,12 @@ def parse_lines(text: str) -> list[str]:
 
 
 def scene_config(shape: tuple[int, int], bit_depth: int, cells_per_frame: float) -> SceneConfig:
-    base = SceneConfig()
     try:
         return replace(
-            base,
+            DEFAULTS,
             shape=shape,
             cells_per_frame=cells_per_frame,
-            optics=replace(base.optics, bit_depth=bit_depth),
+            optics=replace(DEFAULTS.optics, bit_depth=bit_depth),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
