@@ -14,7 +14,7 @@ from typing import Any
 
 from acquisition.commandline import Command, CommandError, ProgressPrinter, add_common_options
 
-from .config import PRESETS, override
+from .config import PRESETS, classifier_preset, gan_preset, override
 
 DRY_RUN_STEPS = 2
 
@@ -114,13 +114,11 @@ def _configure(config: Any, args: argparse.Namespace, dry_run_batch: int) -> Any
 
 def run_train(args: argparse.Namespace) -> None:
     _require_torch("training")
-    from . import config as cfg
-
     try:
         if args.what == "gan":
             from .gan import train_gan
 
-            gan = _configure(cfg.gan_preset(args.preset), args, dry_run_batch=8)
+            gan = _configure(gan_preset(args.preset), args, dry_run_batch=8)
             weights = train_gan(
                 args.data,
                 Path(args.out),
@@ -134,7 +132,7 @@ def run_train(args: argparse.Namespace) -> None:
         else:
             from .classifier import train_classifier
 
-            clf = _configure(cfg.classifier_preset(args.preset), args, dry_run_batch=4)
+            clf = _configure(classifier_preset(args.preset), args, dry_run_batch=4)
             out = train_classifier(
                 args.method,
                 Path(args.data),
@@ -157,7 +155,6 @@ def run_train(args: argparse.Namespace) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> None:
     _require_torch("evaluation")
-    from . import config as cfg
     from .evaluate import evaluate
 
     def numbers(text: str, what: str) -> list[int]:
@@ -169,7 +166,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
             raise CommandError(f"{what} must be integers of at least 2, got {text!r}")
         return values
 
-    clf = _configure(cfg.classifier_preset(args.preset), args, dry_run_batch=4)
+    clf = _configure(classifier_preset(args.preset), args, dry_run_batch=4)
     try:
         results = evaluate(
             Path(args.data),

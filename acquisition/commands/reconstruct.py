@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from ..cropfile import CropDataset, qc_columns, write_crop_dataset
 from ..io import read_hologram
 from ..reconstruction import ReconstructionConfig, Reconstructor
 from ..segmentation import QC_FEATURES, Cell, SegmentationConfig, Segmenter
-
-logger = logging.getLogger(__name__)
 
 DEFAULTS = ReconstructionConfig()
 CROP_DEFAULTS = SegmentationConfig()
