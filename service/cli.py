@@ -32,6 +32,19 @@ class _Parser(argparse.ArgumentParser):
         self.set_defaults(command_prog=self.prog)
 
 
+def _options() -> argparse.ArgumentParser:
+    """The options before the command word (each command takes them too)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for anything random a command does (default 0)",
+    )
+    options.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    return options
+
+
 def installed_commands() -> dict[str, EntryPoint]:
     """The ``topgan.commands`` entry points by command name."""
     found: dict[str, EntryPoint] = {}
@@ -44,9 +57,7 @@ def _chosen(argv: Sequence[str], names: Sequence[str]) -> str | None:
     """The installed command that ``argv`` names, read as the full parser reads it;
     None when it names none (no command, --help, an unknown word or option), and
     then every command is loaded for the full parser to answer."""
-    top = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    top.add_argument("--seed")
-    top.add_argument("-q", "--quiet", action="store_true")
+    top = argparse.ArgumentParser(add_help=False, exit_on_error=False, parents=[_options()])
     top.add_argument("rest", nargs=argparse.REMAINDER)
     try:
         known, unknown = top.parse_known_args(argv)
@@ -61,14 +72,8 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="topgan",
         description="Stain-free cancer-cell classification from off-axis holograms.",
+        parents=[_options()],
     )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="random seed for anything random a command does (default 0)",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in commands:
         p = sub.add_parser(command.name, help=command.help, description=command.description)
