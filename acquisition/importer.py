@@ -26,6 +26,8 @@ from .reconstruction import Reconstructor
 from .segmentation import QC_FEATURES, Segmenter
 
 MAP_SUFFIXES: tuple[str, ...] = (".npy", ".tif", ".tiff", ".mat")
+#: The units OPD maps may come in (radians need the wavelength).
+OPDUnit = Literal["nm", "um", "rad"]
 UNLABELED = ("", "unlabeled", "-1")
 
 
@@ -143,7 +145,7 @@ def import_opd_maps(
     labels_csv: Path,
     pixel_size_um: float,
     wavelength_nm: float,
-    unit: Literal["nm", "um", "rad"] = "nm",
+    unit: OPDUnit = "nm",
     classes: list[str] | None = None,
 ) -> CropDataset:
     """Single-cell OPD maps of one size, one file each, into a crop dataset."""

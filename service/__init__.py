@@ -1,1 +1,2 @@
-"""Settings, the real-time runner, the results store, metrics, the API and the CLI."""
+"""Settings, the real-time runner, the results store, metrics, the API, ``topgan serve``
+and the ``topgan`` entry point."""

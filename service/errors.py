@@ -6,10 +6,6 @@ import os
 from pathlib import Path
 
 
-class CommandError(Exception):
-    """A command cannot do its work; the message is the one line the user sees."""
-
-
 class ArchiveError(OSError):
     """The crop archive cannot write, rename or delete ``path``; the message says why."""
 

@@ -9,7 +9,7 @@ import tifffile
 
 from acquisition.cropfile import read_crop_dataset
 from service.cli import main
-from tests.service.test_cli_reconstruct import run_cli
+from tests.acquisition.test_cli_reconstruct import run_cli
 
 
 def test_simulated_holograms_reconstruct_to_their_cells(tmp_path, capsys):

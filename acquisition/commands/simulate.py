@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -12,13 +13,93 @@ import h5py
 import numpy as np
 import tifffile
 
-from acquisition.cropfile import write_crop_dataset
-from acquisition.simulator import phantoms
-from acquisition.simulator.datasets import simulate_direct, simulate_full
-from acquisition.simulator.scene import FlowSimulator, SceneConfig, TrueObject
+from ..commandline import (
+    Command,
+    CommandError,
+    ProgressPrinter,
+    add_common_options,
+    positive_float,
+)
+from ..cropfile import write_crop_dataset
+from ..segmentation import SegmentationConfig
+from ..simulator import phantoms
+from ..simulator.datasets import simulate_direct, simulate_full
+from ..simulator.scene import FlowSimulator, SceneConfig, TrueObject
 
-from ..errors import CommandError
-from ..progress import ProgressPrinter
+DEFAULTS = SceneConfig()
+
+
+def frame_shape(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected HxW in pixels, e.g. 1024x1280; got {text!r}"
+        ) from None
+    return h, w
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind in ("holograms", "cells"):
+        k = kinds.add_parser(
+            kind,
+            help="hologram frames (TIFF) with reference and ground truth"
+            if kind == "holograms"
+            else "a crop dataset (HDF5) through the full instrument path",
+        )
+        add_common_options(k)
+        k.add_argument(
+            "--cell-line",
+            required=True,
+            metavar="L[,L...]",
+            help=f"{', '.join(phantoms.ALL_LINES)} (several: comma-separated)",
+        )
+        if kind == "holograms":
+            k.add_argument("--frames", type=int, required=True, metavar="N")
+            k.add_argument("--out", required=True, metavar="DIR")
+        else:
+            k.add_argument(
+                "--count", type=int, required=True, metavar="N", help="crops per cell line"
+            )
+            k.add_argument("--out", required=True, metavar="FILE.h5")
+            k.add_argument(
+                "--direct",
+                action="store_true",
+                help="render phantoms straight at the crop pixel size (fast; for "
+                "large unlabeled pools; recorded in the file's source)",
+            )
+            k.add_argument(
+                "--crop-pixel-size-um",
+                type=positive_float,
+                default=SegmentationConfig().crop_pixel_size_um,
+            )
+        k.add_argument(
+            "--shape",
+            type=frame_shape,
+            default=DEFAULTS.shape,
+            metavar="HxW",
+            help="camera frame (default {}x{})".format(*DEFAULTS.shape),
+        )
+        k.add_argument("--bit-depth", type=int, choices=(8, 12), default=DEFAULTS.optics.bit_depth)
+        k.add_argument("--cells-per-frame", type=float, default=DEFAULTS.cells_per_frame)
+
+
+def run(args: argparse.Namespace) -> None:
+    lines = parse_lines(args.cell_line)
+    scene = scene_config(args.shape, args.bit_depth, args.cells_per_frame)
+    if args.kind == "holograms":
+        write_holograms(Path(args.out), lines, args.frames, args.seed, scene)
+    else:
+        write_cells(
+            Path(args.out),
+            lines,
+            args.count,
+            args.seed,
+            args.direct,
+            args.crop_pixel_size_um,
+            scene,
+        )
 
 
 def parse_lines(text: str) -> list[str]:
@@ -29,13 +110,12 @@ def parse_lines(text: str) -> list[str]:
 
 
 def scene_config(shape: tuple[int, int], bit_depth: int, cells_per_frame: float) -> SceneConfig:
-    base = SceneConfig()
     try:
         return replace(
-            base,
+            DEFAULTS,
             shape=shape,
             cells_per_frame=cells_per_frame,
-            optics=replace(base.optics, bit_depth=bit_depth),
+            optics=replace(DEFAULTS.optics, bit_depth=bit_depth),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -132,3 +212,12 @@ def write_cells(
         )
     write_crop_dataset(out, data)
     print(f"wrote {len(data)} crops to {out}", file=sys.stderr)
+
+
+COMMAND = Command(
+    name="simulate",
+    help="simulated holograms and crop datasets",
+    add_arguments=add_arguments,
+    run=run,
+    order=30,
+)

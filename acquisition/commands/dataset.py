@@ -1,0 +1,207 @@
+"""``topgan dataset info`` and ``topgan dataset import``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+
+from ..backend import BackendName
+from ..commandline import (
+    BACKENDS,
+    Command,
+    CommandError,
+    ProgressPrinter,
+    add_common_options,
+    backend_or_error,
+    choices_of,
+    positive_float,
+)
+from ..cropfile import CropDataset, read_crop_dataset, write_crop_dataset
+from ..importer import OPDUnit, import_holograms, import_opd_maps
+from ..io import read_hologram
+from ..reconstruction import ReconstructionConfig, Reconstructor, SampleHalf
+from ..segmentation import SegmentationConfig, Segmenter
+
+DEFAULTS = ReconstructionConfig()
+CROP_DEFAULTS = SegmentationConfig()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    info = actions.add_parser("info", help="summary of a crop dataset")
+    add_common_options(info)
+    info.add_argument("file", metavar="FILE.h5")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    imp = actions.add_parser(
+        "import",
+        help="a folder of OPD maps or holograms plus a labels CSV -> a crop dataset",
+        description="Import single-cell OPD maps (--maps: .npy, .tif, .mat, one size) or raw "
+        "holograms (--holograms: reconstructed and segmented here). The labels CSV has the "
+        "columns 'file' and 'label' (empty label: unlabeled).",
+    )
+    add_common_options(imp)
+    src = imp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--maps", metavar="DIR")
+    src.add_argument("--holograms", metavar="DIR")
+    imp.add_argument("--labels", required=True, metavar="CSV")
+    imp.add_argument("--out", required=True, metavar="FILE.h5")
+    imp.add_argument(
+        "--classes",
+        metavar="A,B,...",
+        help="the class names in label order; any other label is an error",
+    )
+    imp.add_argument(
+        "--pixel-size-um",
+        type=positive_float,
+        help="pixel size of the maps, or the camera's in the sample plane",
+    )
+    imp.add_argument("--wavelength-nm", type=positive_float, default=DEFAULTS.wavelength_nm)
+    imp.add_argument(
+        "--unit",
+        choices=get_args(OPDUnit),
+        default="nm",
+        help="unit of the OPD maps (default nm)",
+    )
+    imp.add_argument("--reference", metavar="REF", help="hologram without cells (--holograms)")
+    imp.add_argument(
+        "--sample-half",
+        default=DEFAULTS.sample_half,
+        choices=choices_of(ReconstructionConfig, "sample_half"),
+    )
+    imp.add_argument(
+        "--crop-pixel-size-um", type=positive_float, default=CROP_DEFAULTS.crop_pixel_size_um
+    )
+    imp.add_argument("--backend", default="auto", choices=BACKENDS)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.action == "info":
+        print_info(Path(args.file), args.json)
+        return
+    import_dataset(
+        out=Path(args.out),
+        labels=Path(args.labels),
+        maps=Path(args.maps) if args.maps else None,
+        holograms=Path(args.holograms) if args.holograms else None,
+        pixel_size_um=args.pixel_size_um,
+        wavelength_nm=args.wavelength_nm,
+        unit=args.unit,
+        classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
+        sample_half=args.sample_half,
+        reference=Path(args.reference) if args.reference else None,
+        crop_pixel_size_um=args.crop_pixel_size_um,
+        backend=args.backend,
+    )
+
+
+def summary(path: Path) -> dict[str, Any]:
+    """What ``dataset info`` prints, as a dictionary."""
+    if not path.is_file():
+        raise CommandError(f"{path} does not exist")
+    try:
+        data = read_crop_dataset(path)
+    except (OSError, KeyError) as exc:
+        raise CommandError(f"{path} is not a crop dataset: {exc}") from exc
+    counts = {name: int((data.label == i).sum()) for i, name in enumerate(data.class_names)}
+    counts["unlabeled"] = int((data.label == -1).sum())
+    opd = data.opd
+    info: dict[str, Any] = {
+        "file": str(path),
+        "crops": len(data),
+        "crop_shape": list(opd.shape[1:]),
+        "pixel_size_um": data.pixel_size_um,
+        "wavelength_nm": data.wavelength_nm,
+        "class_names": data.class_names,
+        "counts": counts,
+        "opd_nm": {
+            "min": float(opd.min()) if len(data) else None,
+            "mean": float(opd.mean()) if len(data) else None,
+            "max": float(opd.max()) if len(data) else None,
+        },
+        "source": data.source,
+        "qc": {
+            name: {
+                "mean": float(np.nanmean(v)),
+                "min": float(np.nanmin(v)),
+                "max": float(np.nanmax(v)),
+            }
+            for name, v in data.qc.items()
+            if len(v) and np.isfinite(np.asarray(v, dtype=np.float64)).any()
+        },
+    }
+    return info
+
+
+def print_info(path: Path, as_json: bool) -> None:
+    info = summary(path)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    h, w = info["crop_shape"]
+    print(
+        f"{info['file']}: {info['crops']} crops of {h}x{w} px at {info['pixel_size_um']:g} um, "
+        f"wavelength {info['wavelength_nm']:g} nm"
+    )
+    classes = ", ".join(f"{name}: {n}" for name, n in info["counts"].items())
+    print(f"classes: {classes}")
+    o = info["opd_nm"]
+    if o["min"] is not None:
+        print(f"OPD (nm): min {o['min']:.1f}, mean {o['mean']:.1f}, max {o['max']:.1f}")
+    print(f"source: {info['source']}")
+    for name, q in info["qc"].items():
+        print(f"qc/{name}: mean {q['mean']:.4g} [{q['min']:.4g}, {q['max']:.4g}]")
+
+
+def import_dataset(
+    out: Path,
+    labels: Path,
+    maps: Path | None,
+    holograms: Path | None,
+    pixel_size_um: float | None,
+    wavelength_nm: float,
+    unit: OPDUnit,
+    classes: list[str] | None,
+    sample_half: SampleHalf,
+    reference: Path | None,
+    crop_pixel_size_um: float,
+    backend: BackendName,
+) -> None:
+    if (maps is None) == (holograms is None):
+        raise CommandError("give exactly one of --maps DIR or --holograms DIR")
+    data: CropDataset
+    if maps is not None:
+        if pixel_size_um is None:
+            raise CommandError("--pixel-size-um is required with --maps: the maps' pixel size")
+        data = import_opd_maps(maps, labels, pixel_size_um, wavelength_nm, unit, classes)
+    else:
+        assert holograms is not None
+        ref = read_hologram(reference).frames[0] if reference else None
+        config = ReconstructionConfig(
+            wavelength_nm=wavelength_nm,
+            pixel_size_um=pixel_size_um or DEFAULTS.pixel_size_um,
+            sample_half=sample_half,
+        )
+        reconstructor = Reconstructor(config, backend_or_error(backend), reference=ref)
+        segmenter = Segmenter(SegmentationConfig(crop_pixel_size_um=crop_pixel_size_um))
+        data = import_holograms(
+            holograms, labels, reconstructor, segmenter, classes, ProgressPrinter("holograms")
+        )
+    write_crop_dataset(out, data)
+    print(
+        f"wrote {len(data)} crops ({', '.join(data.class_names) or 'unlabeled'}) to {out}",
+        file=sys.stderr,
+    )
+
+
+COMMAND = Command(
+    name="dataset",
+    help="inspect and import crop datasets",
+    add_arguments=add_arguments,
+    run=run,
+    order=40,
+)
