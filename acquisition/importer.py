@@ -21,9 +21,9 @@ import numpy as np
 
 from .cropfile import CropDataset, qc_columns
 from .errors import UnreadableFileError
+from .frames import FrameProcessor
 from .io import HOLOGRAM_SUFFIXES, read_hologram
-from .reconstruction import Reconstructor
-from .segmentation import QC_FEATURES, Segmenter
+from .segmentation import QC_FEATURES
 
 MAP_SUFFIXES: tuple[str, ...] = (".npy", ".tif", ".tiff", ".mat")
 #: The units OPD maps may come in (radians need the wavelength).
@@ -181,8 +181,7 @@ def import_opd_maps(
 def import_holograms(
     folder: Path,
     labels_csv: Path,
-    reconstructor: Reconstructor,
-    segmenter: Segmenter,
+    processor: FrameProcessor,
     classes: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CropDataset:
@@ -196,25 +195,25 @@ def import_holograms(
     for number, path in enumerate(paths):
         holo = read_hologram(path)
         try:
-            maps = reconstructor.reconstruct(holo.frames)
+            processed = processor.process(holo.frames)
         except ValueError as exc:
             raise DatasetImportError(f"{path}: {exc}") from exc
-        for frame in segmenter.segment(maps):
-            for cell in frame.cells:
-                crops.append(cell.crop_nm)
-                label.append(names.index(labels[path.name]) if labels[path.name] else -1)
-                rows.append({**cell.qc, "file_index": float(number), "frame": float(cell.frame)})
+        for cell in processed.cells:
+            crops.append(cell.crop_nm)
+            label.append(names.index(labels[path.name]) if labels[path.name] else -1)
+            rows.append({**cell.qc, "file_index": float(number), "frame": float(cell.frame)})
         if progress:
             progress(number + 1, len(paths))
-    size = segmenter.config.crop_size
+    crop = processor.default_crop
+    reconstruction = processor.reconstruction
     return CropDataset(
-        opd=np.stack(crops) if crops else np.zeros((0, size, size), np.float32),
+        opd=np.stack(crops) if crops else np.zeros((0, *crop.shape), np.float32),
         label=np.asarray(label, dtype=np.int16),
         class_names=names,
-        pixel_size_um=segmenter.config.crop_pixel_size_um,
-        wavelength_nm=reconstructor.config.wavelength_nm,
+        pixel_size_um=crop.pixel_size_um,
+        wavelength_nm=reconstruction.wavelength_nm,
         source=f"imported holograms from {folder} with labels {labels_csv}, reconstructed "
-        f"(pixel {reconstructor.config.pixel_size_um} um, sample half "
-        f"{reconstructor.config.sample_half}) and segmented",
+        f"(pixel {reconstruction.pixel_size_um} um, sample half "
+        f"{reconstruction.sample_half}) and segmented",
         qc=qc_columns(rows, [*QC_FEATURES, "file_index", "frame"]),
     )

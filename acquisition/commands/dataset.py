@@ -22,10 +22,11 @@ from ..commandline import (
     positive_float,
 )
 from ..cropfile import CropDataset, read_crop_dataset, write_crop_dataset
+from ..frames import FrameProcessor
 from ..importer import OPDUnit, import_holograms, import_opd_maps
 from ..io import read_hologram
-from ..reconstruction import ReconstructionConfig, Reconstructor, SampleHalf
-from ..segmentation import SegmentationConfig, Segmenter
+from ..reconstruction import ReconstructionConfig, SampleHalf
+from ..segmentation import SegmentationConfig
 
 DEFAULTS = ReconstructionConfig()
 CROP_DEFAULTS = SegmentationConfig()
@@ -186,11 +187,13 @@ def import_dataset(
             pixel_size_um=pixel_size_um or DEFAULTS.pixel_size_um,
             sample_half=sample_half,
         )
-        reconstructor = Reconstructor(config, backend_or_error(backend), reference=ref)
-        segmenter = Segmenter(SegmentationConfig(crop_pixel_size_um=crop_pixel_size_um))
-        data = import_holograms(
-            holograms, labels, reconstructor, segmenter, classes, ProgressPrinter("holograms")
+        processor = FrameProcessor(
+            config,
+            SegmentationConfig(crop_pixel_size_um=crop_pixel_size_um),
+            backend_or_error(backend),
+            ref,
         )
+        data = import_holograms(holograms, labels, processor, classes, ProgressPrinter("holograms"))
     write_crop_dataset(out, data)
     print(
         f"wrote {len(data)} crops ({', '.join(data.class_names) or 'unlabeled'}) to {out}",

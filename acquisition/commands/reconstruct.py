@@ -20,9 +20,10 @@ from ..commandline import (
     positive_float,
 )
 from ..cropfile import CropDataset, qc_columns, write_crop_dataset
+from ..frames import FrameProcessor
 from ..io import read_hologram
-from ..reconstruction import ReconstructionConfig, Reconstructor
-from ..segmentation import QC_FEATURES, Cell, SegmentationConfig, Segmenter
+from ..reconstruction import ReconstructionConfig
+from ..segmentation import QC_FEATURES, Cell, SegmentationConfig
 
 DEFAULTS = ReconstructionConfig()
 CROP_DEFAULTS = SegmentationConfig()
@@ -146,22 +147,20 @@ def run(args: argparse.Namespace) -> None:
     _check_outputs(holograms, reference_path, out, crops)
     backend = backend_or_error(args.backend)
     segmentation = SegmentationConfig(crop_pixel_size_um=args.crop_pixel_size_um)
-    segmenter = Segmenter(segmentation)
     out.mkdir(parents=True, exist_ok=True)
-    reconstructors: dict[tuple[ReconstructionConfig, int], Reconstructor] = {}
+    processors: dict[tuple[ReconstructionConfig, int], FrameProcessor] = {}
     all_cells: list[tuple[int, Cell]] = []
     for number, (holo, config) in enumerate(zip(files, configs, strict=True), start=1):
         ref = reference.frames[0] if reference is not None else holo.reference
         key = (config, id(ref) if ref is not None else 0)
-        rec = reconstructors.get(key)
-        if rec is None:
-            rec = reconstructors[key] = Reconstructor(config, backend, reference=ref)
+        processor = processors.get(key)
+        if processor is None:
+            processor = processors[key] = FrameProcessor(config, segmentation, backend, ref)
         try:
-            maps = rec.reconstruct(holo.frames)
+            processed = processor.process(holo.frames)
         except ValueError as exc:
             raise CommandError(f"{holo.path}: {exc}") from exc
-        frames = segmenter.segment(maps)
-        cells = [c for f in frames for c in f.cells]
+        maps, cells = processed.maps, processed.cells
         all_cells.extend((number - 1, cell) for cell in cells)
         stem = holo.path.stem
         opd = maps.opd_nm[0] if maps.opd_nm.shape[0] == 1 else maps.opd_nm
@@ -185,8 +184,8 @@ def run(args: argparse.Namespace) -> None:
             "reference": str(reference_path)
             if reference_path
             else ("embedded" if ref is not None else None),
-            "cells_per_frame": [len(f.cells) for f in frames],
-            "rejected": [f.rejected for f in frames],
+            "cells_per_frame": [len(f.cells) for f in processed.segmentations],
+            "rejected": [f.rejected for f in processed.segmentations],
         }
         (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
         print(

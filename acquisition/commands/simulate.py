@@ -11,7 +11,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import tifffile
 
 from ..commandline import (
     Command,
@@ -21,6 +20,7 @@ from ..commandline import (
     positive_float,
 )
 from ..cropfile import write_crop_dataset
+from ..io import camera_tiff_shift, write_camera_tiff
 from ..segmentation import SegmentationConfig
 from ..simulator import phantoms
 from ..simulator.datasets import simulate_direct, simulate_full
@@ -131,8 +131,8 @@ def write_holograms(
         raise CommandError(f"--frames must be at least 1, got {frames}")
     out.mkdir(parents=True, exist_ok=True)
     simulator = FlowSimulator(scene, lines, seed=seed)
-    shift = 4 if scene.optics.bit_depth == 12 else 0
-    tifffile.imwrite(out / "reference.tiff", simulator.reference << shift)
+    depth = scene.optics.bit_depth
+    write_camera_tiff(out / "reference.tiff", simulator.reference, depth)
     rows, cols = scene.region
     h = rows.stop - rows.start
     w = cols.stop - cols.start
@@ -153,7 +153,7 @@ def write_holograms(
         truth.attrs["wavelength_nm"] = scene.optics.wavelength_nm
         for i in range(frames):
             frame = simulator.frame(i)
-            tifffile.imwrite(out / f"frame_{i:05d}.tif", frame.hologram << shift)
+            write_camera_tiff(out / f"frame_{i:05d}.tif", frame.hologram, depth)
             opd[i] = frame.opd_nm[rows, cols]
             objects.extend(frame.objects)
             progress(i + 1, frames)
@@ -167,7 +167,8 @@ def write_holograms(
         "frames": frames,
         "seed": seed,
         "scene": asdict(scene),
-        "tiff": f"{scene.optics.bit_depth}-bit values" + (" shifted left by 4" if shift else ""),
+        "tiff": f"{depth}-bit values"
+        + (f" shifted left by {camera_tiff_shift(depth)}" if camera_tiff_shift(depth) else ""),
         "reconstruct_with": {
             "wavelength_nm": scene.optics.wavelength_nm,
             "pixel_size_um": scene.optics.pixel_size_um,

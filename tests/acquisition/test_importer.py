@@ -6,9 +6,9 @@ import pytest
 import scipy.io
 import tifffile
 
+from acquisition.frames import FrameProcessor
 from acquisition.importer import DatasetImportError, import_holograms, import_opd_maps
-from acquisition.reconstruction import ReconstructionConfig, Reconstructor
-from acquisition.segmentation import Segmenter
+from acquisition.reconstruction import ReconstructionConfig
 
 
 def write_labels(path, rows, header="file,label"):
@@ -79,8 +79,8 @@ def test_hologram_import_labels_every_cell_of_a_file(real_dir, tmp_path, backend
     folder.mkdir()
     (folder / "cell.tif").write_bytes((real_dir / "single_cell_hologram.tif").read_bytes())
     labels = write_labels(tmp_path / "l.csv", [("cell.tif", "hl60")])
-    rec = Reconstructor(ReconstructionConfig(), backend)
-    data = import_holograms(folder, labels, rec, Segmenter())
+    processor = FrameProcessor(ReconstructionConfig(), backend=backend)
+    data = import_holograms(folder, labels, processor)
     assert data.opd.shape == (1, 128, 128)
     assert data.class_names == ["hl60"]
     assert data.label.tolist() == [0]
