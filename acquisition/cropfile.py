@@ -103,11 +103,16 @@ class Classified:
         return len(self.result_id)
 
     def __getitem__(self, rows: slice) -> Classified:
+        if rows.indices(len(self)) == (0, len(self), 1):
+            return self  # (a frame's crops all go into one file, mostly)
         return Classified(**{name: values[rows] for name, values in self.columns().items()})
 
     def columns(self) -> dict[str, np.ndarray]:
         """The datasets' names and values, in the order they are written."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _CLASSIFIED}
+
+
+_CLASSIFIED = tuple(f.name for f in fields(Classified))
 
 
 class CropWriter:
@@ -190,14 +195,17 @@ class CropWriter:
         if opd.ndim != 3 or opd.shape[1:] != self.crop_shape:
             raise ValueError(f"opd must be (N, *{self.crop_shape}), got shape {opd.shape}")
         n = len(opd)
-        label = np.full(n, -1, dtype="<i2") if label is None else np.asarray(label, "<i2")
-        if label.shape != (n,):
-            raise ValueError(f"label must have shape ({n},), got {label.shape}")
-        if n and (label.min() < -1 or label.max() >= len(self.class_names)):
-            raise ValueError(
-                f"labels must be -1 (unlabeled) or index class_names {self.class_names}, "
-                f"got values from {label.min()} to {label.max()}"
-            )
+        if label is None:
+            label = np.full(n, -1, dtype="<i2")
+        else:
+            label = np.asarray(label, "<i2")
+            if label.shape != (n,):
+                raise ValueError(f"label must have shape ({n},), got {label.shape}")
+            if n and (label.min() < -1 or label.max() >= len(self.class_names)):
+                raise ValueError(
+                    f"labels must be -1 (unlabeled) or index class_names {self.class_names}, "
+                    f"got values from {label.min()} to {label.max()}"
+                )
         if (classified is None) != (self.model is None):
             raise ValueError(
                 "this file carries a classifier's results: append them"
@@ -219,13 +227,7 @@ class CropWriter:
             self._lay_out(columns)
         elif columns.keys() != (laid_out := self._datasets.keys() - {"opd"}):
             raise ValueError(f"the rows have {sorted(columns)}, the file {sorted(laid_out)}")
-        start = self.count
-        dataset = self._datasets["opd"]
-        dataset.id.set_extent((start + n, *self.crop_shape))
-        for i, crop in enumerate(opd):
-            dataset.id.write_direct_chunk((start + i, 0, 0), _shuffle_deflate(crop))
-        for name, values in columns.items():  # ``label`` last
-            _append(self._datasets[name], start, values)
+        self._write_rows(opd, columns)
         self.count += n
 
     def flush(self) -> None:
@@ -267,6 +269,25 @@ class CropWriter:
         else:
             with contextlib.suppress(*HDF5_ERRORS):
                 self.abort()
+
+    def _write_rows(self, opd: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+        """Write rows from ``count`` on: the crops' chunks, then the columns in order."""
+        from h5py import h5s
+
+        start, n = self.count, len(opd)
+        dataset = self._datasets["opd"]
+        dataset.id.set_extent((start + n, *self.crop_shape))
+        for i, crop in enumerate(opd):
+            dataset.id.write_direct_chunk((start + i, 0, 0), _shuffle_deflate(crop))
+        if not n:
+            return
+        # h5py's low-level calls: a fifth of the time of ``dataset[a:b] = values``
+        for name, values in columns.items():
+            dataset = self._datasets[name]
+            dataset.id.set_extent((start + n, *values.shape[1:]))
+            space = dataset.id.get_space()
+            space.select_hyperslab((start,) + (0,) * (values.ndim - 1), values.shape)
+            dataset.id.write(h5s.create_simple(values.shape), space, np.ascontiguousarray(values))
 
     def _no_results(self) -> dict[str, np.ndarray]:
         n_classes = len(self.class_names)
@@ -395,17 +416,3 @@ def _shuffle_deflate(crop: np.ndarray) -> bytes:
     shuffled = crop.view(np.uint8).reshape(-1, crop.itemsize).T.tobytes()
     deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 8, zlib.Z_RLE)
     return deflate.compress(shuffled) + deflate.flush()
-
-
-def _append(dataset: h5py.Dataset, start: int, values: np.ndarray) -> None:
-    """Write ``values`` at row ``start`` of ``dataset``, growing it (h5py's low-level
-    calls: a fifth of the time of ``dataset[a:b] = values`` for a few rows)."""
-    from h5py import h5s
-
-    if not len(values):
-        return
-    values = np.ascontiguousarray(values, dtype=dataset.dtype)
-    dataset.id.set_extent((start + len(values), *values.shape[1:]))
-    space = dataset.id.get_space()
-    space.select_hyperslab((start,) + (0,) * (values.ndim - 1), values.shape)
-    dataset.id.write(h5s.create_simple(values.shape), space, values)

@@ -208,39 +208,35 @@ CUT_SHORT = """
 import os, sys
 import numpy as np
 from pathlib import Path
-import acquisition.cropfile as cropfile
+from acquisition.cropfile import CropWriter
 from tests.acquisition.test_cropfile import rows, sample, writer_for
 
 data = sample()
 writer = writer_for(Path(sys.argv[1]), data)
 writer.append(*rows(data, 0, 3))
-append = cropfile._append
+write_rows = CropWriter._write_rows
 
-def die_before_label(dataset, start, values):
-    if dataset.name == "/label":  # everything else of rows 3-6 is written
-        writer.flush()
-        os._exit(1)
-    append(dataset, start, values)
+def die_before_label(self, opd, columns):
+    write_rows(self, opd, {k: v for k, v in columns.items() if k != "label"})
+    self.flush()  # everything of rows 3-6 is on disk but their labels
+    os._exit(1)
 
-cropfile._append = die_before_label
+CropWriter._write_rows = die_before_label
 writer.append(*rows(data, 3, 7))
 """
 
 
 def fail_before_label(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import acquisition.cropfile as cropfile
-
     data = sample()
     writer = writer_for(path, data)
     writer.append(*rows(data, 0, 3))
-    append = cropfile._append
+    write_rows = CropWriter._write_rows
 
-    def failing(dataset: h5py.Dataset, start: int, values: np.ndarray) -> None:
-        if dataset.name == "/label":
-            raise OSError("disk full")
-        append(dataset, start, values)
+    def failing(self: CropWriter, opd: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        write_rows(self, opd, {k: v for k, v in columns.items() if k != "label"})
+        raise OSError("disk full")
 
-    monkeypatch.setattr(cropfile, "_append", failing)
+    monkeypatch.setattr(CropWriter, "_write_rows", failing)
     with pytest.raises(OSError, match="disk full"):
         writer.append(*rows(data, 3, 7))
     assert writer.count == 3
