@@ -1,29 +1,22 @@
 """The crop archive: every classified crop of the camera loop, in rotating HDF5 files.
 
-Each file is a crop dataset (DESIGN, "Files"; :mod:`acquisition.cropfile`), so
+Each file is a crop dataset (DESIGN, "Files") that carries its classifier's results,
+written by :class:`acquisition.cropfile.CropWriter` (which owns the layout), so
 ``topgan train gan --data FOLDER`` reads the folder as it is. Its crops are unlabeled
-(``label`` -1: a prediction is not ground truth). Beside the contract's datasets, one
-value per crop of
-
-- ``result_id`` int64: the results store's id
-- ``predicted`` int16: index into ``class_names`` of the predicted class
-- ``probability`` float32 (N, n_classes)
-- ``frame_id`` int64, ``grabbed_at`` float64: the frame and its grab time (Unix s)
-
-and the attributes ``model_name`` and ``model_version``; ``qc/<feature>`` holds the
-segmentation's :data:`~acquisition.segmentation.QC_FEATURES`.
+(``label`` -1: a prediction is not ground truth); beside them, one value per crop of
+``result_id`` (the results store's id), ``predicted``, ``probability``, ``frame_id``
+and ``grabbed_at`` (:class:`~acquisition.cropfile.Classified`), and the model's name
+and version; ``qc/<feature>`` holds the segmentation's
+:data:`~acquisition.segmentation.QC_FEATURES`.
 
 A file being written is ``crops-YYYYmmdd-HHMMSS-<seq>.h5.part`` (UTC time of its first
 crop; ``seq`` counts up across restarts and orders the files) and is renamed to
 ``.h5`` once complete, so a reader of the folder never sees a half-written file. A
 file is complete at ``file_crops`` crops, when the model, its classes or the crop
 shape change, and on :meth:`CropArchive.close`. After each completed file the oldest
-complete files are deleted until the archive's files fit in ``max_bytes``.
-
-Each crop is one HDF5 chunk, shuffled and deflated here (gzip level 1 with zlib's
-run-length strategy: on OPD crops 2.4 times faster than HDF5's own level-1 filter,
-and as small) and written with ``write_direct_chunk``. The file declares HDF5's
-standard shuffle and gzip filters, so any HDF5 reader decodes it.
+complete files are deleted until the archive's files fit in ``max_bytes``. An
+interrupted ``.part`` file (a crash, a failed write) becomes ``.h5`` with its complete
+crops (:func:`~acquisition.cropfile.salvage_crop_file`), or is deleted if it has none.
 """
 
 from __future__ import annotations
@@ -35,28 +28,20 @@ import os
 import re
 import threading
 import time
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
-from h5py import h5s
 
-from acquisition.cropfile import qc_columns
+from acquisition.cropfile import HDF5_ERRORS, Classified, CropWriter, qc_columns, salvage_crop_file
 from acquisition.segmentation import QC_FEATURES
 
 from .errors import ArchiveError
 
 logger = logging.getLogger(__name__)
 
-GZIP_LEVEL = 1
-#: Rows per chunk of the small per-crop datasets (``label``, ``result_id``, ``qc/*``...).
-ROWS_PER_CHUNK = 1024
-#: Crops checked at a time when a stale ``.part`` file is verified at startup.
-VERIFY_BLOCK = 64
 FILE_NAME = re.compile(r"crops-\d{8}-\d{6}-(\d+)\.h5(\.part)?")
 PART = ".part"
 LOCK_NAME = ".lock"
@@ -64,8 +49,6 @@ LOCK_NAME = ".lock"
 #: completed and ``add`` raises ArchiveError before HDF5 meets a full disk: h5py cannot
 #: close a file whose writes fail, and the process then crashes at exit (h5py #914).
 MIN_FREE_BYTES = 64 * 2**20
-#: HDF5 errors that h5py does not map to OSError surface as RuntimeError.
-_H5_ERRORS = (OSError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -82,11 +65,12 @@ class _FileKey:
 class _Writing:
     """The file being written."""
 
-    path: Path
     key: _FileKey
-    h5: h5py.File
-    datasets: dict[str, h5py.Dataset] = field(default_factory=dict)
-    count: int = 0
+    file: CropWriter
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
 
 
 class CropArchive:
@@ -230,16 +214,14 @@ class CropArchive:
                 raise ValueError(f"qc of crop {i} lacks {missing}")
         if n == 0:
             return
-        columns = {
-            "result_id": np.asarray(result_ids, dtype="<i8"),
-            "predicted": np.asarray([index[p] for p in predicted], dtype="<i2"),
-            "probability": probabilities.astype("<f4"),
-            "frame_id": np.full(n, frame_id, dtype="<i8"),
-            "grabbed_at": np.full(n, grabbed_at, dtype="<f8"),
-            **{f"qc/{k}": v for k, v in qc_columns(qc, QC_FEATURES).items()},
-            # Last: the length of ``label`` is the number of crops written completely.
-            "label": np.full(n, -1, dtype="<i2"),
-        }
+        results = Classified(
+            result_id=np.asarray(result_ids),
+            predicted=np.asarray([index[p] for p in predicted]),
+            probability=probabilities,
+            frame_id=np.full(n, frame_id),
+            grabbed_at=np.full(n, grabbed_at, dtype=np.float64),
+        )
+        columns = qc_columns(qc, QC_FEATURES)
         key = _FileKey(names, model_name, model_version, crops.shape[1:])
         with self._one_caller("add"):
             self._check_free_space(crops.nbytes)
@@ -247,14 +229,15 @@ class CropArchive:
                 self._finish()
             start = 0
             while start < n:
-                writing = self._writing or self._open(key, columns)
-                stop = min(n, start + self.file_crops - writing.count)
+                writing = self._writing or self._open(key)
+                stop = min(n, start + self.file_crops - writing.file.count)
+                rows = slice(start, stop)
                 self._write(
-                    writing, crops[start:stop], {k: v[start:stop] for k, v in columns.items()}
+                    writing, crops[rows], {k: v[rows] for k, v in columns.items()}, results[rows]
                 )
                 self.archived += stop - start
                 start = stop
-                if writing.count >= self.file_crops:
+                if writing.file.count >= self.file_crops:
                     self._finish()
 
     def flush(self) -> None:
@@ -267,8 +250,8 @@ class CropArchive:
             writing = self._writing
             if writing is not None:
                 try:
-                    writing.h5.flush()
-                except _H5_ERRORS as exc:
+                    writing.file.flush()
+                except HDF5_ERRORS as exc:
                     self._abandon(writing)
                     raise ArchiveError(writing.path, f"flush failed: {exc}") from exc
 
@@ -347,61 +330,38 @@ class CropArchive:
             raise ArchiveError(self.folder, f"cannot list the folder: {exc}") from exc
         return sorted(found)
 
-    def _open(self, key: _FileKey, columns: Mapping[str, np.ndarray]) -> _Writing:
+    def _open(self, key: _FileKey) -> _Writing:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         path = self.folder / f"crops-{stamp}-{self._next_seq:06d}.h5{PART}"
         self._next_seq += 1
         try:
-            h5 = h5py.File(path, "w-")
-        except _H5_ERRORS as exc:
-            raise ArchiveError(path, f"cannot create the file: {exc}") from exc
-        writing = _Writing(path, key, h5)
-        try:
-            writing.datasets["opd"] = h5.create_dataset(
-                "opd",
-                shape=(0, *key.crop_shape),
-                maxshape=(None, *key.crop_shape),
-                chunks=(1, *key.crop_shape),
-                dtype="<f4",
-                compression="gzip",
-                compression_opts=GZIP_LEVEL,
-                shuffle=True,
+            file = CropWriter(
+                path,
+                key.crop_shape,
+                class_names=key.class_names,
+                pixel_size_um=self.pixel_size_um,
+                wavelength_nm=self.wavelength_nm,
+                source=self.source,
+                model=(key.model_name, key.model_version),
+                expected_rows=self.file_crops,
             )
-            rows = min(self.file_crops, ROWS_PER_CHUNK)
-            for name, values in columns.items():
-                writing.datasets[name] = h5.create_dataset(
-                    name,
-                    shape=(0, *values.shape[1:]),
-                    maxshape=(None, *values.shape[1:]),
-                    chunks=(rows, *values.shape[1:]),
-                    dtype=values.dtype,
-                    fillvalue=-1 if name == "label" else None,
-                )
-            h5.attrs["class_names"] = list(key.class_names)
-            h5.attrs["pixel_size_um"] = self.pixel_size_um
-            h5.attrs["wavelength_nm"] = self.wavelength_nm
-            h5.attrs["source"] = self.source
-            h5.attrs["model_name"] = key.model_name
-            h5.attrs["model_version"] = key.model_version
-        except _H5_ERRORS as exc:
-            self._abandon(writing)
-            raise ArchiveError(path, f"cannot create the datasets: {exc}") from exc
-        self._writing = writing
-        return writing
+        except HDF5_ERRORS as exc:
+            raise ArchiveError(path, f"cannot create the file: {exc}") from exc
+        self._writing = _Writing(key, file)
+        return self._writing
 
-    def _write(self, writing: _Writing, crops: np.ndarray, columns: dict[str, np.ndarray]) -> None:
-        start = writing.count
+    def _write(
+        self,
+        writing: _Writing,
+        crops: np.ndarray,
+        qc: Mapping[str, np.ndarray],
+        results: Classified,
+    ) -> None:
         try:
-            opd = writing.datasets["opd"]
-            opd.id.set_extent((start + len(crops), *crops.shape[1:]))
-            for i, crop in enumerate(crops):
-                opd.id.write_direct_chunk((start + i, 0, 0), _shuffle_deflate(crop))
-            for name, values in columns.items():  # ``label`` last
-                _append(writing.datasets[name], start, values)
-        except _H5_ERRORS as exc:
+            writing.file.append(crops, qc=qc, classified=results)  # the first lays the file out
+        except HDF5_ERRORS as exc:
             self._abandon(writing)
             raise ArchiveError(writing.path, f"write failed: {exc}") from exc
-        writing.count += len(crops)
 
     def _finish(self) -> None:
         """Complete the file being written: close, sync, rename; then bound the folder."""
@@ -409,18 +369,20 @@ class CropArchive:
         assert writing is not None
         final = writing.path.with_name(writing.path.name.removesuffix(PART))
         try:
-            writing.h5.close()
+            writing.file.close()
             with writing.path.open("rb") as f:  # the data on disk before the name says so
                 os.fsync(f.fileno())
             writing.path.rename(final)
-        except _H5_ERRORS as exc:
+        except HDF5_ERRORS as exc:
             self._abandon(writing)
             raise ArchiveError(writing.path, f"cannot complete the file: {exc}") from exc
         try:
             size = final.stat().st_size
         except OSError as exc:
             raise ArchiveError(final, f"completed, then vanished: {exc}") from exc
-        logger.debug("crop archive: completed %s (%d crops, %d bytes)", final, writing.count, size)
+        logger.debug(
+            "crop archive: completed %s (%d crops, %d bytes)", final, writing.file.count, size
+        )
         if size > self.max_bytes:
             logger.warning(
                 "crop archive: one file (%s, %d bytes) exceeds max_bytes %d and is deleted at "
@@ -437,12 +399,8 @@ class CropArchive:
             self._writing = None
         self.files_failed += 1
         try:
-            writing.h5.close()
-        except _H5_ERRORS as exc:
-            # HDF5 cannot close a file whose writes fail, and h5py crashes the process
-            # when it frees such a file's objects (h5py #914): keep them from being freed.
-            for h5_object in (writing.h5, *writing.datasets.values()):
-                h5_object.id.locked = True
+            writing.file.abort()
+        except HDF5_ERRORS as exc:  # HDF5 cannot close it (the writer keeps h5py from crashing)
             logger.error("crop archive: %s cannot be closed, dropped: %s", writing.path, exc)
             writing.path.unlink(missing_ok=True)
             return
@@ -451,7 +409,12 @@ class CropArchive:
 
     def _recover(self, path: Path) -> None:
         """Rename an interrupted ``.part`` file to ``.h5`` if it is readable, else delete it."""
-        crops = _salvage(path)
+        crops: int | None
+        try:
+            crops = salvage_crop_file(path)
+        except ValueError as exc:
+            logger.warning("crop archive: %s is unreadable: %s", path, exc)
+            crops = None
         try:
             if crops:
                 path.rename(path.with_name(path.name.removesuffix(PART)))
@@ -510,59 +473,6 @@ def _lock_folder(folder: Path) -> int:
         os.close(fd)
         raise ArchiveError(folder, "another crop archive writes into this folder") from None
     return fd
-
-
-def _shuffle_deflate(crop: np.ndarray) -> bytes:
-    """One C-contiguous little-endian crop as HDF5's shuffle then gzip filters store it."""
-    shuffled = crop.view(np.uint8).reshape(-1, crop.itemsize).T.tobytes()
-    deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 8, zlib.Z_RLE)
-    return deflate.compress(shuffled) + deflate.flush()
-
-
-def _append(dataset: h5py.Dataset, start: int, values: np.ndarray) -> None:
-    """Write ``values`` at row ``start`` of ``dataset``, growing it (h5py's low-level
-    calls: a fifth of the time of ``dataset[a:b] = values`` for a few rows)."""
-    dataset.id.set_extent((start + len(values), *values.shape[1:]))
-    space = dataset.id.get_space()
-    space.select_hyperslab((start,) + (0,) * (values.ndim - 1), values.shape)
-    dataset.id.write(h5s.create_simple(values.shape), space, np.ascontiguousarray(values))
-
-
-def _salvage(path: Path) -> int | None:
-    """Check an interrupted file and cut its per-crop datasets to the length of
-    ``label`` (written last); the number of crops, None if it is unreadable."""
-    try:
-        with h5py.File(path, "r") as h5:  # no write unless one is needed
-            n, lengths = _readable_crops(h5)
-        if any(length > n for length in lengths.values()):
-            with h5py.File(path, "r+") as h5:
-                for name, length in lengths.items():
-                    if length > n:
-                        h5[name].resize(n, axis=0)
-        return n
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
-        logger.warning("crop archive: %s is unreadable: %s", path, exc)
-        return None
-
-
-def _readable_crops(h5: h5py.File) -> tuple[int, dict[str, int]]:
-    """The number of crops whose every dataset reads back, and each per-crop
-    dataset's length; raises if the file cannot hold that many."""
-    n = len(h5["label"])
-    per_crop = [d for d in h5.values() if isinstance(d, h5py.Dataset)]
-    if "qc" in h5:
-        per_crop += list(h5["qc"].values())
-    lengths = {d.name: len(d) for d in per_crop}
-    short = [name for name, length in lengths.items() if length < n]
-    if short:
-        raise ValueError(f"{short} hold fewer values than label's {n}")
-    missing = {"class_names", "pixel_size_um", "wavelength_nm"} - set(h5.attrs)
-    if missing:
-        raise KeyError(f"no attributes {sorted(missing)}")
-    for start in range(0, n, VERIFY_BLOCK):  # reads (and decompresses) every crop
-        for dataset in per_crop:
-            _ = dataset[start : min(start + VERIFY_BLOCK, n)]
-    return n, lengths
 
 
 class ArchiveWriter:
