@@ -308,10 +308,6 @@ class Reconstructor:
             self._reference = frames[0]
             self._geometries.clear()
 
-    @property
-    def reference_shape(self) -> tuple[int, int] | None:
-        return None if self._reference is None else self._reference.shape
-
     # -- geometry --------------------------------------------------------------------
 
     def find_carrier(self, hologram: np.ndarray) -> tuple[int, int]:

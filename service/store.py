@@ -202,10 +202,6 @@ class ResultStore:
             "cells_per_second": n_since / elapsed,
         }
 
-    def count(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one())
-
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()

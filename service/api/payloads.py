@@ -16,7 +16,6 @@ from fastapi import HTTPException, Request
 NPY = "application/x-npy"
 TIFF = "image/tiff"
 JSON = "application/json"
-MEDIA_TYPES = (NPY, TIFF, JSON)
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
