@@ -1,4 +1,4 @@
-"""Model directories: ``model.onnx`` plus ``manifest.json`` (DESIGN, "Files").
+"""Model directories: ``model.onnx`` plus ``manifest.json`` (docs/design.md, "Files (contract)").
 
 A manifest names the model, its classes, its input (shape, pixel size, and how OPD
 in nm maps to the network's input), how it was trained and evaluated, and the
