@@ -1,4 +1,5 @@
-"""Crop datasets in HDF5 (docs/design.md, "Files (contract)"): one file per set of single-cell OPD crops.
+"""Crop datasets in HDF5: one file per set of single-cell OPD crops (docs/design.md,
+"Files (contract)").
 
 - ``opd``: float32 (N, H, W), nanometres; ``label``: int16 (N,), -1 for unlabeled
 - attributes ``class_names``, ``pixel_size_um``, ``wavelength_nm``, ``source``

@@ -1,7 +1,7 @@
 """Off-axis hologram reconstruction: hologram -> OPD map in nanometres.
 
-The pipeline (docs/design.md, "Physics and units (contract)"): real-input FFT of the hologram; the +1
-sideband found away from DC (or a configured carrier); a disk or smooth-disk
+The pipeline (docs/design.md, "Physics and units (contract)"): real-input FFT of
+the hologram; the +1 sideband found away from DC (or a configured carrier); a disk or smooth-disk
 filter whose radius is a fraction of the sideband distance; the filtered sideband
 moved to the centre and the spectrum *cropped* to the filter, so the inverse FFT
 runs at the reduced size that the filter's bandwidth supports; the phase of a

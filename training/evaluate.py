@@ -1,8 +1,9 @@
 """The paper's protocol: stratified K-fold cross-validation, the same folds for every
 method, training sets of several sizes drawn from the other folds.
 
-Writes ``results.json`` (the contract in docs/design.md, "Files (contract)"), ``report.md`` (mean and min-max range
-over folds per method and training size) and ``learning-curves.png``.
+Writes ``results.json`` (the contract in docs/design.md, "Files (contract)"),
+``report.md`` (mean and min-max range over folds per method and training size) and
+``learning-curves.png``.
 """
 
 from __future__ import annotations

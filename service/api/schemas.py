@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..loop.states import Count, ErrorReason, RunState
 
@@ -87,6 +87,10 @@ class ReloadRequest(BaseModel):
 
 
 class AcquisitionStatus(BaseModel):
+    # Built from service.loop.runner.LoopStatus: a field of the snapshot that this
+    # schema does not know is an error, not silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
     state: RunState | Literal["disabled"] = Field(
         description="disabled, idle, starting, running, stopping or failed"
     )
