@@ -1,8 +1,8 @@
 """The crop archive: every classified crop of the camera loop, in rotating HDF5 files.
 
 Each file is a crop dataset (docs/design.md, "Files (contract)") that carries its
-classifier's results, written by :class:`acquisition.cropfile.CropWriter` (which owns the layout), so
-``topgan train gan --data FOLDER`` reads the folder as it is. Its crops are unlabeled
+classifier's results, written by :class:`acquisition.cropfile.CropWriter` (which
+owns the layout), so ``topgan train gan --data FOLDER`` reads the folder as it is. Its crops are unlabeled
 (``label`` -1: a prediction is not ground truth); beside them, one value per crop of
 ``result_id`` (the results store's id), ``predicted``, ``probability``, ``frame_id``
 and ``grabbed_at`` (:class:`~acquisition.cropfile.Classified`), and the model's name
