@@ -2,8 +2,9 @@
 
 Each file is a crop dataset (docs/design.md, "Files (contract)") that carries its
 classifier's results, written by :class:`acquisition.cropfile.CropWriter` (which
-owns the layout), so ``topgan train gan --data FOLDER`` reads the folder as it is. Its crops are unlabeled
-(``label`` -1: a prediction is not ground truth); beside them, one value per crop of
+owns the layout), so ``topgan train gan --data FOLDER`` reads the folder as it is.
+Its crops are unlabeled (``label`` -1: a prediction is not ground truth); beside
+them, one value per crop of
 ``result_id`` (the results store's id), ``predicted``, ``probability``, ``frame_id``
 and ``grabbed_at`` (:class:`~acquisition.cropfile.Classified`), and the model's name
 and version; ``qc/<feature>`` holds the segmentation's
