@@ -23,7 +23,7 @@ States (:class:`RunState`)::
                            | (a replay's last frame stops by itself)
                            +---- not done within the timeout --> FAILED
 
-Every count and error lives in :class:`service.metrics.Metrics` only; ``status()``
+Every count and error lives in the service's metrics only (:class:`LoopMetrics`); ``status()``
 reads them back, so ``GET /acquisition`` and ``/metrics`` tell the same numbers.
 """
 
@@ -36,9 +36,10 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
+from prometheus_client import Gauge, Histogram
 
 from acquisition.cameras import (
     Camera,
@@ -56,9 +57,6 @@ from models.runtime import Prediction
 from .frame_queue import FrameQueue
 from .states import Count, ErrorReason, RunState
 from .workers import Worker, WorkerConfig, WorkerDied, start_worker
-
-if TYPE_CHECKING:
-    from ..metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +118,22 @@ class Classifier(Protocol):
     ) -> tuple[list[str], Future[list[int]]]: ...
 
 
+class LoopMetrics(Protocol):
+    """Where the loop counts (see :class:`service.metrics.Metrics`)."""
+
+    stage_seconds: Histogram
+    queue_depth: Gauge
+    camera_up: Gauge
+
+    def count(self, what: Count, n: int = 1) -> None: ...
+
+    def error(self, reason: ErrorReason) -> None: ...
+
+    def loop_counts(self) -> dict[Count, int]: ...
+
+    def error_counts(self) -> dict[ErrorReason, int]: ...
+
+
 class AcquisitionRunner:
     """Runs one camera through reconstruction, segmentation, classification and storage.
 
@@ -139,7 +153,7 @@ class AcquisitionRunner:
         camera_factory: Callable[[], tuple[Camera, np.ndarray | None]],
         workers_config: WorkerConfig,
         classifier: Classifier,
-        metrics: Metrics,
+        metrics: LoopMetrics,
         *,
         workers: int = 2,
         queue_size: int = 32,
