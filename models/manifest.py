@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("knn", "cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
+from .methods import UnknownMethodError, get_method
 
 
 class ModelError(ValueError):
@@ -104,8 +104,10 @@ class Manifest:
         classes = [str(c) for c in data["classes"]]
         if len(classes) < 2:
             raise ModelError(f"a classifier needs at least two classes, got {classes}")
-        if data["method"] not in METHODS:
-            raise ModelError(f"unknown method {data['method']!r}; known: {', '.join(METHODS)}")
+        try:
+            get_method(str(data["method"]))
+        except UnknownMethodError as exc:
+            raise ModelError(str(exc)) from None
         return cls(
             name=str(data["name"]),
             version=str(data["version"]),

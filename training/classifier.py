@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from models.manifest import sha256_of, write_model_dir
+from models.methods import TORCH_METHOD_NAMES, get_method
 
 from .config import ClassifierConfig
 from .data import Crops, dihedral, fit_normalization, load_crops, normalize
@@ -31,8 +32,6 @@ from .imagenet import ImageNetClassifier, pretrained_record
 from .networks import Classifier, WithSoftmax
 
 logger = logging.getLogger(__name__)
-TORCH_METHODS = ("cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
-METHODS = ("knn", *TORCH_METHODS)
 PARITY_TOLERANCE = 1e-4
 #: An int8 model is kept only within half a point of the float model's accuracy.
 INT8_TOLERANCE = 0.005
@@ -128,13 +127,14 @@ def build_model(
     """The untrained classifier of ``method`` (its trunk pretrained for topgan and
     imagenet) and its optimizer's parameter groups."""
     net = config.network
-    if method == "imagenet":
+    spec = get_method(method)
+    if spec.imagenet:
         if net.channels != 1:
             raise ValueError("the colour encoding (channels 3) is for the DCGAN-based methods")
         imagenet = ImageNetClassifier(net, classes, config.hidden, config.dropout)
         return imagenet, imagenet.param_groups(config.lr, config.trunk_lr_factor)
     model = Classifier(net, classes, config.hidden, config.dropout)
-    if method.startswith("topgan"):
+    if spec.gan_trunk:
         if gan_dir is None:
             raise ValueError(f"method {method} needs --gan DIR (a pretrained DCGAN)")
         state, gan_net = load_gan(gan_dir)
@@ -158,8 +158,8 @@ def fit(
 ) -> tuple[nn.Module, dict[str, float], dict[str, Any]]:
     """Train one classifier on ``crops`` at ``indices``; return it, the normalisation and
     a record of the training (validation accuracy, epochs, seconds)."""
-    if method not in TORCH_METHODS:
-        raise ValueError(f"method must be one of {', '.join(TORCH_METHODS)}, got {method!r}")
+    if method not in TORCH_METHOD_NAMES:
+        raise ValueError(f"method must be one of {', '.join(TORCH_METHOD_NAMES)}, got {method!r}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     aug_rng = torch.Generator().manual_seed(seed)
@@ -171,7 +171,7 @@ def fit(
     y = torch.from_numpy(labels.astype(np.int64))
     x_train, y_train, x_val, y_val = x[train_pos], y[train_pos], x[val_pos], y[val_pos]
     optimizer = torch.optim.Adam(groups, lr=config.lr)
-    augment = method.endswith("-aug")
+    augment = get_method(method).augment
     best: tuple[float, float] = (math.inf, 0.0)
     best_state: dict[str, Any] | None = None
     best_epoch, stale, step = 0, 0, 0
@@ -328,8 +328,9 @@ def train_classifier(
         raise ValueError(
             f"the crops are {crops.opd.shape[1]} px, the network takes {config.network.crop_size}"
         )
+    spec = get_method(method)
     indices = stratified_indices(crops.label, train_size, np.random.default_rng(seed))
-    if method == "knn":
+    if not spec.needs_torch:
         onnx_bytes, norm, record = fit_knn(crops, indices, config, seed)
     else:
         model, norm, record = fit(method, crops, indices, config, gan_dir, seed, progress)
@@ -358,7 +359,7 @@ def train_classifier(
             "preset": preset,
             "gan": str(gan_dir) if gan_dir else None,
             "gan_sha256": sha256_of(gan_dir / "gan.pt") if gan_dir else None,
-            "imagenet_weights": pretrained_record() if method == "imagenet" else None,
+            "imagenet_weights": pretrained_record() if spec.imagenet else None,
             "network": asdict(config.network),
             "config": asdict(config),
             "command": command,

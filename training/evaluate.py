@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classifier import INT8_TOLERANCE, METHODS, fit, stratified_indices
+from models.methods import METHOD_NAMES, get_method
+
+from .classifier import INT8_TOLERANCE, fit, stratified_indices
 from .config import ClassifierConfig
 from .data import Crops, load_crops, normalize
 
@@ -67,7 +69,7 @@ def scores_for(
     """(test probabilities, train seconds, test seconds per cell); with ``int8`` (torch
     methods) the float and int8 ONNX test accuracies go into ``int8_results``."""
     int8_results = {} if int8_results is None else int8_results
-    if method == "knn":
+    if not get_method(method).needs_torch:
         from .data import fit_normalization
         from .knn import KNNClassifier
 
@@ -130,16 +132,17 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """The paper's protocol; ``int8_methods`` are also exported, quantised and scored
     in ONNX Runtime on each test fold (float vs int8)."""
-    unknown = [m for m in (*methods, *int8_methods) if m not in METHODS]
+    unknown = [m for m in (*methods, *int8_methods) if m not in METHOD_NAMES]
     if unknown:
         raise ValueError(
-            f"unknown or unavailable method(s) {unknown}; available: {', '.join(METHODS)}"
+            f"unknown or unavailable method(s) {unknown}; available: {', '.join(METHOD_NAMES)}"
         )
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
-    if "knn" in int8_methods or not set(int8_methods) <= set(methods):
+    no_network = any(not get_method(m).needs_torch for m in int8_methods)
+    if no_network or not set(int8_methods) <= set(methods):
         raise ValueError("--int8 takes network methods that are also in --methods")
-    if "imagenet" in methods:
+    if any(get_method(m).imagenet for m in methods):
         from .imagenet import check_installed
 
         check_installed()

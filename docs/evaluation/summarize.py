@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from models.methods import METHOD_NAMES
+
 HERE = Path(__file__).resolve().parent
 TASKS = [
     ("hs895", "Hs 895.Sk (healthy skin) vs Hs 895.T (melanoma)", 10, 10.0),
     ("sw480-sw620", "SW480 (primary) vs SW620 (metastatic)", 60, 5.0),
 ]
-ORDER = ["knn", "cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug"]
 
 
 def load(task: str) -> tuple[list[dict], dict]:
@@ -34,7 +35,7 @@ def stats(results: list[dict], method: str, size: int, key: str = "accuracy") ->
 
 def section(task: str, title: str, margin_size: int, margin: float) -> list[str]:
     results, meta = load(task)
-    methods = [m for m in ORDER if any(r["method"] == m for r in results)]
+    methods = [m for m in METHOD_NAMES if any(r["method"] == m for r in results)]
     sizes = sorted({r["train_size"] for r in results})
     lines = [
         f"## {title}",
@@ -106,7 +107,7 @@ def dev_section() -> list[str]:
             "| method | GAN | schedule | " + " | ".join(map(str, sizes)) + " |",
             "|---|---|---|" + "---|" * len(sizes),
         ]
-        for run in sorted(runs, key=lambda r: (ORDER.index(r["method"]), r["gan"] or "")):
+        for run in sorted(runs, key=lambda r: (METHOD_NAMES.index(r["method"]), r["gan"] or "")):
             cells = [cell(100 * stats(run["results"], run["method"], s)) for s in sizes]
             lines.append(
                 f"| {run['method']} | {run['gan'] or '-'} | {run['schedule']} | "
