@@ -22,11 +22,11 @@ import onnx
 import torch
 from torch import nn
 
-from models.manifest import sha256_of, write_model_dir
+from models.manifest import Normalization, sha256_of, write_model_dir
 from models.methods import TORCH_METHOD_NAMES, get_method
 
 from .config import ClassifierConfig
-from .data import Crops, dihedral, fit_normalization, load_crops, normalize
+from .data import Crops, dihedral, load_crops
 from .gan import load_gan, trunk_weights
 from .imagenet import ImageNetClassifier, pretrained_record
 from .networks import Classifier, WithSoftmax
@@ -155,7 +155,7 @@ def fit(
     gan_dir: Path | None,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[nn.Module, dict[str, float], dict[str, Any]]:
+) -> tuple[nn.Module, Normalization, dict[str, Any]]:
     """Train one classifier on ``crops`` at ``indices``; return it, the normalisation and
     a record of the training (validation accuracy, epochs, seconds)."""
     if method not in TORCH_METHOD_NAMES:
@@ -166,8 +166,8 @@ def fit(
     model, groups = build_model(method, len(crops.class_names), config, gan_dir)
     labels = crops.label[indices]
     train_pos, val_pos = split_validation(labels, config.val_fraction, rng)
-    norm = fit_normalization(crops.opd[indices[train_pos]])
-    x = torch.from_numpy(normalize(crops.opd[indices], norm))[:, None]
+    norm = Normalization.fit(crops.opd[indices[train_pos]])
+    x = torch.from_numpy(norm.apply(crops.opd[indices]))[:, None]
     y = torch.from_numpy(labels.astype(np.int64))
     x_train, y_train, x_val, y_val = x[train_pos], y[train_pos], x[val_pos], y[val_pos]
     optimizer = torch.optim.Adam(groups, lr=config.lr)
@@ -243,15 +243,15 @@ def fit(
 
 def fit_knn(
     crops: Crops, indices: np.ndarray, config: ClassifierConfig, seed: int
-) -> tuple[bytes, dict[str, float], dict[str, Any]]:
+) -> tuple[bytes, Normalization, dict[str, Any]]:
     """K = 9 nearest neighbours in image space: validation accuracy on the usual split,
     then the ONNX graph holding every training crop."""
     from .knn import KNNClassifier, knn_onnx
 
     rng = np.random.default_rng(seed)
     labels = crops.label[indices]
-    norm = fit_normalization(crops.opd[indices])
-    x = normalize(crops.opd[indices], norm)
+    norm = Normalization.fit(crops.opd[indices])
+    x = norm.apply(crops.opd[indices])
     train_pos, val_pos = split_validation(labels, config.val_fraction, rng)
     started = time.monotonic()
     knn = KNNClassifier(9).fit(x[train_pos], labels[train_pos])
@@ -270,7 +270,7 @@ def _try_int8(
     onnx_bytes: bytes,
     crops: Crops,
     indices: np.ndarray,
-    norm: dict[str, Any],
+    norm: Normalization,
     config: ClassifierConfig,
     seed: int,
     record: dict[str, Any],
@@ -281,7 +281,7 @@ def _try_int8(
     labels = crops.label[indices]
     # The same split as fit(): the validation crops never calibrate the quantiser.
     train_pos, val_pos = split_validation(labels, config.val_fraction, np.random.default_rng(seed))
-    x = normalize(crops.opd[indices], norm)[:, None]
+    x = norm.apply(crops.opd[indices])[:, None]
     quantized = quantize_int8(onnx_bytes, x[train_pos[:512]])
     acc_fp32 = onnx_accuracy(onnx_bytes, x[val_pos], labels[val_pos])
     acc_int8 = onnx_accuracy(quantized, x[val_pos], labels[val_pos])
@@ -335,7 +335,7 @@ def train_classifier(
     else:
         model, norm, record = fit(method, crops, indices, config, gan_dir, seed, progress)
         # Parity on real crops: noise can saturate the softmax and hide differences.
-        probe = torch.from_numpy(normalize(crops.opd[indices[:16]], norm))[:, None]
+        probe = torch.from_numpy(norm.apply(crops.opd[indices[:16]]))[:, None]
         onnx_bytes = export_onnx(model, config.network.crop_size, probe)
         if int8:
             onnx_bytes, record = _try_int8(onnx_bytes, crops, indices, norm, config, seed, record)
@@ -348,7 +348,7 @@ def train_classifier(
             # One-channel OPD in; a colour encoding (channels 3) happens inside the model.
             "shape": [1, config.network.crop_size, config.network.crop_size],
             "pixel_size_um": crops.pixel_size_um,
-            "normalization": norm,
+            "normalization": norm.to_dict(),
         },
         "method": method,
         "training": {

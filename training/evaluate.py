@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.manifest import Normalization
 from models.methods import METHOD_NAMES, get_method
 
 from .classifier import INT8_TOLERANCE, fit, stratified_indices
 from .config import ClassifierConfig
-from .data import Crops, load_crops, normalize
+from .data import Crops, load_crops
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +71,16 @@ def scores_for(
     methods) the float and int8 ONNX test accuracies go into ``int8_results``."""
     int8_results = {} if int8_results is None else int8_results
     if not get_method(method).needs_torch:
-        from .data import fit_normalization
         from .knn import KNNClassifier
 
         start = time.perf_counter()
-        norm = fit_normalization(crops.opd[train])
-        knn = KNNClassifier(9).fit(normalize(crops.opd[train], norm), crops.label[train])
+        norm = Normalization.fit(crops.opd[train])
+        knn = KNNClassifier(9).fit(norm.apply(crops.opd[train]), crops.label[train])
         trained = time.perf_counter()
-        probabilities = knn.predict_proba(normalize(crops.opd[test], norm))
+        probabilities = knn.predict_proba(norm.apply(crops.opd[test]))
         return probabilities, trained - start, (time.perf_counter() - trained) / len(test)
     model, norm, record = fit(method, crops, train, config, gan_dir, seed)
-    x = torch.from_numpy(normalize(crops.opd[test], norm))[:, None]
+    x = torch.from_numpy(norm.apply(crops.opd[test]))[:, None]
     start = time.perf_counter()
     with torch.no_grad():
         probabilities = torch.softmax(model(x), dim=1).numpy()
@@ -94,7 +94,7 @@ def scores_for(
 
 def _int8_check(
     model: torch.nn.Module,
-    norm: dict[str, Any],
+    norm: Normalization,
     crops: Crops,
     train: np.ndarray,
     x_test: np.ndarray,
@@ -106,7 +106,7 @@ def _int8_check(
     from .classifier import export_onnx
     from .quantize import onnx_accuracy, quantize_int8
 
-    x_train = normalize(crops.opd[train], norm)[:, None]
+    x_train = norm.apply(crops.opd[train])[:, None]
     fp32 = export_onnx(model, config.network.crop_size, torch.from_numpy(x_train[:16]))
     int8 = quantize_int8(fp32, x_train[:512])
     return {

@@ -125,7 +125,8 @@ def test_the_service_never_imports_pytorch():
 
 
 def test_knn_model_matches_the_numpy_knn(data, tmp_path):
-    from training.data import load_crops, normalize
+    from models.manifest import Normalization
+    from training.data import load_crops
     from training.knn import KNNClassifier
 
     model = tmp_path / "knn"
@@ -147,15 +148,12 @@ def test_knn_model_matches_the_numpy_knn(data, tmp_path):
     )
     manifest = json.loads((model / "manifest.json").read_text())
     crops = load_crops([data / "cells.h5"])
-    x = normalize(crops.opd, manifest["input"]["normalization"])
+    norm = Normalization.from_dict(manifest["input"]["normalization"])
+    x = norm.apply(crops.opd)
     probe = np.random.default_rng(1).normal(150, 80, (6, 128, 128)).astype(np.float32)
     served = ModelRuntime(model, "cpu").predict(probe)
     # The ONNX graph holds every training crop (the seed only shuffles their order).
-    expected = (
-        KNNClassifier(9)
-        .fit(x, crops.label)
-        .predict_proba(normalize(probe, manifest["input"]["normalization"]))
-    )
+    expected = KNNClassifier(9).fit(x, crops.label).predict_proba(norm.apply(probe))
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 

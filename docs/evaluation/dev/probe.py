@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.manifest import Normalization
 from training.classifier import stratified_indices
 from training.config import network_preset
-from training.data import fit_normalization, load_crops, normalize
+from training.data import load_crops
 from training.evaluate import stratified_folds
 from training.gan import load_gan, trunk_weights
 from training.networks import Classifier, init_weights
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--gan", type=Path, nargs="*", default=[])
     args = parser.parse_args()
     crops = load_crops([args.data])
-    x = normalize(crops.opd, fit_normalization(crops.opd))
+    x = Normalization.fit(crops.opd).apply(crops.opd)
     y = crops.label
     folds = stratified_folds(y, 5, 0)
     print(f"{args.data.name}: linear-probe accuracy (%), mean [min, max] over 5 folds")
