@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,9 @@ class Normalization:
 
 @dataclass(frozen=True)
 class Manifest:
+    """``manifest.json``: read with :meth:`from_dict`, written with :meth:`to_dict`
+    (by :func:`write_model_dir`, which fills in ``onnx_sha256``)."""
+
     name: str
     version: str
     created: str
@@ -93,7 +96,7 @@ class Manifest:
     pixel_size_um: float
     normalization: Normalization
     method: str
-    onnx_sha256: str
+    onnx_sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -136,6 +139,24 @@ class Manifest:
             metrics=dict(data.get("metrics", {})),
             raw=data,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``manifest.json``, its keys in the contract's order."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "classes": list(self.classes),
+            "input": {
+                "shape": list(self.input_shape),
+                "pixel_size_um": self.pixel_size_um,
+                "normalization": self.normalization.to_dict(),
+            },
+            "method": self.method,
+            "training": self.training,
+            "metrics": self.metrics,
+            "onnx_sha256": self.onnx_sha256,
+        }
 
     def summary(self) -> dict[str, Any]:
         """What the API reports with every classification."""
@@ -181,10 +202,11 @@ def read_model_dir(directory: Path) -> tuple[Manifest, Path]:
     return manifest, onnx_path
 
 
-def write_model_dir(directory: Path, onnx_bytes: bytes, manifest: dict[str, Any]) -> Path:
-    """Write ``model.onnx`` and ``manifest.json`` (with the ONNX file's sha256)."""
+def write_model_dir(directory: Path, onnx_bytes: bytes, manifest: Manifest) -> Path:
+    """Write ``model.onnx`` and ``manifest.json``, whose ``onnx_sha256`` is set to the
+    ONNX bytes' digest (whatever ``manifest`` held)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "model.onnx").write_bytes(onnx_bytes)
-    manifest = {**manifest, "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest()}
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = replace(manifest, onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest())
+    (directory / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return directory

@@ -22,7 +22,7 @@ import onnx
 import torch
 from torch import nn
 
-from models.manifest import Normalization, sha256_of, write_model_dir
+from models.manifest import Manifest, Normalization, sha256_of, write_model_dir
 from models.methods import TORCH_METHOD_NAMES, get_method
 
 from .config import ClassifierConfig
@@ -339,19 +339,19 @@ def train_classifier(
         onnx_bytes = export_onnx(model, config.network.crop_size, probe)
         if int8:
             onnx_bytes, record = _try_int8(onnx_bytes, crops, indices, norm, config, seed, record)
-    manifest = {
-        "name": name or f"{'-'.join(crops.class_names)}-{method}",
-        "version": datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "classes": crops.class_names,
-        "input": {
-            # One-channel OPD in; a colour encoding (channels 3) happens inside the model.
-            "shape": [1, config.network.crop_size, config.network.crop_size],
-            "pixel_size_um": crops.pixel_size_um,
-            "normalization": norm.to_dict(),
-        },
-        "method": method,
-        "training": {
+    now = datetime.now(UTC)
+    size = config.network.crop_size
+    manifest = Manifest(
+        name=name or f"{'-'.join(crops.class_names)}-{method}",
+        version=now.strftime("%Y%m%d-%H%M%S"),
+        created=now.isoformat(timespec="seconds"),
+        classes=crops.class_names,
+        # One-channel OPD in; a colour encoding (channels 3) happens inside the model.
+        input_shape=(1, size, size),
+        pixel_size_um=crops.pixel_size_um,
+        normalization=norm,
+        method=method,
+        training={
             "data": str(data),
             "data_sha256": sha256_of(data),
             "train_size": record["train_size"],
@@ -364,7 +364,7 @@ def train_classifier(
             "config": asdict(config),
             "command": command,
         },
-        "metrics": {k: v for k, v in record.items() if k != "train_size"},
-    }
+        metrics={k: v for k, v in record.items() if k != "train_size"},
+    )
     write_model_dir(out, onnx_bytes, manifest)
     return out
