@@ -21,9 +21,10 @@ import torch
 
 from acquisition.simulator.datasets import simulate_direct
 from models.manifest import Normalization
-from training.classifier import export_onnx, fit
 from training.config import classifier_preset, network_preset, override
 from training.data import Crops
+from training.export import export_onnx
+from training.fit import fit
 from training.networks import Classifier, WithSoftmax
 from training.quantize import quantize_int8
 

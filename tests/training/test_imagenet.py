@@ -14,9 +14,10 @@ from PIL import Image
 
 from models.runtime import ModelRuntime
 from service.cli import main
-from training.classifier import export_onnx, fit
 from training.config import classifier_preset, network_preset, override
 from training.data import load_crops
+from training.export import export_onnx
+from training.fit import fit
 from training.imagenet import (
     RGB_MEAN,
     RGB_STD,

@@ -83,8 +83,9 @@ def test_classifier_from_the_command_line_is_servable(data, tmp_path):
 
 
 def test_training_errors(data, tmp_path):
-    from training.classifier import fit, stratified_indices
     from training.data import load_crops
+    from training.fit import fit
+    from training.splits import stratified_indices
 
     crops = load_crops([data / "cells.h5"])
     config = override(classifier_preset("cpu"), epochs=1, max_steps=1)
@@ -273,7 +274,8 @@ def test_evaluate_scores_int8_on_the_test_folds(data, tmp_path):
 
 
 def test_folds_and_auc():
-    from training.evaluate import auc, stratified_folds
+    from training.metrics import auc
+    from training.splits import stratified_folds
 
     labels = np.array([0] * 10 + [1] * 5)
     folds = stratified_folds(labels, 5, seed=0)
@@ -289,8 +291,8 @@ def test_selection_starts_off_the_untrained_plateau(data):
     """min_steps stretches the epoch cap at a handful of crops; model selection and
     early stopping start only once the training crops' loss is clearly below ln 2, and
     a model that never gets there is kept as it ends."""
-    from training.classifier import PLATEAU_EXIT, fit
     from training.data import load_crops
+    from training.fit import PLATEAU_EXIT, fit
 
     crops = load_crops([data / "cells.h5"])
     indices = np.arange(len(crops.label))

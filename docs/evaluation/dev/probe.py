@@ -21,12 +21,11 @@ import numpy as np
 import torch
 
 from models.manifest import Normalization
-from training.classifier import stratified_indices
 from training.config import network_preset
 from training.data import load_crops
-from training.evaluate import stratified_folds
 from training.gan import load_gan, trunk_weights
 from training.networks import Classifier, init_weights
+from training.splits import stratified_folds, stratified_indices
 
 SIZES = (10, 40, 160)
 
