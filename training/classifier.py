@@ -20,6 +20,7 @@ import torch
 
 from models.manifest import Manifest, Normalization, sha256_of, write_model_dir
 from models.methods import get_method
+from models.provenance import portable_command, portable_path
 
 from .config import ClassifierConfig
 from .data import Crops, load_crops
@@ -120,17 +121,18 @@ def train_classifier(
         normalization=norm,
         method=method,
         training={
-            "data": str(data),
+            # Paths relative to the model directory, or names (see models.provenance).
+            "data": portable_path(data, out),
             "data_sha256": sha256_of(data),
             "train_size": record["train_size"],
             "seed": seed,
             "preset": preset,
-            "gan": str(gan_dir) if gan_dir else None,
+            "gan": portable_path(gan_dir, out) if gan_dir else None,
             "gan_sha256": sha256_of(gan_dir / "gan.pt") if gan_dir else None,
             "imagenet_weights": pretrained_record() if spec.imagenet else None,
             "network": asdict(config.network),
             "config": asdict(config),
-            "command": command,
+            "command": portable_command(command),
         },
         metrics={k: v for k, v in record.items() if k != "train_size"},
     )

@@ -20,6 +20,7 @@ import torch
 
 from models.manifest import Normalization
 from models.methods import METHOD_NAMES, get_method
+from models.provenance import portable_command, portable_path
 
 from .config import ClassifierConfig
 from .data import Crops, load_crops
@@ -160,14 +161,15 @@ def evaluate(
                     progress(done, total)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "data": str(data),
+        # Paths relative to out, or names (see models.provenance).
+        "data": portable_path(data, out),
         "folds": folds,
         "positive": positive,
         "classes": crops.class_names,
         "preset": preset,
         "seed": seed,
-        "gan": str(gan_dir) if gan_dir else None,
-        "command": command,
+        "gan": portable_path(gan_dir, out) if gan_dir else None,
+        "command": portable_command(command),
     }
     (out / "results.json").write_text(
         json.dumps({"results": results, "meta": meta}, indent=2) + "\n"

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from models.manifest import Normalization, sha256_of
+from models.provenance import portable_command, portable_path
 
 from .config import GanConfig, NetworkConfig
 from .data import dihedral, load_crops
@@ -179,13 +180,13 @@ def train_gan(
         "network": asdict(net),
         "config": asdict(config),
         "normalization": norm.to_dict(),
-        "data": [{"file": str(f), "sha256": sha256_of(f)} for f in crops.files],
+        "data": [{"file": portable_path(f, out), "sha256": sha256_of(f)} for f in crops.files],
         "crops": n,
         "seed": seed,
         "epochs": epoch,
         "steps": step,
         "seconds": round(time.monotonic() - started, 1),
-        "command": command,
+        "command": portable_command(command),
         "weights_sha256": sha256_of(weights),
     }
     (out / "gan.json").write_text(json.dumps(info, indent=2) + "\n")
