@@ -20,9 +20,11 @@ import onnxruntime as ort
 import torch
 
 from acquisition.simulator.datasets import simulate_direct
-from training.classifier import export_onnx, fit
+from models.manifest import Normalization
 from training.config import classifier_preset, network_preset, override
-from training.data import Crops, fit_normalization, normalize
+from training.data import Crops
+from training.export import export_onnx
+from training.fit import fit
 from training.networks import Classifier, WithSoftmax
 from training.quantize import quantize_int8
 
@@ -49,8 +51,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.manual_seed(0)
     data = simulate_direct(["sw480", "sw620"], 80, seed=0)
-    norm = fit_normalization(data.opd)
-    x_all = normalize(data.opd, norm)[:, None]
+    x_all = Normalization.fit(data.opd).apply(data.opd)[:, None]
     print(f"# inference benchmark: {torch.get_num_threads()} threads, cells per second")
     header = [
         "network",

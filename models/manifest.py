@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-METHODS = ("knn", "cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
+from .methods import UnknownMethodError, get_method
 
 
 class ModelError(ValueError):
@@ -32,6 +33,17 @@ class Normalization:
     opd_max_nm: float
     out_min: float = -1.0
     out_max: float = 1.0
+
+    @classmethod
+    def fit(cls, opd_nm: np.ndarray) -> Normalization:
+        """A range covering the data: its 0.1 and 99.9 percentiles (sampled on at most
+        about 500 crops) widened to 10 nm steps, never above 0 nm at the low end and at
+        least 10 nm wide."""
+        sample = opd_nm[:: max(1, len(opd_nm) // 500)]
+        lo, hi = np.percentile(sample, [0.1, 99.9])
+        lo = math.floor(min(float(lo), 0.0) / 10) * 10
+        hi = math.ceil(max(float(hi), lo + 10) / 10) * 10
+        return cls(float(lo), float(hi))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normalization:
@@ -54,6 +66,7 @@ class Normalization:
         return norm
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's (and gan.json's) ``normalization`` object."""
         return {
             "kind": "linear",
             "opd_min_nm": self.opd_min_nm,
@@ -63,14 +76,18 @@ class Normalization:
         }
 
     def apply(self, opd_nm: np.ndarray) -> np.ndarray:
-        """(N, H, W) OPD in nm -> float32 network input of the same shape."""
-        scale = (self.out_max - self.out_min) / (self.opd_max_nm - self.opd_min_nm)
-        clipped = np.clip(opd_nm, self.opd_min_nm, self.opd_max_nm)
-        return ((clipped - self.opd_min_nm) * scale + self.out_min).astype(np.float32)
+        """(N, H, W) OPD in nm -> float32 network input of the same shape; training and
+        the service both normalise with this."""
+        lo, hi = self.opd_min_nm, self.opd_max_nm
+        unit = (np.clip(opd_nm, lo, hi) - lo) / (hi - lo)
+        return (unit * (self.out_max - self.out_min) + self.out_min).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """``manifest.json``: read with :meth:`from_dict`, written with :meth:`to_dict`
+    (by :func:`write_model_dir`, which fills in ``onnx_sha256``)."""
+
     name: str
     version: str
     created: str
@@ -79,7 +96,7 @@ class Manifest:
     pixel_size_um: float
     normalization: Normalization
     method: str
-    onnx_sha256: str
+    onnx_sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -104,8 +121,10 @@ class Manifest:
         classes = [str(c) for c in data["classes"]]
         if len(classes) < 2:
             raise ModelError(f"a classifier needs at least two classes, got {classes}")
-        if data["method"] not in METHODS:
-            raise ModelError(f"unknown method {data['method']!r}; known: {', '.join(METHODS)}")
+        try:
+            get_method(str(data["method"]))
+        except UnknownMethodError as exc:
+            raise ModelError(str(exc)) from None
         return cls(
             name=str(data["name"]),
             version=str(data["version"]),
@@ -120,6 +139,24 @@ class Manifest:
             metrics=dict(data.get("metrics", {})),
             raw=data,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``manifest.json``, its keys in the contract's order."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "classes": list(self.classes),
+            "input": {
+                "shape": list(self.input_shape),
+                "pixel_size_um": self.pixel_size_um,
+                "normalization": self.normalization.to_dict(),
+            },
+            "method": self.method,
+            "training": self.training,
+            "metrics": self.metrics,
+            "onnx_sha256": self.onnx_sha256,
+        }
 
     def summary(self) -> dict[str, Any]:
         """What the API reports with every classification."""
@@ -165,10 +202,11 @@ def read_model_dir(directory: Path) -> tuple[Manifest, Path]:
     return manifest, onnx_path
 
 
-def write_model_dir(directory: Path, onnx_bytes: bytes, manifest: dict[str, Any]) -> Path:
-    """Write ``model.onnx`` and ``manifest.json`` (with the ONNX file's sha256)."""
+def write_model_dir(directory: Path, onnx_bytes: bytes, manifest: Manifest) -> Path:
+    """Write ``model.onnx`` and ``manifest.json``, whose ``onnx_sha256`` is set to the
+    ONNX bytes' digest (whatever ``manifest`` held)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "model.onnx").write_bytes(onnx_bytes)
-    manifest = {**manifest, "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest()}
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = replace(manifest, onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest())
+    (directory / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return directory

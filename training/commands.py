@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from acquisition.commandline import Command, CommandError, ProgressPrinter, add_common_options
+from models.methods import METHOD_NAMES
 
 from .config import PRESETS, classifier_preset, gan_preset, override
 
@@ -42,7 +43,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     clf.add_argument(
         "--method",
         required=True,
-        choices=("knn", "cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug"),
+        choices=METHOD_NAMES,
     )
     clf.add_argument("--data", required=True, metavar="FILE.h5")
     clf.add_argument("--gan", metavar="DIR", help="the pretrained DCGAN (topgan methods)")

@@ -1,12 +1,13 @@
-"""Training data: crop datasets from files or folders, normalisation, augmentation."""
+"""Training data: crop datasets from files or folders, augmentation.
+
+The OPD normalisation is :class:`models.manifest.Normalization` (``fit`` and ``apply``).
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -64,26 +65,6 @@ def load_crops(paths: Sequence[str | Path]) -> Crops:
     if len(opd) == 0:
         raise ValueError("the data files hold no crops")
     return Crops(opd, np.concatenate([s.label for s in sets]), names, sets[0].pixel_size_um, files)
-
-
-def fit_normalization(opd: np.ndarray) -> dict[str, Any]:
-    """A linear OPD range covering the data (0.1 and 99.9 percentiles, in 10 nm steps)."""
-    sample = opd[:: max(1, len(opd) // 500)]
-    lo, hi = np.percentile(sample, [0.1, 99.9])
-    lo = math.floor(min(float(lo), 0.0) / 10) * 10
-    hi = math.ceil(max(float(hi), lo + 10) / 10) * 10
-    return {
-        "kind": "linear",
-        "opd_min_nm": float(lo),
-        "opd_max_nm": float(hi),
-        "out_min": -1.0,
-        "out_max": 1.0,
-    }
-
-
-def normalize(opd: np.ndarray, norm: dict[str, Any]) -> np.ndarray:
-    lo, hi = norm["opd_min_nm"], norm["opd_max_nm"]
-    return ((np.clip(opd, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32)
 
 
 def dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -22,10 +22,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.manifest import sha256_of
+from models.manifest import Normalization, sha256_of
+from models.provenance import portable_command, portable_path
 
 from .config import GanConfig, NetworkConfig
-from .data import dihedral, fit_normalization, load_crops, normalize
+from .data import dihedral, load_crops
 from .networks import Discriminator, Generator, colour_encode, init_weights
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def train_gan(
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     epoch0, step = 0, 0
-    norm = fit_normalization(crops.opd)
+    norm = Normalization.fit(crops.opd)
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
         if state["network"] != asdict(net):
@@ -84,12 +85,13 @@ def train_gan(
         d.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
-        epoch0, step, norm = state["epoch"], state["step"], state["normalization"]
+        epoch0, step = state["epoch"], state["step"]
+        norm = Normalization.from_dict(state["normalization"])
         generator_rng.set_state(state["rng"])
         logger.info("resuming from epoch %d, step %d", epoch0, step)
 
     factor = net.crop_size // net.input_size
-    x_all = torch.from_numpy(normalize(crops.opd, norm))[:, None]
+    x_all = torch.from_numpy(norm.apply(crops.opd))[:, None]
     if factor > 1:
         x_all = nn.functional.avg_pool2d(x_all, factor)
     n = len(x_all)
@@ -104,7 +106,7 @@ def train_gan(
         n,
         steps_per_epoch,
         seed,
-        norm,
+        norm.to_dict(),
     )
     started = time.monotonic()
     epoch = epoch0
@@ -149,7 +151,7 @@ def train_gan(
                 "config": asdict(config),
                 "epoch": epoch,
                 "step": step,
-                "normalization": norm,
+                "normalization": norm.to_dict(),
                 "seed": seed,
                 "rng": generator_rng.get_state(),
                 "last_losses": {"d": loss_d.item(), "g": loss_g.item()},
@@ -166,7 +168,7 @@ def train_gan(
             "generator": g.state_dict(),
             "discriminator": d.state_dict(),
             "network": asdict(net),
-            "normalization": norm,
+            "normalization": norm.to_dict(),
             "epoch": epoch,
             "step": step,
             "seed": seed,
@@ -177,14 +179,14 @@ def train_gan(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "network": asdict(net),
         "config": asdict(config),
-        "normalization": norm,
-        "data": [{"file": str(f), "sha256": sha256_of(f)} for f in crops.files],
+        "normalization": norm.to_dict(),
+        "data": [{"file": portable_path(f, out), "sha256": sha256_of(f)} for f in crops.files],
         "crops": n,
         "seed": seed,
         "epochs": epoch,
         "steps": step,
         "seconds": round(time.monotonic() - started, 1),
-        "command": command,
+        "command": portable_command(command),
         "weights_sha256": sha256_of(weights),
     }
     (out / "gan.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -12,29 +12,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from models.methods import METHOD_NAMES
+from training.report import Result, markdown_table, metric_values, size_cells
 
 HERE = Path(__file__).resolve().parent
 TASKS = [
     ("hs895", "Hs 895.Sk (healthy skin) vs Hs 895.T (melanoma)", 10, 10.0),
     ("sw480-sw620", "SW480 (primary) vs SW620 (metastatic)", 60, 5.0),
 ]
-ORDER = ["knn", "cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug"]
 
 
-def load(task: str) -> tuple[list[dict], dict]:
+def load(task: str) -> tuple[list[Result], dict[str, Any]]:
     data = json.loads((HERE / task / "results.json").read_text())
     return data["results"], data["meta"]
 
 
-def stats(results: list[dict], method: str, size: int, key: str = "accuracy") -> np.ndarray:
-    return np.array([r[key] for r in results if r["method"] == method and r["train_size"] == size])
+def stats(results: list[Result], method: str, size: int) -> np.ndarray:
+    """Accuracy (%) of each fold."""
+    return 100 * metric_values(results, method, size)
 
 
 def section(task: str, title: str, margin_size: int, margin: float) -> list[str]:
     results, meta = load(task)
-    methods = [m for m in ORDER if any(r["method"] == m for r in results)]
+    methods = [m for m in METHOD_NAMES if any(r["method"] == m for r in results)]
     sizes = sorted({r["train_size"] for r in results})
     lines = [
         f"## {title}",
@@ -43,15 +47,13 @@ def section(task: str, title: str, margin_size: int, margin: float) -> list[str]
         "",
         "Accuracy (%), mean [min, max] over the folds:",
         "",
-        "| method | " + " | ".join(str(s) for s in sizes) + " |",
-        "|---|" + "---|" * len(sizes),
+        *markdown_table(
+            ["method", *map(str, sizes)], [[m, *size_cells(results, m, sizes)] for m in methods]
+        ),
     ]
-    for m in methods:
-        cells = [cell(100 * stats(results, m, s)) for s in sizes]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Checks (the training issue's, as the data give them):", ""]
     for s in [s for s in sizes if s <= margin_size]:
-        top, cnn = 100 * stats(results, "topgan", s), 100 * stats(results, "cnn", s)
+        top, cnn = stats(results, "topgan", s), stats(results, "cnn", s)
         diff = top.mean() - cnn.mean()
         lines.append(
             f"- {s} training images: TOP-GAN {top.mean():.1f} vs CNN {cnn.mean():.1f}: "
@@ -59,7 +61,9 @@ def section(task: str, title: str, margin_size: int, margin: float) -> list[str]
             f"{'met' if diff >= margin else 'not met'}; fold range {np.ptp(top):.1f} vs "
             f"{np.ptp(cnn):.1f} points ({'narrower' if np.ptp(top) < np.ptp(cnn) else 'not narrower'})"
         )
-    means = {m: np.mean([100 * stats(results, m, s).mean() for s in sizes]) for m in methods}
+    means = {
+        m: np.mean([100 * metric_values(results, m, s).mean() for s in sizes]) for m in methods
+    }
     best = max(means, key=lambda m: means[m])
     lines.append(
         "- mean accuracy over all training sizes: "
@@ -76,10 +80,6 @@ def section(task: str, title: str, margin_size: int, margin: float) -> list[str]
         )
     lines += ["", f"![learning curves]({task}/learning-curves.png)", ""]
     return lines
-
-
-def cell(accuracy: np.ndarray) -> str:
-    return f"{accuracy.mean():.1f} [{accuracy.min():.1f}, {accuracy.max():.1f}]"
 
 
 def dev_section() -> list[str]:
@@ -100,20 +100,21 @@ def dev_section() -> list[str]:
             continue
         runs = json.loads(path.read_text())["runs"]
         sizes = sorted({r["train_size"] for run in runs for r in run["results"]})
+        rows = [
+            [
+                run["method"],
+                run["gan"] or "-",
+                run["schedule"],
+                *size_cells(run["results"], run["method"], sizes),
+            ]
+            for run in sorted(runs, key=lambda r: (METHOD_NAMES.index(r["method"]), r["gan"] or ""))
+        ]
         lines += [
             f"{title}:",
             "",
-            "| method | GAN | schedule | " + " | ".join(map(str, sizes)) + " |",
-            "|---|---|---|" + "---|" * len(sizes),
+            *markdown_table(["method", "GAN", "schedule", *map(str, sizes)], rows),
+            "",
         ]
-        for run in sorted(runs, key=lambda r: (ORDER.index(r["method"]), r["gan"] or "")):
-            cells = [cell(100 * stats(run["results"], run["method"], s)) for s in sizes]
-            lines.append(
-                f"| {run['method']} | {run['gan'] or '-'} | {run['schedule']} | "
-                + " | ".join(cells)
-                + " |"
-            )
-        lines.append("")
     probes = [HERE / "dev" / f"probe-{task}.md" for task in ("hs", "sw")]
     if any(p.exists() for p in probes):
         lines += [

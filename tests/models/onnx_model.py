@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.manifest import write_model_dir
+from models.manifest import Manifest, Normalization, write_model_dir
 
 
 def small_classifier(seed: int = 0, classes: int = 2, size: int = 128) -> bytes:
@@ -51,18 +51,15 @@ def write_small_model(
     version: str = "1",
     classes: tuple[str, ...] = ("sw480", "sw620"),
 ) -> Path:
-    manifest = {
-        "name": name,
-        "version": version,
-        "created": "2026-11-22T00:00:00Z",
-        "classes": list(classes),
-        "input": {
-            "shape": [1, 128, 128],
-            "pixel_size_um": 0.25,
-            "normalization": {"kind": "linear", "opd_min_nm": -50.0, "opd_max_nm": 750.0},
-        },
-        "method": "cnn",
-        "training": {"note": f"random weights built by tests/models/onnx_model.py (seed {seed})"},
-        "metrics": {},
-    }
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created="2026-11-22T00:00:00Z",
+        classes=list(classes),
+        input_shape=(1, 128, 128),
+        pixel_size_um=0.25,
+        normalization=Normalization(-50.0, 750.0),
+        method="cnn",
+        training={"note": f"random weights built by tests/models/onnx_model.py (seed {seed})"},
+    )
     return write_model_dir(directory, small_classifier(seed, len(classes)), manifest)

@@ -14,9 +14,10 @@ from PIL import Image
 
 from models.runtime import ModelRuntime
 from service.cli import main
-from training.classifier import export_onnx, fit
 from training.config import classifier_preset, network_preset, override
-from training.data import load_crops, normalize
+from training.data import load_crops
+from training.export import export_onnx
+from training.fit import fit
 from training.imagenet import (
     RGB_MEAN,
     RGB_STD,
@@ -82,7 +83,7 @@ def test_imagenet_fine_tunes_and_exports_with_parity(data):
     assert not torch.equal(trunk["_bn0.weight"], wheel["_bn0.weight"])
     assert torch.equal(trunk["_bn0.running_var"], wheel["_bn0.running_var"]), "frozen statistics"
     assert not model.train().trunk._bn0.training
-    x = normalize(crops.opd, norm)[:, None]
+    x = norm.apply(crops.opd)[:, None]
     onnx_bytes = export_onnx(model, 128, torch.from_numpy(x[:8]))
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     with torch.no_grad():

@@ -83,8 +83,9 @@ def test_classifier_from_the_command_line_is_servable(data, tmp_path):
 
 
 def test_training_errors(data, tmp_path):
-    from training.classifier import fit, stratified_indices
     from training.data import load_crops
+    from training.fit import fit
+    from training.splits import stratified_indices
 
     crops = load_crops([data / "cells.h5"])
     config = override(classifier_preset("cpu"), epochs=1, max_steps=1)
@@ -125,7 +126,8 @@ def test_the_service_never_imports_pytorch():
 
 
 def test_knn_model_matches_the_numpy_knn(data, tmp_path):
-    from training.data import load_crops, normalize
+    from models.manifest import Normalization
+    from training.data import load_crops
     from training.knn import KNNClassifier
 
     model = tmp_path / "knn"
@@ -147,15 +149,12 @@ def test_knn_model_matches_the_numpy_knn(data, tmp_path):
     )
     manifest = json.loads((model / "manifest.json").read_text())
     crops = load_crops([data / "cells.h5"])
-    x = normalize(crops.opd, manifest["input"]["normalization"])
+    norm = Normalization.from_dict(manifest["input"]["normalization"])
+    x = norm.apply(crops.opd)
     probe = np.random.default_rng(1).normal(150, 80, (6, 128, 128)).astype(np.float32)
     served = ModelRuntime(model, "cpu").predict(probe)
     # The ONNX graph holds every training crop (the seed only shuffles their order).
-    expected = (
-        KNNClassifier(9)
-        .fit(x, crops.label)
-        .predict_proba(normalize(probe, manifest["input"]["normalization"]))
-    )
+    expected = KNNClassifier(9).fit(x, crops.label).predict_proba(norm.apply(probe))
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
@@ -275,7 +274,8 @@ def test_evaluate_scores_int8_on_the_test_folds(data, tmp_path):
 
 
 def test_folds_and_auc():
-    from training.evaluate import auc, stratified_folds
+    from training.metrics import auc
+    from training.splits import stratified_folds
 
     labels = np.array([0] * 10 + [1] * 5)
     folds = stratified_folds(labels, 5, seed=0)
@@ -291,8 +291,8 @@ def test_selection_starts_off_the_untrained_plateau(data):
     """min_steps stretches the epoch cap at a handful of crops; model selection and
     early stopping start only once the training crops' loss is clearly below ln 2, and
     a model that never gets there is kept as it ends."""
-    from training.classifier import PLATEAU_EXIT, fit
     from training.data import load_crops
+    from training.fit import PLATEAU_EXIT, fit
 
     crops = load_crops([data / "cells.h5"])
     indices = np.arange(len(crops.label))

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.classifier import stratified_indices
+from models.manifest import Normalization
 from training.config import network_preset
-from training.data import fit_normalization, load_crops, normalize
-from training.evaluate import stratified_folds
+from training.data import load_crops
 from training.gan import load_gan, trunk_weights
 from training.networks import Classifier, init_weights
+from training.splits import stratified_folds, stratified_indices
 
 SIZES = (10, 40, 160)
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--gan", type=Path, nargs="*", default=[])
     args = parser.parse_args()
     crops = load_crops([args.data])
-    x = normalize(crops.opd, fit_normalization(crops.opd))
+    x = Normalization.fit(crops.opd).apply(crops.opd)
     y = crops.label
     folds = stratified_folds(y, 5, 0)
     print(f"{args.data.name}: linear-probe accuracy (%), mean [min, max] over 5 folds")

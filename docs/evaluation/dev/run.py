@@ -19,13 +19,13 @@ import json
 import tempfile
 from pathlib import Path
 
+from models.methods import TORCH_METHOD_NAMES, get_method
 from training import config as cfg
 from training.evaluate import evaluate
 
 HERE = Path(__file__).resolve().parent
 POSITIVE = {"sw": "sw620", "hs": "hs895-t"}
 SIZES = [10, 20, 40]
-METHODS = ("cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
 SCHEDULE = "min 300 steps, selection off the plateau"
 
 
@@ -34,12 +34,12 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(POSITIVE), required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--gan", type=Path, required=True)
-    parser.add_argument("--methods", required=True, help=", ".join(METHODS))
+    parser.add_argument("--methods", required=True, help=", ".join(TORCH_METHOD_NAMES))
     args = parser.parse_args()
     path = HERE / f"{args.task}.json"
     runs = json.loads(path.read_text())["runs"] if path.exists() else []
     for method in args.methods.split(","):
-        gan = args.gan.name if method.startswith("topgan") else None
+        gan = args.gan.name if get_method(method).gan_trunk else None
         if any((r["method"], r["gan"], r["schedule"]) == (method, gan, SCHEDULE) for r in runs):
             continue
         with tempfile.TemporaryDirectory() as tmp:

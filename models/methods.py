@@ -1,0 +1,59 @@
+"""The classification methods: one registry that the manifest, training and evaluation
+read instead of spelling the names (or parsing them) each on their own.
+
+``knn`` is NumPy only; every other method is a PyTorch network exported to ONNX:
+``cnn`` (the TOP-GAN classifier from random weights), ``imagenet`` (EfficientNet-Lite0
+pretrained on ImageNet) and ``topgan`` (the trunk of a pretrained DCGAN's
+discriminator); ``-aug`` adds dihedral augmentation of the training batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a method is made of.
+
+    needs_torch : a PyTorch network (trained, then exported to ONNX); False for knn
+    gan_trunk : the trunk starts from a pretrained DCGAN's discriminator (needs a GAN)
+    augment : training batches go through random dihedral transforms
+    imagenet : EfficientNet-Lite0 with its ImageNet weights
+    """
+
+    name: str
+    needs_torch: bool = True
+    gan_trunk: bool = False
+    augment: bool = False
+    imagenet: bool = False
+
+
+#: Every method, in the order reports list them.
+METHODS: tuple[Method, ...] = (
+    Method("knn", needs_torch=False),
+    Method("cnn"),
+    Method("cnn-aug", augment=True),
+    Method("imagenet", imagenet=True),
+    Method("topgan", gan_trunk=True),
+    Method("topgan-aug", gan_trunk=True, augment=True),
+)
+METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in METHODS)
+#: The methods that train a PyTorch network.
+TORCH_METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in METHODS if m.needs_torch)
+
+_BY_NAME = {m.name: m for m in METHODS}
+
+
+class UnknownMethodError(ValueError):
+    """A method name that is not in :data:`METHODS`."""
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UnknownMethodError(
+            f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}"
+        ) from None

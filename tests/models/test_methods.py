@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from models.manifest import Manifest, ModelError
+from models.methods import (
+    METHOD_NAMES,
+    METHODS,
+    TORCH_METHOD_NAMES,
+    UnknownMethodError,
+    get_method,
+)
+
+
+def test_the_registry_names_each_method_once_in_report_order():
+    assert METHOD_NAMES == ("knn", "cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
+    assert TORCH_METHOD_NAMES == ("cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
+    assert len(set(METHOD_NAMES)) == len(METHODS)
+
+
+def test_what_each_method_is_made_of():
+    flags = {m.name: (m.needs_torch, m.gan_trunk, m.augment, m.imagenet) for m in METHODS}
+    assert flags == {
+        "knn": (False, False, False, False),
+        "cnn": (True, False, False, False),
+        "cnn-aug": (True, False, True, False),
+        "imagenet": (True, False, False, True),
+        "topgan": (True, True, False, False),
+        "topgan-aug": (True, True, True, False),
+    }
+    assert get_method("topgan-aug") is METHODS[-1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        METHODS[0].needs_torch = True  # type: ignore[misc]
+
+
+def test_unknown_methods_are_refused_by_the_registry_and_the_manifest():
+    with pytest.raises(UnknownMethodError, match="unknown method 'svm'; known: knn, cnn"):
+        get_method("svm")
+    manifest = {
+        "name": "m",
+        "version": "1",
+        "created": "2026-11-22T00:00:00Z",
+        "classes": ["a", "b"],
+        "input": {
+            "shape": [1, 128, 128],
+            "normalization": {"opd_min_nm": 0.0, "opd_max_nm": 100.0},
+        },
+        "onnx_sha256": "0" * 64,
+    }
+    for name in METHOD_NAMES:
+        assert Manifest.from_dict({**manifest, "method": name}).method == name
+    with pytest.raises(ModelError, match="unknown method 'topgan-big'"):
+        Manifest.from_dict({**manifest, "method": "topgan-big"})
+
+
+def test_models_imports_neither_torch_nor_training_nor_service():
+    code = (
+        "import sys; import models.methods, models.manifest, models.runtime; "
+        "sys.exit(any(m in sys.modules for m in ('torch', 'training', 'service')))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120, check=False).returncode == 0

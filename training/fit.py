@@ -1,0 +1,163 @@
+"""Fitting one network classifier (every method but knn): the untrained model of its
+method, then training with early stopping and model selection on a validation split of
+the training set only, both starting once the model has left the untrained plateau."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.manifest import Normalization
+from models.methods import TORCH_METHOD_NAMES, get_method
+
+from .config import ClassifierConfig
+from .data import Crops, dihedral
+from .gan import load_gan, trunk_weights
+from .imagenet import ImageNetClassifier
+from .networks import Classifier
+from .splits import split_validation
+
+#: Training has left the untrained plateau once the loss on its training crops is at
+#: most this fraction of ln(classes) (0.52 for two classes, against 0.69 untrained).
+PLATEAU_EXIT = 0.75
+
+
+def _loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
+        loss = nn.functional.cross_entropy(logits, y).item()
+        accuracy = (logits.argmax(1) == y).float().mean().item()
+    return loss, accuracy
+
+
+def build_model(
+    method: str, classes: int, config: ClassifierConfig, gan_dir: Path | None
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The untrained classifier of ``method`` (its trunk pretrained for topgan and
+    imagenet) and its optimizer's parameter groups."""
+    net = config.network
+    spec = get_method(method)
+    if spec.imagenet:
+        if net.channels != 1:
+            raise ValueError("the colour encoding (channels 3) is for the DCGAN-based methods")
+        imagenet = ImageNetClassifier(net, classes, config.hidden, config.dropout)
+        return imagenet, imagenet.param_groups(config.lr, config.trunk_lr_factor)
+    model = Classifier(net, classes, config.hidden, config.dropout)
+    if spec.gan_trunk:
+        if gan_dir is None:
+            raise ValueError(f"method {method} needs --gan DIR (a pretrained DCGAN)")
+        state, gan_net = load_gan(gan_dir)
+        if gan_net != net:
+            raise ValueError(
+                f"the GAN in {gan_dir} has network {gan_net}, the classifier {net}: use its "
+                "preset and --channels"
+            )
+        model.trunk.load_state_dict(trunk_weights(state))
+    return model, [{"params": list(model.parameters())}]
+
+
+def fit(
+    method: str,
+    crops: Crops,
+    indices: np.ndarray,
+    config: ClassifierConfig,
+    gan_dir: Path | None,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[nn.Module, Normalization, dict[str, Any]]:
+    """Train one classifier on ``crops`` at ``indices``; return it, the normalisation and
+    a record of the training (validation accuracy, epochs, seconds)."""
+    if method not in TORCH_METHOD_NAMES:
+        raise ValueError(f"method must be one of {', '.join(TORCH_METHOD_NAMES)}, got {method!r}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    aug_rng = torch.Generator().manual_seed(seed)
+    model, groups = build_model(method, len(crops.class_names), config, gan_dir)
+    labels = crops.label[indices]
+    train_pos, val_pos = split_validation(labels, config.val_fraction, rng)
+    norm = Normalization.fit(crops.opd[indices[train_pos]])
+    x = torch.from_numpy(norm.apply(crops.opd[indices]))[:, None]
+    y = torch.from_numpy(labels.astype(np.int64))
+    x_train, y_train, x_val, y_val = x[train_pos], y[train_pos], x[val_pos], y[val_pos]
+    optimizer = torch.optim.Adam(groups, lr=config.lr)
+    augment = get_method(method).augment
+    best: tuple[float, float] = (math.inf, 0.0)
+    best_state: dict[str, Any] | None = None
+    best_epoch, stale, step = 0, 0, 0
+    steps_per_epoch = max(1, math.ceil(len(x_train) / config.batch_size))
+    total = max(config.epochs * steps_per_epoch, config.min_steps)
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    # Early stopping and model selection start once the model has left the untrained
+    # plateau (every crop near 1/classes: loss ln C), judged on its own training crops:
+    # with one or two validation crops a class, an untrained model's ln 2 can beat a
+    # trained one that misses a single crop, and patience counted in epochs (one step
+    # each at 10 crops) would end training there.
+    plateau = PLATEAU_EXIT * math.log(len(crops.class_names))
+    # At most 512 training crops, evenly spread (train_pos runs class by class).
+    fit_pos = torch.from_numpy(np.unique(np.linspace(0, len(x_train) - 1, 512).astype(np.int64)))
+    x_fit, y_fit = x_train[fit_pos], y_train[fit_pos]
+    selecting, selected_from = False, 0
+    started = time.monotonic()
+    epoch = 0
+    while step < total:
+        model.train()
+        order = torch.randperm(len(x_train), generator=aug_rng)
+        for b in range(steps_per_epoch):
+            if step >= total:
+                break
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            batch = dihedral(x_train[idx], aug_rng) if augment else x_train[idx]
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(batch), y_train[idx]).backward()
+            optimizer.step()
+            step += 1
+            if progress:
+                progress(step, total)
+        epoch += 1
+        if not selecting:
+            selecting = _loss_and_accuracy(model, x_fit, y_fit)[0] <= plateau
+            if not selecting:
+                continue
+            selected_from = epoch
+        val_loss, val_acc = _loss_and_accuracy(model, x_val, y_val)
+        if (val_loss, -val_acc) < (best[0], -best[1]):
+            best, best_state, best_epoch, stale = (
+                (val_loss, val_acc),
+                copy.deepcopy(model.state_dict()),
+                epoch,
+                0,
+            )
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is None:  # never left the plateau: the last model, as good as any
+        best, best_state, best_epoch = (
+            _loss_and_accuracy(model, x_val, y_val),
+            model.state_dict(),
+            epoch,
+        )
+    model.load_state_dict(best_state)
+    model.eval()
+    record = {
+        "train_size": len(indices),
+        "validation_size": len(val_pos),
+        "validation_accuracy": round(best[1], 4),
+        "validation_loss": round(best[0], 4),
+        "best_epoch": best_epoch,
+        # The first epoch off the plateau, where selection began (0: never reached).
+        "selection_from_epoch": selected_from,
+        "epochs_run": epoch,
+        "train_seconds": round(time.monotonic() - started, 2),
+    }
+    return model, norm, record

@@ -1,0 +1,51 @@
+"""How crops are drawn: balanced training sets, the validation split inside a training
+set, and the protocol's cross-validation folds (NumPy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stratified_indices(
+    labels: np.ndarray, size: int | None, rng: np.random.Generator
+) -> np.ndarray:
+    """``size`` indices balanced over the classes (all labeled ones when None)."""
+    labeled = np.flatnonzero(labels >= 0)
+    if size is None:
+        return rng.permutation(labeled)
+    classes = np.unique(labels[labeled])
+    per_class = size // len(classes)
+    if per_class < 1:
+        raise ValueError(f"train size {size} is smaller than the number of classes {len(classes)}")
+    picks = []
+    for c in classes:
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < per_class:
+            raise ValueError(f"class {c} has {len(pool)} crops, {per_class} needed")
+        picks.append(rng.choice(pool, per_class, replace=False))
+    return rng.permutation(np.concatenate(picks))
+
+
+def split_validation(
+    labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, validation) positions into ``labels``; at least one of each
+    class in validation."""
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return np.concatenate(train), np.concatenate(val)
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """``folds`` disjoint test sets, each with the classes in their overall proportion."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    for c in np.unique(labels[labels >= 0]):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        for i, chunk in enumerate(np.array_split(idx, folds)):
+            parts[i].extend(chunk.tolist())
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
