@@ -25,7 +25,7 @@ def test_commands_keep_what_was_typed_but_not_where(tmp_path):
     command = (
         f"topgan --seed 5 train classifier --method topgan-aug --data {tmp_path}/hs895.h5 "
         f"--gan {cwd}/models/pretrained/sperm-dcgan --name hs895 --out={cwd}/models/hs895 "
-        "--train-size -1 --note 'two words' --extra ../main/models/x rel/dir"
+        "--train-size -1 --note 'two words' --extra ../checkout/models/x rel/dir"
     )
     assert portable_command(command, cwd) == (
         "topgan --seed 5 train classifier --method topgan-aug --data hs895.h5 "
