@@ -139,8 +139,15 @@ class Settings(BaseSettings):
     @field_validator("camera")
     @classmethod
     def _camera(cls, value: str) -> str:
-        if value != "none":
+        if value == "none":
+            return value
+        try:
             parse_camera(value)
+        except ValueError:
+            kinds = "emulator, basler, simulator, none"
+            raise ValueError(
+                f"camera must be one of {kinds} or replay:PATH, got {value!r}"
+            ) from None
         return value
 
     def camera_spec(self) -> CameraSpec | None:
