@@ -15,6 +15,21 @@ from .networks import WithSoftmax
 logger = logging.getLogger(__name__)
 #: The largest difference allowed between ONNX Runtime's and PyTorch's probabilities.
 PARITY_TOLERANCE = 1e-4
+#: Node metadata the exporter writes that names source files on the machine that
+#: trained the model (``File "/home/.../networks.py", line 152``): a model directory
+#: is copied between machines and committed, so it must not carry them.
+MACHINE_METADATA = ("pkg.torch.onnx.stack_trace",)
+
+
+def strip_machine_metadata(proto: onnx.ModelProto) -> None:
+    """Remove :data:`MACHINE_METADATA` from every node of ``proto`` (in place)."""
+    graphs = [proto.graph, *(f for f in proto.functions)]
+    for graph in graphs:
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key not in MACHINE_METADATA]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
 
 
 def export_onnx(model: nn.Module, crop_size: int, probe: torch.Tensor | None = None) -> bytes:
@@ -38,6 +53,7 @@ def export_onnx(model: nn.Module, crop_size: int, probe: torch.Tensor | None = N
     assert program is not None
     proto = program.model_proto
     proto.ir_version = min(proto.ir_version, 10)
+    strip_machine_metadata(proto)
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

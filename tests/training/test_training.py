@@ -14,6 +14,8 @@ from service.cli import main
 from training.config import classifier_preset, gan_preset, override
 from training.gan import train_gan
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_gan_checkpoints_and_resumes(data, tmp_path):
     config = override(gan_preset("cpu"), epochs=1, batch_size=8, max_steps=2)
@@ -74,6 +76,8 @@ def test_classifier_from_the_command_line_is_servable(data, tmp_path):
     assert manifest["training"]["preset"] == "cpu"
     assert "topgan" in manifest["training"]["command"]
     assert manifest["training"]["gan_sha256"]
+    onnx_bytes = (model / "model.onnx").read_bytes()
+    assert str(REPO).encode() not in onnx_bytes, "the model names this machine's files"
     runtime = ModelRuntime(model, "cpu")
     probabilities = runtime.predict(
         np.random.default_rng(0).normal(200, 50, (5, 128, 128)).astype(np.float32)
@@ -180,6 +184,7 @@ def test_int8_is_kept_only_within_half_a_point(data, tmp_path):
     assert metrics["precision"] == ("int8" if kept else "fp32")
     text = (model / "model.onnx").read_bytes()
     assert (b"QuantizeLinear" in text) == kept
+    assert str(REPO).encode() not in text, "the model names this machine's files"
     probabilities = ModelRuntime(model, "cpu").predict(np.zeros((2, 128, 128), np.float32))
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-4)
 
