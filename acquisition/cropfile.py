@@ -307,6 +307,7 @@ class CropWriter:
             compression="gzip",
             compression_opts=GZIP_LEVEL,
             shuffle=True,
+            track_times=False,  # no clock in the file: the same crops give the same bytes
         )
         for name, values in columns.items():
             self._datasets[name] = h5.create_dataset(
@@ -316,6 +317,7 @@ class CropWriter:
                 chunks=(self._chunk_rows, *values.shape[1:]),
                 dtype=values.dtype,
                 fillvalue=-1 if name == "label" else None,
+                track_times=False,
             )
         h5.attrs.update(self.attrs)
 
