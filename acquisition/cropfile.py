@@ -307,7 +307,7 @@ class CropWriter:
             compression="gzip",
             compression_opts=GZIP_LEVEL,
             shuffle=True,
-            track_times=False,  # no clock in the file: the same crops give the same bytes
+            track_times=False,  # h5py's default, relied on: the same crops, the same bytes
         )
         for name, values in columns.items():
             self._datasets[name] = h5.create_dataset(
