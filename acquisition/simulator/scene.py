@@ -98,6 +98,9 @@ class TrueObject:
     dry_mass_pg: float
     touching: bool
     clipped: bool
+    #: The cell's track in a continuous flow (:mod:`acquisition.simulator.flow`): the
+    #: same in every frame it is seen in; -1 in independent frames.
+    track: int = -1
 
 
 @dataclass
@@ -180,6 +183,11 @@ class FlowSimulator:
                     False,
                 )
             )
+        return Frame(self.render(opd, rng), opd, objects)
+
+    def render(self, opd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The camera counts of a frame whose sample plane holds ``opd`` : (H, W) nm."""
+        cfg = self.config
         phase = (2 * math.pi / cfg.optics.wavelength_nm) * opd
         phase += self._frame_noise(rng)
         phasor = np.empty(cfg.shape, dtype=np.complex64)
@@ -187,8 +195,7 @@ class FlowSimulator:
         phasor.imag = np.sin(phase)
         phasor *= self._stationary
         field_ = band_limit(phasor, cfg.optics.cutoff_cycles_per_px)
-        hologram = record_hologram(field_, cfg.optics, rng)
-        return Frame(hologram, opd, objects)
+        return record_hologram(field_, cfg.optics, rng)
 
     def _place(
         self,

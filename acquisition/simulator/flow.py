@@ -1,0 +1,162 @@
+"""Continuous flow: cells that enter the sample half, cross it over several frames
+and leave, with the ground truth of which cell is where.
+
+Unlike :meth:`FlowSimulator.frame` (every frame a fresh draw), a
+:class:`ContinuousFlow` keeps its cells between frames: they enter at the upstream
+edge of the sample half at ``cells_per_second`` (Poisson), each in a lane across the
+channel, and move downstream at the speed of a parabolic (Poiseuille) profile, from
+``wall_speed_fraction`` of the peak at the channel's walls to ``flow_speed_um_s`` in
+its centre; a faster cell overtakes a slower one in another lane. No two cells in
+view share a lane (they would overlap). Everything stationary (optics, reference)
+is the simulator's; frames are deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .phantoms import render_cell
+from .scene import FlowSimulator, Frame, TrueObject
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """The flow.
+
+    Attributes
+    ----------
+    flow_speed_um_s : speed in the channel's centre, um/s
+    frame_rate_hz : the camera's frame rate
+    cells_per_second : mean rate of cells entering the field
+    axis : the flow's axis in camera pixels ("y": along rows, "x": along columns)
+    direction : +1 (towards larger coordinates) or -1
+    wall_speed_fraction : speed at the channel's walls as a fraction of the peak
+    """
+
+    flow_speed_um_s: float = 2000.0
+    frame_rate_hz: float = 90.0
+    cells_per_second: float = 40.0
+    axis: Literal["x", "y"] = "y"
+    direction: Literal[1, -1] = 1
+    wall_speed_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("flow_speed_um_s", "frame_rate_hz"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.cells_per_second < 0:
+            raise ValueError(f"cells_per_second must be >= 0, got {self.cells_per_second}")
+        if self.axis not in ("x", "y") or self.direction not in (1, -1):
+            raise ValueError(f"axis must be x or y and direction +1 or -1, got {self}")
+        if not 0 < self.wall_speed_fraction <= 1:
+            raise ValueError(
+                f"wall_speed_fraction must be in (0, 1], got {self.wall_speed_fraction}"
+            )
+
+
+@dataclass
+class _Cell:
+    track: int
+    line: str
+    opd_nm: np.ndarray
+    radius_px: float
+    lateral_px: float  # across the flow, in the sample region
+    along_px: float  # downstream distance from the upstream edge of the region
+    speed_px: float  # per frame
+    params: dict[str, float]
+
+
+class ContinuousFlow:
+    """Frames of one continuous flow through ``simulator``'s instrument.
+
+    ``frame()`` returns the next frame; its objects carry the ``track`` of their
+    cell (1, 2, ...), the same in every frame the cell is seen in.
+    """
+
+    def __init__(self, simulator: FlowSimulator, config: FlowConfig, seed: int = 0) -> None:
+        self.simulator = simulator
+        self.config = config
+        self._rng = np.random.default_rng([simulator.seed, seed, 0xF10])
+        self._cells: list[_Cell] = []
+        self._tracks = 0
+        self._index = 0
+        rows, cols = simulator.config.region
+        lengths = {"y": rows.stop - rows.start, "x": cols.stop - cols.start}
+        self.length_px = lengths[config.axis]
+        self.width_px = lengths["x" if config.axis == "y" else "y"]
+        pixel = simulator.config.optics.pixel_size_um
+        self.peak_px = config.flow_speed_um_s / config.frame_rate_hz / pixel
+
+    def _speed(self, lateral_px: float) -> float:
+        u = 2 * lateral_px / self.width_px - 1
+        return self.peak_px * max(1 - u * u, self.config.wall_speed_fraction)
+
+    def _enter(self) -> None:
+        cfg, rng = self.config, self._rng
+        pixel = self.simulator.config.optics.pixel_size_um
+        for _ in range(rng.poisson(cfg.cells_per_second / cfg.frame_rate_hz)):
+            line = self.simulator.lines[int(rng.integers(len(self.simulator.lines)))]
+            phantom = render_cell(line, rng, pixel)
+            radius = phantom.params["extent_um"] / 2 / pixel
+            lateral = rng.uniform(radius + 8, self.width_px - radius - 8)
+            if any(abs(c.lateral_px - lateral) < c.radius_px + radius for c in self._cells):
+                continue  # that lane is taken while its cell is in view
+            self._tracks += 1
+            self._cells.append(
+                _Cell(
+                    self._tracks,
+                    line,
+                    phantom.opd_nm,
+                    radius,
+                    lateral,
+                    -radius,  # just upstream of the field: it enters during its first move
+                    self._speed(lateral),
+                    dict(phantom.params),
+                )
+            )
+
+    def frame(self) -> Frame:
+        """The next frame of the flow."""
+        self._index += 1
+        index = self._index
+        for cell in self._cells:
+            cell.along_px += cell.speed_px
+        self._cells = [c for c in self._cells if c.along_px - c.radius_px < self.length_px]
+        self._enter()
+        sim = self.simulator
+        cfg = sim.config
+        rows, cols = cfg.region
+        opd = np.zeros(cfg.shape, dtype=np.float32)
+        region = opd[rows, cols]  # a view: cells never reach the reference half
+        objects: list[TrueObject] = []
+        for cell in self._cells:
+            along = cell.along_px if self.config.direction > 0 else self.length_px - cell.along_px
+            y, x = (along, cell.lateral_px) if self.config.axis == "y" else (cell.lateral_px, along)
+            FlowSimulator._paste(region, cell.opd_nm, y, x)
+            clipped = not cell.radius_px <= cell.along_px <= self.length_px - cell.radius_px
+            objects.append(
+                TrueObject(
+                    index,
+                    "cell",
+                    cell.line,
+                    y + rows.start,
+                    x + cols.start,
+                    cell.params["diameter_um"],
+                    cell.params["peak_opd_nm"],
+                    cell.params["dry_mass_pg"],
+                    False,
+                    clipped,
+                    track=cell.track,
+                )
+            )
+        rng = np.random.default_rng([sim.seed, 0xF10, index])
+        return Frame(sim.render(opd, rng), opd, objects)
+
+    @property
+    def views_per_cell(self) -> tuple[float, float]:
+        """Frames a cell is in view, (fastest lane, slowest lane)."""
+        fastest = self.length_px / self.peak_px
+        return fastest, fastest / self.config.wall_speed_fraction

@@ -1,0 +1,83 @@
+"""Continuous flow with ground truth, and the whole path on it: simulated holograms ->
+the frame processor -> the tracker, scored against which cell is where."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+from acquisition.backend import get_backend
+from acquisition.frames import FrameProcessor
+from acquisition.reconstruction import ReconstructionConfig
+from acquisition.simulator.flow import ContinuousFlow, FlowConfig
+from acquisition.simulator.scene import FlowSimulator, SceneConfig
+from acquisition.tracking import Tracker, TrackerConfig
+
+SCENE = SceneConfig(debris_per_frame=0.5)
+
+
+@pytest.fixture(scope="module")
+def simulator() -> FlowSimulator:
+    return FlowSimulator(SCENE, ["sw480", "sw620"], seed=1)
+
+
+def test_cells_cross_the_field_in_their_lanes(simulator):
+    flow = ContinuousFlow(simulator, FlowConfig(flow_speed_um_s=2000, axis="y"))
+    _, cols = SCENE.region
+    seen: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
+    for _ in range(60):
+        frame = flow.frame()
+        reference_half = frame.opd_nm[:, cols.stop :]
+        assert not reference_half.any(), "cells stay in the sample half"
+        for o in frame.objects:
+            seen[o.track].append((o.frame, o.y_px, o.x_px))
+    assert len(seen) > 10
+    fastest, slowest = flow.views_per_cell
+    assert 4 < fastest < slowest < 30
+    for views in seen.values():
+        frames = [v[0] for v in views]
+        assert frames == list(range(frames[0], frames[0] + len(frames))), "seen in every frame"
+        ys = np.array([v[1] for v in views])
+        xs = np.array([v[2] for v in views])
+        assert np.all(np.diff(ys) > 0), "downstream along +y"
+        assert np.ptp(xs) == 0, "in its lane"
+
+
+@pytest.mark.parametrize(
+    ("axis", "direction", "speed_um_s", "frames"),
+    [("y", 1, 2000.0, 150), ("x", -1, 1000.0, 120)],
+)
+def test_the_whole_path_counts_each_cell_once(simulator, axis, direction, speed_um_s, frames):
+    flow = ContinuousFlow(
+        simulator,
+        FlowConfig(flow_speed_um_s=speed_um_s, axis=axis, direction=direction),
+        seed=2,
+    )
+    pixel = SCENE.optics.pixel_size_um
+    processor = FrameProcessor(
+        ReconstructionConfig(sample_half="left", pixel_size_um=pixel),
+        backend=get_backend("numpy"),
+        reference=simulator.reference,
+    )
+    tracker = Tracker(TrackerConfig(pixel_size_um=pixel))
+    members: dict[int, list[int]] = defaultdict(list)
+    for index in range(1, frames + 1):
+        frame = flow.frame()
+        positions = [c.position_px for c in processor.process(frame.hologram).cells]
+        update = tracker.update(index, positions)
+        for track, position in zip(update.ids, positions, strict=True):
+            truth = min(frame.objects, key=lambda o: math.dist((o.y_px, o.x_px), position))
+            assert math.dist((truth.y_px, truth.x_px), position) < 3 / pixel, "a real cell"
+            members[track].append(truth.track)
+    tracker.close()
+    true_cells = {t for cells in members.values() for t in cells}
+    assert len(true_cells) > 20
+    purity = sum(len(set(cells)) == 1 for cells in members.values()) / len(members)
+    tracks_of = Counter(Counter(cells).most_common(1)[0][0] for cells in members.values())
+    completeness = sum(tracks_of[c] == 1 for c in true_cells) / len(true_cells)
+    assert abs(len(members) - len(true_cells)) <= 0.02 * len(true_cells)
+    assert purity >= 0.99
+    assert completeness >= 0.98
