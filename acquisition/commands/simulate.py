@@ -17,6 +17,7 @@ from ..commandline import (
     CommandError,
     ProgressPrinter,
     add_common_options,
+    choices_of,
     positive_float,
 )
 from ..cropfile import write_crop_dataset
@@ -24,9 +25,11 @@ from ..io import camera_tiff_shift, write_camera_tiff
 from ..segmentation import SegmentationConfig
 from ..simulator import phantoms
 from ..simulator.datasets import simulate_direct, simulate_full
+from ..simulator.flow import ContinuousFlow, FlowConfig
 from ..simulator.scene import FlowSimulator, SceneConfig, TrueObject
 
 DEFAULTS = SceneConfig()
+FLOW = FlowConfig()
 
 
 def frame_shape(text: str) -> tuple[int, int]:
@@ -58,6 +61,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if kind == "holograms":
             k.add_argument("--frames", type=int, required=True, metavar="N")
             k.add_argument("--out", required=True, metavar="DIR")
+            flow = k.add_argument_group(
+                "continuous flow",
+                "with --flow, cells enter the sample half, cross it over several frames "
+                "and leave; cells.csv gives each cell's track in every frame",
+            )
+            flow.add_argument("--flow", action="store_true", help="a continuous flow")
+            flow.add_argument(
+                "--flow-speed-um-s",
+                type=positive_float,
+                default=FLOW.flow_speed_um_s,
+                help="speed in the channel's centre (default %(default)s)",
+            )
+            flow.add_argument(
+                "--frame-rate-hz",
+                type=positive_float,
+                default=FLOW.frame_rate_hz,
+                help="the camera's frame rate (default %(default)s)",
+            )
+            flow.add_argument(
+                "--cells-per-second",
+                type=float,
+                default=FLOW.cells_per_second,
+                help="mean rate of cells entering (default %(default)s)",
+            )
+            flow.add_argument(
+                "--flow-axis", choices=choices_of(FlowConfig, "axis"), default=FLOW.axis
+            )
+            flow.add_argument("--flow-direction", type=int, choices=(1, -1), default=FLOW.direction)
         else:
             k.add_argument(
                 "--count", type=int, required=True, metavar="N", help="crops per cell line"
@@ -89,7 +120,8 @@ def run(args: argparse.Namespace) -> None:
     lines = parse_lines(args.cell_line)
     scene = scene_config(args.shape, args.bit_depth, args.cells_per_frame)
     if args.kind == "holograms":
-        write_holograms(Path(args.out), lines, args.frames, args.seed, scene)
+        flow = flow_config(args) if args.flow else None
+        write_holograms(Path(args.out), lines, args.frames, args.seed, scene, flow)
     else:
         write_cells(
             Path(args.out),
@@ -109,6 +141,19 @@ def parse_lines(text: str) -> list[str]:
         raise CommandError(str(exc)) from None
 
 
+def flow_config(args: argparse.Namespace) -> FlowConfig:
+    try:
+        return FlowConfig(
+            flow_speed_um_s=args.flow_speed_um_s,
+            frame_rate_hz=args.frame_rate_hz,
+            cells_per_second=args.cells_per_second,
+            axis=args.flow_axis,
+            direction=args.flow_direction,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def scene_config(shape: tuple[int, int], bit_depth: int, cells_per_frame: float) -> SceneConfig:
     try:
         return replace(
@@ -122,15 +167,22 @@ def scene_config(shape: tuple[int, int], bit_depth: int, cells_per_frame: float)
 
 
 def write_holograms(
-    out: Path, lines: list[str], frames: int, seed: int, scene: SceneConfig
+    out: Path,
+    lines: list[str],
+    frames: int,
+    seed: int,
+    scene: SceneConfig,
+    flow: FlowConfig | None = None,
 ) -> None:
     """Frames as TIFF (12-bit stored MSB-aligned in uint16, as pylon reads them),
     ``reference.tiff``, ``ground_truth.h5`` (OPD of the sample half, nm) and
-    ``cells.csv``."""
+    ``cells.csv``; independent frames, or a continuous ``flow`` (``cells.csv``'s
+    ``track`` then follows each cell from frame to frame)."""
     if frames < 1:
         raise CommandError(f"--frames must be at least 1, got {frames}")
     out.mkdir(parents=True, exist_ok=True)
     simulator = FlowSimulator(scene, lines, seed=seed)
+    stream = ContinuousFlow(simulator, flow, seed) if flow is not None else None
     depth = scene.optics.bit_depth
     write_camera_tiff(out / "reference.tiff", simulator.reference, depth)
     rows, cols = scene.region
@@ -152,7 +204,7 @@ def write_holograms(
         truth.attrs["pixel_size_um"] = scene.optics.pixel_size_um
         truth.attrs["wavelength_nm"] = scene.optics.wavelength_nm
         for i in range(frames):
-            frame = simulator.frame(i)
+            frame = stream.frame() if stream is not None else simulator.frame(i)
             write_camera_tiff(out / f"frame_{i:05d}.tif", frame.hologram, depth)
             opd[i] = frame.opd_nm[rows, cols]
             objects.extend(frame.objects)
@@ -167,6 +219,7 @@ def write_holograms(
         "frames": frames,
         "seed": seed,
         "scene": asdict(scene),
+        "flow": asdict(flow) if flow is not None else None,
         "tiff": f"{depth}-bit values"
         + (f" shifted left by {camera_tiff_shift(depth)}" if camera_tiff_shift(depth) else ""),
         "reconstruct_with": {
@@ -178,7 +231,12 @@ def write_holograms(
     }
     (out / "simulation.json").write_text(json.dumps(meta, indent=2) + "\n")
     cells = sum(o.kind == "cell" for o in objects)
-    print(f"wrote {frames} holograms with {cells} cells to {out}", file=sys.stderr)
+    if stream is not None:
+        tracks = len({o.track for o in objects if o.kind == "cell"})
+        what = f"{cells} views of {tracks} cells in flow"
+    else:
+        what = f"{cells} cells"
+    print(f"wrote {frames} holograms with {what} to {out}", file=sys.stderr)
 
 
 def write_cells(

@@ -72,8 +72,8 @@ class _Cell:
 class ContinuousFlow:
     """Frames of one continuous flow through ``simulator``'s instrument.
 
-    ``frame()`` returns the next frame; its objects carry the ``track`` of their
-    cell (1, 2, ...), the same in every frame the cell is seen in.
+    ``frame()`` returns the next frame (0, 1, ...); its objects carry the ``track``
+    of their cell (1, 2, ...), the same in every frame the cell is seen in.
     """
 
     def __init__(self, simulator: FlowSimulator, config: FlowConfig, seed: int = 0) -> None:
@@ -82,7 +82,7 @@ class ContinuousFlow:
         self._rng = np.random.default_rng([simulator.seed, seed, 0xF10])
         self._cells: list[_Cell] = []
         self._tracks = 0
-        self._index = 0
+        self._index = -1  # frames count from 0, as FlowSimulator.frame's do
         rows, cols = simulator.config.region
         lengths = {"y": rows.stop - rows.start, "x": cols.stop - cols.start}
         self.length_px = lengths[config.axis]

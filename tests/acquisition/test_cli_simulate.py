@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 
 import h5py
@@ -236,3 +237,28 @@ def test_dataset_import_from_the_command_line(tmp_path):
     )
     assert result.returncode == 2
     assert "--pixel-size-um is required" in result.stderr
+
+
+def test_simulated_flow_follows_each_cell_across_frames(tmp_path, capsys):
+    out = tmp_path / "flow"
+    args = ["-q", "--seed", "2", "simulate", "holograms", "--cell-line", "sw480,sw620"]
+    args += ["--frames", "16", "--flow", "--flow-speed-um-s", "1500", "--flow-axis", "x"]
+    args += ["--flow-direction", "-1", "--out", str(out)]
+    assert main(args) == 0
+    assert "cells in flow" in capsys.readouterr().err
+    with (out / "cells.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "cell"]
+    tracks: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        tracks.setdefault(row["track"], []).append(row)
+    assert len(tracks) >= 3
+    assert any(len(views) >= 3 for views in tracks.values()), "cells stay for several frames"
+    for views in tracks.values():
+        frames = [int(v["frame"]) for v in views]
+        assert frames == list(range(frames[0], frames[0] + len(frames)))
+        xs = [float(v["x_px"]) for v in views]
+        assert all(b < a for a, b in itertools.pairwise(xs)), "downstream along -x"
+        assert len({v["y_px"] for v in views}) == 1, "in its lane"
+    meta = json.loads((out / "simulation.json").read_text())
+    assert meta["flow"]["axis"] == "x"
+    assert meta["flow"]["direction"] == -1
