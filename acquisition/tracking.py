@@ -28,10 +28,19 @@ import collections
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+FlowDirection = Literal["auto", "+x", "-x", "+y", "-y"]
+#: The fixed flow directions, as (dy, dx) unit vectors.
+DIRECTIONS: dict[str, tuple[float, float]] = {
+    "+x": (0.0, 1.0),
+    "-x": (0.0, -1.0),
+    "+y": (1.0, 0.0),
+    "-y": (-1.0, 0.0),
+}
 #: Views whose displacements give a track's velocity.
 VELOCITY_VIEWS = 4
 #: Frames whose displacements vote for the flow's direction.
@@ -56,12 +65,16 @@ class TrackerConfig:
     max_step_um : the largest move per frame of a cell before the flow's velocity
         is known (set it above the fastest cell's speed per frame)
     max_missed_frames : a track unseen for more frames than this has ended
+    flow_direction : "auto" (learnt from the cells' motion) or the direction the
+        cells flow in camera pixels, "+x", "-x", "+y" or "-y", when the instrument's
+        is known: then the first frames need not learn it
     """
 
     pixel_size_um: float = 0.12
     gate_um: float = 6.0
     max_step_um: float = 60.0
     max_missed_frames: int = 3
+    flow_direction: FlowDirection = "auto"
 
     def __post_init__(self) -> None:
         for name in ("pixel_size_um", "gate_um", "max_step_um"):
@@ -69,6 +82,10 @@ class TrackerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_missed_frames < 0:
             raise ValueError(f"max_missed_frames must be >= 0, got {self.max_missed_frames}")
+        if self.flow_direction not in ("auto", *DIRECTIONS):
+            raise ValueError(
+                f"flow_direction must be auto, +x, -x, +y or -y, got {self.flow_direction!r}"
+            )
 
 
 @dataclass
@@ -132,13 +149,24 @@ class Tracker:
         return list(self._open.values())
 
     def flow_velocity_px(self) -> np.ndarray | None:
-        """The flow's velocity (pixels per frame): its direction is the one most
-        displacements between consecutive frames share (over the last
-        :data:`FLOW_WINDOW` frames), its size their median along it; None until two
-        consecutive frames held cells."""
-        if not self._votes:
-            return None
-        moves = np.concatenate(list(self._votes))
+        """The flow's velocity (pixels per frame), None while unknown: its direction
+        the configured one, else the one most displacements between consecutive
+        frames share (over the last :data:`FLOW_WINDOW` frames); its size their
+        median along it (0 before any cell was seen twice)."""
+        flow = self._flow()
+        return None if flow is None else flow[0] * flow[1]
+
+    def _flow(self) -> tuple[np.ndarray, float] | None:
+        """(unit direction, speed in pixels per frame) of the flow, or None."""
+        moves = np.concatenate(list(self._votes)) if self._votes else np.zeros((0, 2))
+        fixed = DIRECTIONS.get(self.config.flow_direction)
+        if fixed is not None:
+            axis = np.asarray(fixed)
+            along = moves @ axis
+            across = np.abs(moves @ np.array([-axis[1], axis[0]]))
+            gate_px = self.config.gate_um / self.config.pixel_size_um
+            near = (along > 0) & (across <= gate_px)
+            return axis, float(np.median(along[near])) if near.any() else 0.0
         if not len(moves):
             return None
         angles = np.arctan2(moves[:, 0], moves[:, 1])
@@ -158,7 +186,7 @@ class Tracker:
         unit = moves[near] / np.hypot(*moves[near].T)[:, None]
         axis = unit.mean(axis=0)
         axis /= np.hypot(*axis)
-        return axis * float(np.median(moves[near] @ axis))
+        return axis, float(np.median(moves[near] @ axis))
 
     def _vote(self, frame: int, detections: np.ndarray) -> None:
         if self._previous_frame is not None and len(self._previous) and len(detections):
@@ -212,7 +240,7 @@ class Tracker:
         pairs outside the track's gate at :data:`_GATED`."""
         cfg = self.config
         gate_px = cfg.gate_um / cfg.pixel_size_um
-        flow = self.flow_velocity_px()
+        flow = self._flow()
         cost = np.full((len(tracks), len(detections)), _GATED)
         for row, track in enumerate(tracks):
             gap = frame - track.last_frame
@@ -222,16 +250,16 @@ class Tracker:
             if own is not None:
                 distance = np.hypot(*(offsets - own * gap).T)
                 allowed = distance <= gate_px
-            elif flow is not None and np.hypot(*flow) > 0:
+            elif flow is not None:
                 # One view: the cell moves down the flow at any speed of the profile
                 # (up to max_step_um a frame; the median is only the likeliest) and
                 # sideways within the gate.
-                axis = flow / np.hypot(*flow)
+                axis, speed = flow
                 along = offsets @ axis
                 across = np.abs(offsets @ np.array([-axis[1], axis[0]]))
                 reach = cfg.max_step_um / cfg.pixel_size_um * gap
                 allowed = (along >= -gate_px) & (along <= reach) & (across <= gate_px)
-                distance = np.hypot(along - np.hypot(*flow) * gap, across)
+                distance = np.hypot(along - speed * gap, across)
             else:
                 distance = np.hypot(*offsets.T)
                 allowed = distance <= cfg.max_step_um / cfg.pixel_size_um * gap
