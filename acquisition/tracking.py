@@ -115,10 +115,6 @@ class Track:
         positions = np.asarray(self.positions_px[-VELOCITY_VIEWS:])
         return (positions[-1] - positions[0]) / (frames[-1] - frames[0])
 
-    def speed_um_per_frame(self, pixel_size_um: float) -> float | None:
-        velocity = self.velocity_px()
-        return None if velocity is None else float(np.hypot(*velocity)) * pixel_size_um
-
 
 @dataclass(frozen=True)
 class TrackUpdate:
@@ -143,10 +139,6 @@ class Tracker:
         # reach), per frame, for the flow's direction: true pairs share it, false
         # pairs point anywhere.
         self._votes: collections.deque[np.ndarray] = collections.deque(maxlen=FLOW_WINDOW)
-
-    @property
-    def open_tracks(self) -> list[Track]:
-        return list(self._open.values())
 
     def flow_velocity_px(self) -> np.ndarray | None:
         """The flow's velocity (pixels per frame), None while unknown: its direction

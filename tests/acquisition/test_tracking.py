@@ -119,11 +119,14 @@ def test_a_known_flow_direction_needs_no_learning(axis, sign, vmax_px, direction
 
 
 def test_a_dropped_frame_advances_the_prediction():
-    tracker = Tracker(TrackerConfig(pixel_size_um=1.0, gate_um=5.0))
+    tracker = Tracker(TrackerConfig(pixel_size_um=1.0, gate_um=5.0, flow_direction="+x"))
     for frame in (1, 2, 3):
         assert tracker.update(frame, [(50.0, 10.0 + 30 * frame)]).ids == [1]
     # Frames 4 and 5 were dropped: the cell moved 90 px, not 30.
     assert tracker.update(6, [(50.0, 190.0)]).ids == [1]
+    velocity = tracker.flow_velocity_px()
+    assert velocity is not None
+    np.testing.assert_allclose(velocity, [0.0, 30.0])
     (track,) = tracker.close()
     assert track.frames == [1, 2, 3, 6]
 
