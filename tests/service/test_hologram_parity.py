@@ -3,7 +3,6 @@ and the same reference they give the same cells, labels and probabilities."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import time
@@ -19,14 +18,9 @@ from service.loop.states import Count, RunState
 from service.services import Services
 from service.settings import DEFAULT_MODEL, Settings
 from tests.service.conftest import in_process
+from tests.service.test_api import NPY, npy
 
 FRAMES = 4
-
-
-def _tiff(image: np.ndarray) -> bytes:
-    body = io.BytesIO()
-    tifffile.imwrite(body, image)
-    return body.getvalue()
 
 
 @pytest.fixture
@@ -72,11 +66,7 @@ def test_the_hologram_route_and_the_camera_loop_give_the_same_cells(tmp_path, re
         compared = 0
         with in_process(app) as client:
             answers = [
-                client.post(
-                    "/classify/hologram",
-                    content=_tiff(tifffile.imread(path)),
-                    headers={"Content-Type": "image/tiff"},
-                )
+                client.post("/classify/hologram", content=npy(tifffile.imread(path)), headers=NPY)
                 for path in sorted(replay_folder.glob("frame_*.tif"))
             ]
         for index, answer in enumerate(answers, start=1):

@@ -28,6 +28,7 @@ from service.live import (
     opd_display_shape,
 )
 from tests.service.conftest import headless_chromium, page_text, page_wait, start_server
+from tests.service.test_api import npy
 
 REAL_FILES = [
     "hl60_hologram_with_bg.npz",
@@ -371,12 +372,6 @@ def test_concurrent_frames_results_and_renderings(real_frames):
 
 
 # -- the page, served by a real server, in headless Chromium --------------------------------
-
-
-def npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 @pytest.fixture
