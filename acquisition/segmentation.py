@@ -141,6 +141,9 @@ class FrameSegmentation:
     low_threshold_nm: float
     cells: list[Cell] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)
+    #: (y, x) camera-pixel centres of the objects rejected as clipped by the
+    #: region's border: cells entering or leaving the field, which a tracker follows
+    clipped_px: list[tuple[float, float]] = field(default_factory=list)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -267,6 +270,20 @@ class Segmenter:
             if area_um2 > cfg.max_area_um2:
                 reject("too_large")
                 continue
+            # The border first: a cell cut by it is neither round nor judged for touching.
+            clipped = (
+                box[0].start < margin_y
+                or box[1].start < margin_x
+                or box[0].stop > h - margin_y
+                or box[1].stop > w - margin_x
+            )
+            if clipped and cfg.reject_border:
+                reject("clipped")
+                ys, xs = np.nonzero(mask)
+                result.clipped_px.append(
+                    maps.to_camera_px(box[0].start + ys.mean(), box[1].start + xs.mean())
+                )
+                continue
             perimeter_um = _perimeter_px(mask) * math.sqrt(pixel_area)
             circularity = min(1.0, 4 * math.pi * area_um2 / perimeter_um**2)
             solidity = _solidity(mask)
@@ -276,15 +293,6 @@ class Segmenter:
                 continue
             if circularity < cfg.min_circularity and not touching:
                 reject("not_round")
-                continue
-            clipped = (
-                box[0].start < margin_y
-                or box[1].start < margin_x
-                or box[0].stop > h - margin_y
-                or box[1].stop > w - margin_x
-            )
-            if clipped and cfg.reject_border:
-                reject("clipped")
                 continue
             values = opd[box][mask]
             weights = np.clip(values, 0, None)
