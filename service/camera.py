@@ -14,7 +14,8 @@ from acquisition.cameras.spec import CameraSpec, build_camera
 from .archive import ArchiveWriter, CropArchive
 from .classification import Classification
 from .live import LiveView
-from .loop.runner import AcquisitionRunner, FrameResult, LoopStatus, StoredCells
+from .loop.events import TrackedFrame
+from .loop.runner import AcquisitionRunner, LoopStatus, StoredCells
 from .loop.states import RunState
 from .loop.workers import WorkerConfig
 from .metrics import Metrics
@@ -29,7 +30,8 @@ class CameraLoop:
     Parameters
     ----------
     runner : the loop
-    live : shows every processed frame and every stored cell
+    live : shows every tracked frame (in grab order, with the cells' paths) and every
+        stored cell
     archive : archives every stored crop, when configured
     """
 
@@ -39,7 +41,7 @@ class CameraLoop:
         self.runner = runner
         self.live = live
         self.archive = archive
-        runner.on_frame.append(self._show_frame)
+        runner.on_tracked.append(self._show_frame)
         runner.on_stored.append(self._show_cells)
         if archive is not None:
             runner.on_stored.append(self._archive_cells)
@@ -85,6 +87,7 @@ class CameraLoop:
             queue_size=settings.frame_queue,
             reconnect_max_s=settings.reconnect_max_s,
             trigger=settings.trigger,
+            tracking=settings.tracker_config(),
         )
         archive = _archive_writer(settings, classification) if settings.crop_archive else None
         return cls(runner, live, archive)
@@ -116,9 +119,15 @@ class CameraLoop:
 
     # -- observers ----------------------------------------------------------------------
 
-    def _show_frame(self, result: FrameResult) -> None:
-        frame, processed = result.frame, result.processed
+    def _show_frame(self, tracked: TrackedFrame) -> None:
+        frame, processed = tracked.frame, tracked.processed
         segmentation = processed.segmentations[0]
+        maps = processed.maps
+        (oy, ox), (sy, sx) = maps.origin_px, maps.scale
+        paths = [
+            (event_id, [((y - oy) / sy, (x - ox) / sx) for y, x in path])
+            for event_id, path in tracked.paths
+        ]
         self.live.frame(
             frame.index,
             frame.grabbed_at,
@@ -128,6 +137,7 @@ class CameraLoop:
             [c.label for c in segmentation.cells],
             frame.bit_depth,
             "camera",
+            paths,
         )
 
     def _show_cells(self, stored: StoredCells) -> None:
@@ -136,7 +146,12 @@ class CameraLoop:
             dict(zip(classes, map(float, p), strict=True)) for p in stored.prediction.probabilities
         ]
         self.live.results(
-            stored.frame.index, stored.crops, stored.ids, stored.labels, probabilities
+            stored.frame.index,
+            stored.crops,
+            stored.ids,
+            stored.labels,
+            probabilities,
+            stored.event_ids,
         )
 
     def _archive_cells(self, stored: StoredCells) -> None:

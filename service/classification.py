@@ -24,7 +24,7 @@ from models.runtime import MicroBatcher, ModelHolder, ModelRuntime, Prediction
 
 from .metrics import Metrics
 from .settings import Settings
-from .store import ResultRow, ResultStore
+from .store import EventRow, ResultRow, ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,15 @@ class Classification:
                 if row.started is not None:
                     metrics.cell_latency.labels(row.source).observe(done - row.started)
 
+        def on_events(events: list[EventRow], done: float) -> None:
+            for event in events:
+                metrics.events.labels(event.label).inc()
+                metrics.event_views.observe(event.views)
+                if event.started is not None:
+                    metrics.event_latency.observe(done - event.started)
+
         store.on_commit = on_commit
+        store.on_events = on_events
         logger.info("results stored in %s", _safe_url(settings.database_url))
         return cls(holder, batcher, store, metrics, settings.crop_pixel_size_um)
 
@@ -137,7 +145,11 @@ class Classification:
         return self.batcher.submit(crops)
 
     def store_cells(
-        self, prediction: Prediction, frame: GrabbedFrame, cells: list[Cell]
+        self,
+        prediction: Prediction,
+        frame: GrabbedFrame,
+        cells: list[Cell],
+        event_ids: list[int] | None = None,
     ) -> tuple[list[str], Future[list[int]]]:
         rows, labels = result_rows(
             prediction,
@@ -147,8 +159,15 @@ class Classification:
             [c.position_px for c in cells],
             frame.index,
             created=frame.grabbed_at,
+            event_ids=event_ids,
         )
         return labels, self.store.add(rows)
+
+    def new_event_id(self) -> int:
+        return self.store.new_event_id()
+
+    def store_event(self, event: EventRow) -> Future[list[int]]:
+        return self.store.add_event(event)
 
     def close(self) -> None:
         """Drain the batcher, then commit every queued result."""
@@ -164,6 +183,7 @@ def result_rows(
     positions: list[tuple[float, float]] | None = None,
     frame_id: int | None = None,
     created: float | None = None,
+    event_ids: list[int] | None = None,
 ) -> tuple[list[ResultRow], list[str]]:
     """One result row per crop of ``prediction``, and the predicted labels."""
     manifest = prediction.manifest
@@ -184,6 +204,7 @@ def result_rows(
             y_px=positions[i][0] if positions else None,
             x_px=positions[i][1] if positions else None,
             started=started,
+            event_id=event_ids[i] if event_ids else None,
             **extra,
         )
         for i in range(len(prediction.probabilities))

@@ -92,6 +92,9 @@ class _Frame:
     accepted: tuple[int, ...]
     bit_depth: int
     source: str
+    #: Each tracked cell in view: its event id (None before it is classified) and its
+    #: recent path, (y, x) in OPD-map pixels, oldest first.
+    tracks: tuple[tuple[int | None, tuple[tuple[float, float], ...]], ...] = ()
     #: Renderings and derived numbers of this frame, filled on first request.
     cache: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +107,7 @@ class _Crop:
     probabilities: dict[str, float]
     peak_opd_nm: float
     opd_nm: np.ndarray
+    event_id: int | None = None
 
 
 class LiveView:
@@ -151,6 +155,7 @@ class LiveView:
         accepted: Sequence[int],
         bit_depth: int,
         source: str,
+        tracks: Sequence[tuple[int | None, Sequence[tuple[float, float]]]] = (),
     ) -> None:
         """Hand over a processed frame; the arrays are kept, not copied (do not mutate).
 
@@ -164,6 +169,8 @@ class LiveView:
         accepted : the numbers in ``labels`` of the cells that were kept
         bit_depth : bits per pixel of the camera's counts (8, 10, 12, ...)
         source : where the frame came from ("camera", "api", ...)
+        tracks : the tracked cells in view: (event id or None, recent path as (y, x)
+            in ``opd_nm``'s pixels, oldest first)
         """
         if hologram.ndim != 2:
             raise ValueError(f"hologram must be 2-D (H, W), got shape {hologram.shape}")
@@ -188,6 +195,7 @@ class LiveView:
                 accepted,
                 bit_depth,
                 source,
+                tuple((e, tuple((float(y), float(x)) for y, x in path)) for e, path in tracks),
             )
 
     def results(
@@ -197,9 +205,11 @@ class LiveView:
         result_ids: Sequence[int],
         labels: Sequence[str],
         probabilities: Sequence[Mapping[str, float]],
+        event_ids: Sequence[int] | None = None,
     ) -> None:
         """Hand over classified crops: (N, 128, 128) float32 OPD in nm, with their stored
-        result ids, labels and class probabilities. Only the last ``max_crops`` stay."""
+        result ids, labels, class probabilities and (camera) event ids. Only the last
+        ``max_crops`` stay."""
         n = len(result_ids)
         if crops.ndim != 3 or not len(crops) == len(labels) == len(probabilities) == n:
             raise ValueError(
@@ -215,6 +225,7 @@ class LiveView:
                 probabilities=dict(probabilities[i]),
                 peak_opd_nm=max(float(crops[i].max()), 0.0),
                 opd_nm=crops[i],
+                event_id=int(event_ids[i]) if event_ids else None,
             )
             for i in keep
         ]
@@ -275,6 +286,20 @@ class LiveView:
                 "accepted": len(shown.accepted),
                 "rejected": max(0, _object_count(shown) - len(shown.accepted)),
                 "opd_range_nm": [lo, hi],
+                # paths as fractions of the OPD image (x / width, y / height)
+                "tracks": [
+                    {
+                        "event_id": event_id,
+                        "path": [
+                            [
+                                round(x / shown.opd_nm.shape[1], 5),
+                                round(y / shown.opd_nm.shape[0], 5),
+                            ]
+                            for y, x in path
+                        ],
+                    }
+                    for event_id, path in shown.tracks
+                ],
             }
         return {
             "instance": self.instance,
@@ -290,6 +315,7 @@ class LiveView:
                     "label": c.label,
                     "probabilities": c.probabilities,
                     "peak_opd_nm": c.peak_opd_nm,
+                    "event_id": c.event_id,
                 }
                 for c in reversed(crops)
             ],

@@ -20,7 +20,9 @@ disable_created_metrics()
 #: Seconds: from a fraction of a millisecond (one crop through ONNX Runtime) to a
 #: few seconds (a stalled camera).
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-STAGES = ("reconstruct", "segment", "classify", "store")
+STAGES = ("reconstruct", "segment", "track", "classify", "store")
+#: Views per event: one frame to a slow cell's crossing.
+VIEW_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
 
 class Metrics:
@@ -56,6 +58,34 @@ class Metrics:
             "topgan_cells_total",
             "Cells classified, by label and source",
             ["label", "source"],
+            registry=r,
+        )
+        self.events = Counter(
+            "topgan_events_total",
+            "Cells of the camera loop counted once (each tracked across its frames), by label",
+            ["label"],
+            registry=r,
+        )
+        self.event_views = Histogram(
+            "topgan_event_views",
+            "Classified views per event (frames a cell was classified in)",
+            buckets=VIEW_BUCKETS,
+            registry=r,
+        )
+        self.event_latency = Histogram(
+            "topgan_event_latency_seconds",
+            "Grab of an event's last view to the stored event",
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.events_lost = Counter(
+            "topgan_events_lost_total",
+            "Events whose views were stored but the event could not be",
+            registry=r,
+        )
+        self.edge_only_tracks = Counter(
+            "topgan_edge_only_tracks_total",
+            "Tracks only ever seen clipped by the field's border (never classified)",
             registry=r,
         )
         self.stage_seconds = Histogram(
@@ -111,12 +141,15 @@ class Metrics:
             Count.FRAMES_PROCESSED: self.frames_processed,
             Count.CELLS_CUT: self.cells_cut,
             Count.CELLS_LOST: self.cells_lost,
+            Count.EVENTS_LOST: self.events_lost,
+            Count.EDGE_ONLY_TRACKS: self.edge_only_tracks,
             Count.RECONNECTS: self.camera_reconnects,
         }
 
     def count(self, what: Count, n: int = 1) -> None:
-        """Count ``n`` events of the camera loop (stored cells are counted by the
-        store's commits, as ``topgan_cells_total{source="camera"}``)."""
+        """Count ``n`` of ``what`` in the camera loop (stored cells and events are
+        counted by the store's commits, as ``topgan_cells_total{source="camera"}``
+        and ``topgan_events_total``)."""
         self._loop[what].inc(n)
 
     def error(self, reason: ErrorReason) -> None:
@@ -131,6 +164,7 @@ class Metrics:
             if ("source", "camera") in labels
         )
         counts[Count.CELLS_STORED] = int(stored)
+        counts[Count.EVENTS_STORED] = int(sum(_samples(self.events).values()))
         return {what: counts[what] for what in Count}
 
     def error_counts(self) -> dict[ErrorReason, int]:

@@ -24,7 +24,9 @@ from acquisition.cameras import CameraConfig
 from acquisition.cameras.spec import CameraSpec, parse_camera
 from acquisition.reconstruction import ReconstructionConfig
 from acquisition.segmentation import SegmentationConfig
+from acquisition.simulator.flow import FlowConfig
 from acquisition.simulator.phantoms import parse_lines
+from acquisition.tracking import TrackerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The settings file of the current :func:`load_settings` call (else $TOPGAN_CONFIG).
@@ -76,9 +78,20 @@ class Settings(BaseSettings):
     emulator_images: Path = Field(
         Path("data/emulator"), description="where the emulator's simulated holograms are kept"
     )
-    emulator_frames: int = Field(48, ge=1, description="simulated holograms the emulator cycles")
+    emulator_frames: int = Field(96, ge=1, description="simulated holograms the emulator cycles")
     simulator_pool_frames: int = Field(
-        32, ge=1, description="frames the simulator camera renders before it streams"
+        96, ge=1, description="frames the simulator camera renders before it streams"
+    )
+    simulated_flow: bool = Field(
+        True,
+        description="the emulator's and simulator's cells flow across the field, each seen "
+        "in several frames (else every frame is a fresh draw)",
+    )
+    simulated_flow_speed_um_s: float = Field(
+        2000.0, gt=0, description="their flow speed in the channel's centre, um/s"
+    )
+    simulated_cells_per_second: float = Field(
+        40.0, ge=0, description="cells entering their field per second"
     )
     replay_loop: bool = Field(True, description="replay: start again after the last frame")
 
@@ -99,6 +112,28 @@ class Settings(BaseSettings):
     # -- segmentation --
     threshold_nm: float | None = Field(None, gt=0, description="fixed seed threshold; None: Otsu")
     crop_pixel_size_um: float = Field(0.25, gt=0, description="pixel size of the crops")
+
+    # -- tracking (cells in flow) --
+    tracking: bool = Field(
+        True,
+        description="follow each cell across frames and count it once (else every "
+        "detection is an event of its own)",
+    )
+    flow_direction: Literal["auto", "+x", "-x", "+y", "-y"] = Field(
+        "auto", description="the way cells flow in camera pixels; auto: learnt from their motion"
+    )
+    track_gate_um: float = Field(
+        6.0, gt=0, description="how far a cell may stray from its track's prediction, um"
+    )
+    track_max_step_um: float = Field(
+        60.0, gt=0, description="the fastest cell's move per frame, um (links a cell's first views)"
+    )
+    track_max_missed_frames: int = Field(
+        3, ge=0, le=100, description="an event ends when its cell is not seen for more frames"
+    )
+    flow_rate_ul_min: float | None = Field(
+        None, gt=0, description="sample flow rate, uL/min; set, /results/summary gives cells/uL"
+    )
 
     # -- model and inference --
     model_dir: Path | None = Field(DEFAULT_MODEL, description="model directory to serve")
@@ -175,6 +210,13 @@ class Settings(BaseSettings):
             emulator_images=self.emulator_images,
             emulator_frames=self.emulator_frames,
             simulator_pool_frames=self.simulator_pool_frames,
+            simulated_flow=FlowConfig(
+                flow_speed_um_s=self.simulated_flow_speed_um_s,
+                frame_rate_hz=self.frame_rate_hz or FlowConfig.frame_rate_hz,
+                cells_per_second=self.simulated_cells_per_second,
+            )
+            if self.simulated_flow
+            else None,
         )
 
     def reconstruction_config(self) -> ReconstructionConfig:
@@ -184,6 +226,18 @@ class Settings(BaseSettings):
             pixel_size_um=self.pixel_size_um,
             sample_half=self.sample_half,
             carrier=self.carrier,
+        )
+
+    def tracker_config(self) -> TrackerConfig | None:
+        """How the camera loop follows cells (None: tracking off)."""
+        if not self.tracking:
+            return None
+        return TrackerConfig(
+            pixel_size_um=self.pixel_size_um,
+            gate_um=self.track_gate_um,
+            max_step_um=self.track_max_step_um,
+            max_missed_frames=self.track_max_missed_frames,
+            flow_direction=self.flow_direction,
         )
 
     def segmentation_config(self) -> SegmentationConfig:

@@ -8,6 +8,7 @@ are committed, so a result that was acknowledged is on disk.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -41,6 +42,28 @@ results = sa.Table(
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("qc", sa.Text, nullable=False),  # JSON
     sa.Column("latency_s", sa.Float, nullable=True),  # grab (or request) to stored
+    # The cell (event) this view belongs to; None for crops posted to the API.
+    sa.Column("event_id", sa.Integer, nullable=True, index=True),
+)
+#: One row per cell of the camera loop: its views combined (docs/design.md, "Events").
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("created", sa.Float, nullable=False, index=True),  # first sighting, Unix s
+    sa.Column("ended", sa.Float, nullable=False),  # last sighting, Unix s
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("first_frame", sa.Integer, nullable=False),
+    sa.Column("last_frame", sa.Integer, nullable=False),
+    sa.Column("views", sa.Integer, nullable=False),  # classified views
+    sa.Column("sightings", sa.Integer, nullable=False),  # frames seen in, clipped ones too
+    sa.Column("label", sa.String(64), nullable=False, index=True),
+    sa.Column("probabilities", sa.Text, nullable=False),  # JSON {class: p}, views combined
+    sa.Column("speed_um_s", sa.Float, nullable=True),
+    sa.Column("qc", sa.Text, nullable=False),  # JSON: the views' mean QC
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("latency_s", sa.Float, nullable=True),  # last view's grab to stored
 )
 
 
@@ -59,6 +82,28 @@ class ResultRow:
     x_px: float | None = None
     created: float = field(default_factory=time.time)
     started: float | None = None  # monotonic time the cell's frame or request began
+    event_id: int | None = None
+
+
+@dataclass
+class EventRow:
+    """One cell of the camera loop, counted once: its views combined."""
+
+    id: int
+    created: float
+    ended: float
+    first_frame: int
+    last_frame: int
+    views: int
+    sightings: int
+    label: str
+    probabilities: dict[str, float]
+    model_name: str
+    model_version: str
+    speed_um_s: float | None = None
+    qc: dict[str, float] = field(default_factory=dict)
+    source: str = "camera"
+    started: float | None = None  # monotonic grab time of the last view
 
 
 class ResultStore:
@@ -74,8 +119,16 @@ class ResultStore:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        _migrate(self.engine)
         self.started = time.time()
-        self._queue: queue.Queue[tuple[list[ResultRow], Future[list[int]]] | None] = queue.Queue()
+        with self.engine.connect() as conn:
+            last = max(
+                conn.execute(sa.select(sa.func.max(events.c.id))).scalar() or 0,
+                conn.execute(sa.select(sa.func.max(results.c.event_id))).scalar() or 0,
+            )
+        self._event_ids = itertools.count(int(last) + 1)
+        self._event_ids_lock = threading.Lock()
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="results-writer", daemon=True)
         self._writer.start()
         self._stop = threading.Event()
@@ -86,16 +139,31 @@ class ResultStore:
                 target=self._checkpoint_loop, name="results-checkpoint", daemon=True
             )
             self._checkpointer.start()
-        self.on_commit: Any = None  # called with (rows, seconds) after each commit
+        self.on_commit: Any = None  # called with (rows, seconds, done) after each commit
+        self.on_events: Any = None  # called with (event rows, done) after each commit
 
     # -- writing --------------------------------------------------------------------
 
     def add(self, rows: Sequence[ResultRow]) -> Future[list[int]]:
+        """Queue ``rows``; the future gives their ids once they are committed."""
         future: Future[list[int]] = Future()
         if not rows:
             future.set_result([])
         else:
-            self._queue.put((list(rows), future))
+            self._queue.put(_Pending(list(rows), future))
+        return future
+
+    def new_event_id(self) -> int:
+        """An id for a new event (its views carry it before the event is stored);
+        ids continue after the largest in the database (one writing service per
+        database)."""
+        with self._event_ids_lock:
+            return next(self._event_ids)
+
+    def add_event(self, event: EventRow) -> Future[list[int]]:
+        """Queue ``event``; the future gives ``[event.id]`` once it is committed."""
+        future: Future[list[int]] = Future()
+        self._queue.put(_Pending([event], future))
         return future
 
     def close(self, timeout: float = 30.0) -> None:
@@ -133,39 +201,39 @@ class ResultStore:
             if stop:
                 return
 
-    def _commit(self, pending: list[tuple[list[ResultRow], Future[list[int]]]]) -> None:
+    def _commit(self, pending: list[_Pending]) -> None:
         start = time.perf_counter()
-        sizes = [len(rows) for rows, _ in pending]
-        values = [_values(r) for rows, _ in pending for r in rows]
+        rows = [r for p in pending for r in p.rows if isinstance(r, ResultRow)]
+        event_rows = [e for p in pending for e in p.rows if isinstance(e, EventRow)]
         try:
             with self.engine.begin() as conn:
-                if self.engine.dialect.insert_executemany_returning_sort_by_parameter_order:
-                    # One statement for the whole group, ids in the order of the rows.
-                    statement = results.insert().returning(
-                        results.c.id, sort_by_parameter_order=True
-                    )
-                    ids = [int(i) for i in conn.execute(statement, values).scalars()]
-                else:  # pragma: no cover - databases without it: one row at a time
-                    ids = []
-                    for v in values:
-                        key = conn.execute(results.insert(), v).inserted_primary_key
-                        assert key is not None
-                        ids.append(int(key[0]))
+                ids = _insert_results(conn, [_values(r) for r in rows])
+                if event_rows:
+                    conn.execute(events.insert(), [_event_values(e) for e in event_rows])
         except Exception as exc:
             logger.exception("storing %d result batches failed", len(pending))
-            for _, future in pending:
-                future.set_exception(exc)
+            for p in pending:
+                p.future.set_exception(exc)
             return
         seconds = time.perf_counter() - start
         done = time.monotonic()
         if self.on_commit:
-            self.on_commit([r for rows, _ in pending for r in rows], seconds, done)
-        offset = 0
-        for (_, future), size in zip(pending, sizes, strict=True):
-            future.set_result(ids[offset : offset + size])
-            offset += size
+            self.on_commit(rows, seconds, done)
+        if event_rows and self.on_events:
+            self.on_events(event_rows, done)
+        result_ids = iter(ids)
+        for p in pending:
+            if p.rows and isinstance(p.rows[0], EventRow):
+                p.future.set_result([e.id for e in p.rows if isinstance(e, EventRow)])
+            else:
+                p.future.set_result([next(result_ids) for _ in p.rows])
 
     # -- reading --------------------------------------------------------------------
+
+    def list_events(self, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        query = sa.select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [_row_dict(r) for r in conn.execute(query).mappings()]
 
     def list(self, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         query = (
@@ -174,7 +242,11 @@ class ResultStore:
         with self.engine.connect() as conn:
             return [_row_dict(r) for r in conn.execute(query).mappings()]
 
-    def summary(self, since: float | None = None) -> dict[str, Any]:
+    def summary(
+        self, since: float | None = None, flow_rate_ul_min: float | None = None
+    ) -> dict[str, Any]:
+        """Detections (every stored view) and events (every cell once) since ``since``
+        (default: the store's start); with the sample's flow rate, the concentration."""
         since = self.started if since is None else since
         with self.engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one()
@@ -188,9 +260,25 @@ class ResultStore:
                 .where(results.c.created >= since)
                 .group_by(results.c.source)
             ).all()
+            events_per_label = conn.execute(
+                sa.select(events.c.label, sa.func.count())
+                .where(events.c.created >= since)
+                .group_by(events.c.label)
+            ).all()
         elapsed = max(time.time() - since, 1e-9)
         counts = {str(label): int(n) for label, n in per_label}
         n_since = sum(counts.values())
+        event_counts = {str(label): int(n) for label, n in events_per_label}
+        n_events = sum(event_counts.values())
+        event_summary: dict[str, Any] = {
+            "total": n_events,
+            "counts": event_counts,
+            "fractions": {k: v / n_events for k, v in event_counts.items()} if n_events else {},
+            "per_second": n_events / elapsed,
+        }
+        if flow_rate_ul_min:
+            # cells per second over microlitres per second
+            event_summary["per_ul"] = event_summary["per_second"] / (flow_rate_ul_min / 60)
         return {
             "since": since,
             "seconds": elapsed,
@@ -200,7 +288,43 @@ class ResultStore:
             "fractions": {k: v / n_since for k, v in counts.items()} if n_since else {},
             "sources": {str(s): int(n) for s, n in per_source},
             "cells_per_second": n_since / elapsed,
+            "events": event_summary,
         }
+
+
+def _insert_results(conn: sa.Connection, values: list[dict[str, Any]]) -> list[int]:
+    """Insert result rows; their ids in the order of ``values``."""
+    if not values:
+        return []
+    if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+        # One statement for the whole group, ids in the order of the rows.
+        statement = results.insert().returning(results.c.id, sort_by_parameter_order=True)
+        return [int(i) for i in conn.execute(statement, values).scalars()]
+    ids = []  # pragma: no cover - databases without it: one row at a time
+    for v in values:  # pragma: no cover
+        key = conn.execute(results.insert(), v).inserted_primary_key
+        assert key is not None
+        ids.append(int(key[0]))
+    return ids
+
+
+@dataclass
+class _Pending:
+    """Rows waiting for the writer (results, or events), and their future."""
+
+    rows: list[ResultRow] | list[EventRow]
+    future: Future[list[int]]
+
+
+def _migrate(engine: sa.Engine) -> None:
+    """Bring a database created by an earlier version up to this schema: results
+    without ``event_id`` gain it (NULL for their rows: they were never tracked)."""
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("results")}
+    if "event_id" not in columns:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE results ADD COLUMN event_id INTEGER"))
+            conn.execute(sa.text("CREATE INDEX ix_results_event_id ON results (event_id)"))
+        logger.info("results table migrated: event_id added")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -227,6 +351,28 @@ def _values(row: ResultRow) -> dict[str, Any]:
         "model_name": row.model_name,
         "model_version": row.model_version,
         "qc": json.dumps(row.qc),
+        "latency_s": latency,
+        "event_id": row.event_id,
+    }
+
+
+def _event_values(event: EventRow) -> dict[str, Any]:
+    latency = time.monotonic() - event.started if event.started is not None else None
+    return {
+        "id": event.id,
+        "created": event.created,
+        "ended": event.ended,
+        "source": event.source,
+        "first_frame": event.first_frame,
+        "last_frame": event.last_frame,
+        "views": event.views,
+        "sightings": event.sightings,
+        "label": event.label,
+        "probabilities": json.dumps(event.probabilities),
+        "speed_um_s": event.speed_um_s,
+        "qc": json.dumps(event.qc),
+        "model_name": event.model_name,
+        "model_version": event.model_version,
         "latency_s": latency,
     }
 

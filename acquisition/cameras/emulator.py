@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..io import write_camera_tiff
+from ..simulator.flow import FlowConfig, looping_flow
 from ..simulator.scene import FlowSimulator, SceneConfig
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,21 @@ def prepare_emulator_images(
     frames: int = 48,
     seed: int = 0,
     scene: SceneConfig | None = None,
+    flow: FlowConfig | None = None,
 ) -> EmulatorImages:
     """Write ``frames`` simulated holograms of ``lines`` under ``folder`` (unless the
-    same request already did) and return where they are."""
+    same request already did) and return where they are: independent frames, or a
+    continuous ``flow`` that loops cleanly (:func:`looping_flow`; ``ValueError``
+    when ``frames`` is too short for it)."""
     scene = scene or SceneConfig()
-    request = {"lines": lines, "frames": frames, "seed": seed, "scene": asdict(scene), "format": 1}
+    request = {
+        "lines": lines,
+        "frames": frames,
+        "seed": seed,
+        "scene": asdict(scene),
+        "flow": asdict(flow) if flow is not None else None,
+        "format": 1,
+    }
     request = json.loads(json.dumps(request))
     out = EmulatorImages(folder / "frames", folder / "reference.tiff")
     stamp = folder / STAMP
@@ -49,20 +60,23 @@ def prepare_emulator_images(
             pass
     start = time.perf_counter()
     logger.info(
-        "rendering %d simulated holograms (%s) for the camera emulator in %s",
+        "rendering %d simulated holograms (%s%s) for the camera emulator in %s",
         frames,
         ",".join(lines),
+        f", cells in flow at {flow.flow_speed_um_s:g} um/s" if flow else "",
         folder,
     )
+    simulator = FlowSimulator(scene, lines, seed=seed)
+    flowing = looping_flow(simulator, flow, frames, seed) if flow is not None else None
     if out.frames.exists():
         shutil.rmtree(out.frames)
     out.frames.mkdir(parents=True)
     stamp.unlink(missing_ok=True)
-    simulator = FlowSimulator(scene, lines, seed=seed)
     depth = scene.optics.bit_depth
     write_camera_tiff(out.reference, simulator.reference, depth)
     for i in range(frames):
-        write_camera_tiff(out.frames / f"frame_{i:05d}.tif", simulator.frame(i).hologram, depth)
+        frame = next(flowing) if flowing is not None else simulator.frame(i)
+        write_camera_tiff(out.frames / f"frame_{i:05d}.tif", frame.hologram, depth)
     stamp.write_text(json.dumps(request, indent=1))
     logger.info("rendered %d holograms in %.1f s", frames, time.perf_counter() - start)
     return out

@@ -1,7 +1,8 @@
 """Frames recorded earlier, replayed as a camera: a folder of images or one file.
 
 A folder is read one file at a time, in name order (``reference.*`` is skipped: it
-is the cell-free hologram, not a frame); one file (multi-page TIFF, NPY, HDF5...)
+is the cell-free hologram, not a frame; so is ``ground_truth.*``, the truth that
+``topgan simulate holograms`` writes beside its frames); one file (multi-page TIFF, NPY, HDF5...)
 is read whole. Frames come at a set rate or as fast as the consumer takes them.
 """
 
@@ -21,6 +22,11 @@ def _bit_depth(image: np.ndarray) -> int:
     if image.dtype == np.uint8:
         return 8
     return 16 if image.dtype.kind in "ui" and image.max(initial=0) > 4095 else 12
+
+
+#: Files of a replay folder that are not frames: the cell-free reference, and the
+#: ground truth ``topgan simulate holograms`` writes beside its frames.
+NOT_FRAMES = ("reference", "ground_truth")
 
 
 class ReplayCamera:
@@ -58,7 +64,7 @@ class ReplayCamera:
             self._files = sorted(
                 p
                 for p in path.iterdir()
-                if p.suffix.lower() in HOLOGRAM_SUFFIXES and p.stem.lower() != "reference"
+                if p.suffix.lower() in HOLOGRAM_SUFFIXES and p.stem.lower() not in NOT_FRAMES
             )
             if not self._files:
                 raise CameraError(f"replay folder {path} holds no hologram files")

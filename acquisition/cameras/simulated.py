@@ -2,18 +2,21 @@
 
 Rendering one 1024x1280 frame takes about 0.14 s, far slower than a camera, so
 the camera renders a pool of distinct frames when it opens and cycles through it
-at the set rate. Each pooled frame is a fresh draw of the flow (its own cells and
-noise); over a long run frames repeat with period ``pool_frames``.
+at the set rate. The pool is a continuous flow that loops cleanly (cells cross the
+field over several frames; :func:`looping_flow`), or, without ``flow``, a fresh
+draw per frame (its own cells and noise); frames repeat with period ``pool_frames``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
+from ..simulator.flow import FlowConfig, looping_flow
 from ..simulator.scene import FlowSimulator, SceneConfig
 from .base import GrabbedFrame, Pacer
 
@@ -38,6 +41,7 @@ class SimulatedCamera:
         rate_hz: float | None = 90.0,
         pool_frames: int = 32,
         seed: int = 0,
+        flow: FlowConfig | None = None,
     ) -> None:
         if pool_frames < 1:
             raise ValueError(f"pool_frames must be at least 1, got {pool_frames}")
@@ -46,6 +50,7 @@ class SimulatedCamera:
         self.rate_hz = rate_hz
         self.pool_frames = pool_frames
         self.seed = seed
+        self.flow = flow
         self._simulator = FlowSimulator(self.scene, lines, seed=seed)
         self.reference: np.ndarray = self._simulator.reference
         self.bit_depth = self.scene.optics.bit_depth
@@ -57,8 +62,12 @@ class SimulatedCamera:
     def open(self) -> None:
         if not self._pool:
             start = time.perf_counter()
-            for i in range(self.pool_frames):
-                frame = self._simulator.frame(i)
+            frames = (
+                looping_flow(self._simulator, self.flow, self.pool_frames, self.seed)
+                if self.flow is not None
+                else (self._simulator.frame(i) for i in range(self.pool_frames))
+            )
+            for frame in frames:
                 self._pool.append(frame.hologram)
                 self.cells_per_frame.append(sum(o.kind == "cell" for o in frame.objects))
             seconds = time.perf_counter() - start
@@ -85,4 +94,5 @@ class SimulatedCamera:
             "rate_hz": self.rate_hz,
             "pool_frames": self.pool_frames,
             "seed": self.seed,
+            "flow": asdict(self.flow) if self.flow is not None else None,
         }

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from ..io import HOLOGRAM_SUFFIXES, read_camera_tiff, read_hologram
+from ..simulator.flow import FlowConfig
 from .base import BIT_DEPTH, Camera, CameraConfig, CameraError
 
 CameraKind = Literal["emulator", "basler", "simulator", "replay"]
@@ -37,6 +38,8 @@ class CameraSpec:
     emulator_images : where the emulator's holograms are rendered (once)
     emulator_frames : how many holograms the emulator cycles
     simulator_pool_frames : frames the simulator renders before it streams
+    simulated_flow : the emulator's and simulator's cells flow across the field
+        (continuous flow, looped cleanly); None: every frame a fresh draw
     """
 
     kind: CameraKind
@@ -48,6 +51,7 @@ class CameraSpec:
     emulator_images: Path = Path("data/emulator")
     emulator_frames: int = 48
     simulator_pool_frames: int = 32
+    simulated_flow: FlowConfig | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CAMERA_KINDS:
@@ -112,9 +116,16 @@ def build_camera(spec: CameraSpec) -> tuple[Camera, np.ndarray | None]:
         scene = SceneConfig()
         depth = BIT_DEPTH[spec.config.pixel_format]
         scene = replace(scene, optics=replace(scene.optics, bit_depth=depth))
-        images = prepare_emulator_images(
-            spec.emulator_images, lines, spec.emulator_frames, scene=scene
-        )
+        try:
+            images = prepare_emulator_images(
+                spec.emulator_images,
+                lines,
+                spec.emulator_frames,
+                scene=scene,
+                flow=spec.simulated_flow,
+            )
+        except ValueError as exc:  # too few frames for the flow
+            raise CameraError(f"emulator: {exc}") from None
         camera = BaslerCamera(replace(spec.config, image_source=images.frames), kind="emulator")
         if reference is None:
             reference = _reference(images.reference, depth)
@@ -125,7 +136,9 @@ def build_camera(spec: CameraSpec) -> tuple[Camera, np.ndarray | None]:
     elif spec.kind == "simulator":
         from .simulated import SimulatedCamera
 
-        simulated = SimulatedCamera(lines, rate_hz=rate, pool_frames=spec.simulator_pool_frames)
+        simulated = SimulatedCamera(
+            lines, rate_hz=rate, pool_frames=spec.simulator_pool_frames, flow=spec.simulated_flow
+        )
         camera = simulated
         if reference is None:
             reference = simulated.reference

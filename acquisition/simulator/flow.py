@@ -13,6 +13,8 @@ is the simulator's; frames are deterministic for a seed.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +22,9 @@ import numpy as np
 
 from .phantoms import render_cell
 from .scene import FlowSimulator, Frame, TrueObject
+
+#: Larger than any simulated cell, um (how far past the field a cell may reach).
+MAX_CELL_UM = 40.0
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,20 @@ class ContinuousFlow:
     """Frames of one continuous flow through ``simulator``'s instrument.
 
     ``frame()`` returns the next frame (0, 1, ...); its objects carry the ``track``
-    of their cell (1, 2, ...), the same in every frame the cell is seen in.
+    of their cell (1, 2, ...), the same in every frame the cell is seen in. From frame
+    ``drain_from`` on (if set) no cell enters: the field empties, as a sample ends.
     """
 
-    def __init__(self, simulator: FlowSimulator, config: FlowConfig, seed: int = 0) -> None:
+    def __init__(
+        self,
+        simulator: FlowSimulator,
+        config: FlowConfig,
+        seed: int = 0,
+        drain_from: int | None = None,
+    ) -> None:
         self.simulator = simulator
         self.config = config
+        self.drain_from = drain_from
         self._rng = np.random.default_rng([simulator.seed, seed, 0xF10])
         self._cells: list[_Cell] = []
         self._tracks = 0
@@ -125,7 +138,8 @@ class ContinuousFlow:
         for cell in self._cells:
             cell.along_px += cell.speed_px
         self._cells = [c for c in self._cells if c.along_px - c.radius_px < self.length_px]
-        self._enter()
+        if self.drain_from is None or index < self.drain_from:
+            self._enter()
         sim = self.simulator
         cfg = sim.config
         rows, cols = cfg.region
@@ -155,8 +169,37 @@ class ContinuousFlow:
         rng = np.random.default_rng([sim.seed, 0xF10, index])
         return Frame(sim.render(opd, rng), opd, objects)
 
+    def drain_frames(self) -> int:
+        """Frames after which every cell in view has left: the slowest lane's
+        crossing, the largest cell's size included."""
+        slowest = self.peak_px * self.config.wall_speed_fraction
+        largest = MAX_CELL_UM / self.simulator.config.optics.pixel_size_um
+        return math.ceil((self.length_px + largest) / slowest) + 1
+
     @property
     def views_per_cell(self) -> tuple[float, float]:
         """Frames a cell is in view, (fastest lane, slowest lane)."""
         fastest = self.length_px / self.peak_px
         return fastest, fastest / self.config.wall_speed_fraction
+
+
+def looping_flow(
+    simulator: FlowSimulator, config: FlowConfig, frames: int, seed: int = 0
+) -> Iterator[Frame]:
+    """``frames`` frames (rendered one at a time as they are taken) of a flow that a
+    camera can cycle without a jump: cells
+    enter during the first frames only, so the field is empty again at the last
+    (as at the first), and no cell vanishes or appears mid-field when it wraps.
+
+    Raises ``ValueError`` when ``frames`` is too short for the slowest cell to cross.
+    """
+    probe = ContinuousFlow(simulator, config, seed)
+    drain = probe.drain_frames()
+    if frames < 2 * drain:
+        raise ValueError(
+            f"a continuous flow that loops cleanly needs at least {2 * drain} frames at "
+            f"{config.flow_speed_um_s:g} um/s and {config.frame_rate_hz:g} frames/s "
+            f"(the slowest cell crosses in {drain}), got {frames}"
+        )
+    flow = ContinuousFlow(simulator, config, seed, drain_from=frames - drain)
+    return (flow.frame() for _ in range(frames))

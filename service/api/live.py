@@ -24,6 +24,15 @@ class PNGResponse(Response):
     media_type = "image/png"
 
 
+class LiveTrack(BaseModel):
+    event_id: int | None = Field(
+        description="the cell's event (GET /events); null while it has not been classified"
+    )
+    path: list[list[float]] = Field(
+        description="its recent positions, oldest first, as (x, y) fractions of the OPD image"
+    )
+
+
 class LiveFrame(BaseModel):
     frame_id: int = Field(description="camera frame number; negative for holograms posted")
     grabbed_at: float = Field(description="Unix time of the grab, seconds")
@@ -35,6 +44,9 @@ class LiveFrame(BaseModel):
     accepted: int = Field(description="cells kept by segmentation (outlined in colours.accepted)")
     rejected: int = Field(description="other objects found (outlined in colours.rejected)")
     opd_range_nm: list[float] = Field(description="OPD at the colour map's two ends, nm")
+    tracks: list[LiveTrack] = Field(
+        default_factory=list, description="the cells followed across frames, in view now"
+    )
 
 
 class LiveCrop(BaseModel):
@@ -43,6 +55,7 @@ class LiveCrop(BaseModel):
     label: str
     probabilities: dict[str, float]
     peak_opd_nm: float = Field(description="the crop image spans 0 nm to this")
+    event_id: int | None = Field(None, description="the cell this view is of (camera crops)")
 
 
 class LiveColours(BaseModel):

@@ -47,6 +47,47 @@ class StoredResult(BaseModel):
     model_version: str
     qc: dict[str, Any]
     latency_s: float | None
+    event_id: int | None = Field(
+        description="the cell this view belongs to (GET /events); every view of one cell "
+        "shares it; null for crops posted to the API"
+    )
+
+
+class StoredEvent(BaseModel):
+    id: int = Field(description="the event (cell) id, as results' event_id")
+    created: float = Field(description="Unix time of the cell's first sighting, seconds")
+    ended: float = Field(description="Unix time of its last sighting, seconds")
+    source: str = Field(description="camera")
+    first_frame: int = Field(description="camera frame of the first sighting")
+    last_frame: int = Field(description="camera frame of the last sighting")
+    views: int = Field(description="frames the cell was classified in (fully in view)")
+    sightings: int = Field(description="frames it was seen in, clipped by the border too")
+    label: str = Field(description="the class of the combined views")
+    probabilities: dict[str, float] = Field(
+        description="the views' probabilities combined: mean of log-probabilities, renormalised"
+    )
+    speed_um_s: float | None = Field(
+        description="first to last sighting over their grab times, um/s (null: one sighting)"
+    )
+    qc: dict[str, float] = Field(description="the views' mean QC (flags: fraction of views)")
+    model_name: str
+    model_version: str
+    latency_s: float | None = Field(description="grab of the last view to the stored event")
+
+
+class EventsPage(BaseModel):
+    events: list[StoredEvent]
+    next_after_id: int = Field(description="pass as after_id to get the next page")
+
+
+class EventSummary(BaseModel):
+    total: int = Field(description="cells counted once, since the service started")
+    counts: dict[str, int] = Field(description="cells per class")
+    fractions: dict[str, float] = Field(description="class fractions of the cells")
+    per_second: float = Field(description="cells per second")
+    per_ul: float | None = Field(
+        None, description="concentration, cells per uL of sample (when flow_rate_ul_min is set)"
+    )
 
 
 class ResultsPage(BaseModel):
@@ -63,6 +104,10 @@ class Summary(BaseModel):
     fractions: dict[str, float]
     sources: dict[str, int]
     cells_per_second: float
+    events: EventSummary = Field(
+        description="the camera loop's cells, each counted once however many frames it "
+        "crossed (cells, counts, fractions above count every stored view)"
+    )
 
 
 class Health(BaseModel):

@@ -3,12 +3,17 @@
 ::
 
     grab thread --frames--> FrameQueue (bounded, drops the oldest) --> worker threads
-      (FrameProcessor: reconstruct + segment) --crops--> the classifier (the shared
+      (FrameProcessor: reconstruct + segment) --> FrameSequencer (grab order) -->
+      EventBook (tracking: an event id per cell) --crops--> the classifier (the shared
       micro-batcher) --> the results store --> observers: live view, crop archive
+                                      +--> EventBook: an ended cell's views combined,
+                                          stored once as its event
 
 Nothing blocks the grab thread: a full queue drops its oldest frame and counts it.
 Workers do not wait for inference either: each frame's crops go to the batcher
 with a callback that stores the results, so a worker is free for the next frame.
+Frames are tracked in grab order (:mod:`service.loop.events`): a worker that
+finishes early hands its frame on once the frames before it are done.
 
 States (:class:`RunState`)::
 
@@ -52,8 +57,11 @@ from acquisition.cameras import (
 )
 from acquisition.frames import CropGeometry, ProcessedFrames
 from acquisition.segmentation import Cell
+from acquisition.tracking import TrackerConfig
 from models.runtime import Prediction
 
+from ..store import EventRow
+from .events import EventBook, FrameSequencer, TrackedFrame
 from .frame_queue import FrameQueue
 from .states import Count, ErrorReason, RunState
 from .workers import Worker, WorkerConfig, WorkerDied, start_worker
@@ -86,6 +94,7 @@ class StoredCells:
     prediction: Prediction
     labels: list[str]
     ids: list[int]
+    event_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,16 @@ class Classifier(Protocol):
     def submit(self, crops: np.ndarray) -> Future[Prediction]: ...
 
     def store_cells(
-        self, prediction: Prediction, frame: GrabbedFrame, cells: list[Cell]
+        self,
+        prediction: Prediction,
+        frame: GrabbedFrame,
+        cells: list[Cell],
+        event_ids: list[int] | None = None,
     ) -> tuple[list[str], Future[list[int]]]: ...
+
+    def new_event_id(self) -> int: ...
+
+    def store_event(self, event: EventRow) -> Future[list[int]]: ...
 
 
 class LoopMetrics(Protocol):
@@ -145,6 +162,8 @@ class AcquisitionRunner:
     workers_config : how the workers reconstruct and segment
     classifier : the service side (crop geometry, batcher and store)
     metrics : where every count and error goes
+    tracking : how cells are followed across frames; None: every detection is an
+        event of its own
     """
 
     def __init__(
@@ -160,6 +179,7 @@ class AcquisitionRunner:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         trigger: str = "free",
+        tracking: TrackerConfig | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"at least one worker is needed, got {workers}")
@@ -173,9 +193,12 @@ class AcquisitionRunner:
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
         self.trigger = trigger
-        #: Called in a worker for each processed frame, and after a frame's cells are
-        #: stored (from the store's thread); both must be quick.
+        self.tracking = tracking
+        #: Called in a worker for each processed frame, for each frame in grab order
+        #: after tracking, and after a frame's cells are stored (from the store's
+        #: thread); all must be quick.
         self.on_frame: list[Callable[[FrameResult], None]] = []
+        self.on_tracked: list[Callable[[TrackedFrame], None]] = []
         self.on_stored: list[Callable[[StoredCells], None]] = []
 
         self._lock = threading.Lock()
@@ -185,6 +208,9 @@ class AcquisitionRunner:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._queue = FrameQueue(queue_size)
+        self._take = threading.Lock()  # a frame and its place in the order, together
+        self._sequencer: FrameSequencer[FrameResult] = FrameSequencer(self._release)
+        self._events = self._event_book()
         self._reference: np.ndarray | None = None
         self._reference_version = 0
         self._camera_info: dict[str, Any] = {}
@@ -217,6 +243,8 @@ class AcquisitionRunner:
             self._stop.clear()
             self._finished = None
             self._queue = FrameQueue(self.queue_size)
+            self._sequencer = FrameSequencer(self._release)
+            self._events = self._event_book()
             self._started_at = time.time()
         threads = [threading.Thread(target=self._grab_loop, name="camera-grab", daemon=True)]
         threads += [
@@ -240,6 +268,7 @@ class AcquisitionRunner:
         self._queue.close()
         for thread in workers:
             thread.join(max(deadline - time.monotonic(), 0))
+        self._events.close()  # every frame is tracked: the open events end
         with self._idle:
             while self._inflight and time.monotonic() < deadline:
                 self._idle.wait(max(deadline - time.monotonic(), 0.01))
@@ -252,8 +281,8 @@ class AcquisitionRunner:
             if left or alive:
                 self._set_state(
                     RunState.FAILED,
-                    f"stop timed out: {left} frames' cells unstored, threads still running: "
-                    f"{', '.join(alive) or 'none'}",
+                    f"stop timed out: {left} frames' cells or events unstored, "
+                    f"threads still running: {', '.join(alive) or 'none'}",
                 )
             else:
                 self._set_state(RunState.IDLE, self._finished or "stopped")
@@ -284,6 +313,11 @@ class AcquisitionRunner:
             )
 
     # -- internals ------------------------------------------------------------------
+
+    def _event_book(self) -> EventBook:
+        return EventBook.create(
+            self.classifier, self.metrics, self.tracking, self._hold, self._done_one
+        )
 
     def _set_state(self, state: RunState, detail: str) -> None:
         if state != self._state:
@@ -405,12 +439,15 @@ class AcquisitionRunner:
         version = -1
         try:
             while True:
-                frame = self._queue.get(timeout=0.25)
+                with self._take:
+                    frame = self._queue.get(timeout=0.25)
+                    sequence = self._sequencer.take() if frame is not None else -1
                 if frame is None:
                     if self._queue.closed:
                         return
                     continue
                 self.metrics.queue_depth.set(len(self._queue))
+                result: FrameResult | None = None
                 for attempt in (1, 2):  # a frame whose worker died gets one more worker
                     try:
                         if worker is not None and version != self._reference_version:
@@ -418,7 +455,7 @@ class AcquisitionRunner:
                             worker = None
                         if worker is None:
                             worker, version = self._start_worker()
-                        self._process(frame, worker)
+                        result = self._process(frame, worker)
                     except WorkerDied as exc:
                         if worker is not None:
                             worker.close()
@@ -437,46 +474,72 @@ class AcquisitionRunner:
                         self._error(ErrorReason.WORKER, message)
                         logger.exception("frame %d failed in the pipeline", frame.index)
                     break
+                self._sequencer.done(sequence, result)  # a lost frame too: the order goes on
         finally:
             if worker is not None:
                 worker.close()
 
-    def _process(self, frame: GrabbedFrame, worker: Worker) -> None:
+    def _process(self, frame: GrabbedFrame, worker: Worker) -> FrameResult:
         processed = worker.process(frame.image, self.classifier.crop_geometry())
         self.metrics.stage_seconds.labels("reconstruct").observe(processed.reconstruct_s)
         self.metrics.stage_seconds.labels("segment").observe(processed.segment_s)
-        cells = processed.cells
         self.metrics.count(Count.FRAMES_PROCESSED)
-        self.metrics.count(Count.CELLS_CUT, len(cells))
+        self.metrics.count(Count.CELLS_CUT, len(processed.cells))
+        result = FrameResult(frame, processed)
         for observer in self.on_frame:
-            observer(FrameResult(frame, processed))
+            observer(result)
+        return result
+
+    def _release(self, result: FrameResult | None) -> None:
+        """A frame in grab order (None: one that was lost): track it, then classify
+        and store its cells with their event ids."""
+        if result is None:
+            return
+        start = time.perf_counter()
+        try:
+            tracked = self._events.track(result.frame, result.processed)
+        except Exception as exc:  # the frame's cells are lost, and said so; the loop goes on
+            logger.exception("frame %d could not be tracked", result.frame.index)
+            self._error(ErrorReason.WORKER, f"frame {result.frame.index}: tracking: {exc}")
+            self.metrics.count(Count.CELLS_LOST, len(result.processed.cells))
+            return
+        self.metrics.stage_seconds.labels("track").observe(time.perf_counter() - start)
+        for observer in self.on_tracked:
+            try:
+                observer(tracked)
+            except Exception:
+                logger.exception("an observer of tracked frames failed")
+        cells = result.processed.cells
         if not cells:
             return
-        crops = processed.crops()
-        with self._lock:
-            self._inflight += 1
+        crops = result.processed.crops()
+        self._hold()
         future = self.classifier.submit(crops)
-        future.add_done_callback(lambda f: self._classified(f, frame, cells, crops))
+        future.add_done_callback(lambda f: self._classified(f, tracked, crops))
 
     def _classified(
-        self, future: Future[Prediction], frame: GrabbedFrame, cells: list[Cell], crops: np.ndarray
+        self, future: Future[Prediction], tracked: TrackedFrame, crops: np.ndarray
     ) -> None:
+        frame, cells, event_ids = tracked.frame, tracked.processed.cells, tracked.event_ids
         try:
             prediction = future.result()
-            labels, stored = self.classifier.store_cells(prediction, frame, cells)
+            labels, stored = self.classifier.store_cells(prediction, frame, cells, event_ids)
         except Exception as exc:
+            self._events.lost(event_ids)
             self._lost_cells(len(cells), f"classification failed: {type(exc).__name__}: {exc}")
             return
-        stored.add_done_callback(
-            lambda f: self._stored(f, StoredCells(frame, cells, crops, prediction, labels, []))
-        )
+        result = StoredCells(frame, cells, crops, prediction, labels, [], event_ids)
+        stored.add_done_callback(lambda f: self._stored(f, result))
 
     def _stored(self, future: Future[list[int]], result: StoredCells) -> None:
         try:
             result.ids = future.result()
         except Exception as exc:
+            self._events.lost(result.event_ids)
             self._lost_cells(len(result.cells), f"storing failed: {type(exc).__name__}: {exc}")
             return
+        qc = [dict(c.qc) for c in result.cells]
+        self._events.stored(result.event_ids, result.prediction, qc, result.frame.monotonic)
         try:
             for observer in self.on_stored:
                 observer(result)
@@ -489,6 +552,11 @@ class AcquisitionRunner:
         self._error(ErrorReason.CLASSIFY, message)
         self.metrics.count(Count.CELLS_LOST, n)
         self._done_one()
+
+    def _hold(self) -> None:
+        """Something the stop must wait for: a frame's cells, or an ended event."""
+        with self._idle:
+            self._inflight += 1
 
     def _done_one(self) -> None:
         with self._idle:

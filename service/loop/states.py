@@ -37,4 +37,7 @@ class Count(StrEnum):
     CELLS_CUT = "cells_cut"
     CELLS_STORED = "cells_stored"
     CELLS_LOST = "cells_lost"
+    EVENTS_STORED = "events_stored"
+    EVENTS_LOST = "events_lost"
+    EDGE_ONLY_TRACKS = "edge_only_tracks"
     RECONNECTS = "reconnects"

@@ -8,7 +8,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,8 @@ import tifffile
 from acquisition.cameras import GrabbedFrame, ReplayCamera
 from acquisition.cropfile import read_crop_dataset
 from acquisition.frames import CropGeometry
-from acquisition.segmentation import Cell
+from acquisition.simulator.flow import FlowConfig
 from acquisition.simulator.phantoms import render_cell
-from models.runtime import Prediction
 from service.app import create_app
 from service.camera import CameraLoop
 from service.classification import Classification
@@ -52,12 +50,28 @@ def emulator_images(tmp_path_factory) -> Path:
     return folder
 
 
+#: The live page's flow: at 20 frames/s and 500 um/s a cell crosses in 5 to 20 frames.
+LIVE_FLOW = FlowConfig(flow_speed_um_s=500.0, frame_rate_hz=20.0, cells_per_second=20.0)
+LIVE_FLOW_FRAMES = 64
+
+
+@pytest.fixture(scope="module")
+def flow_images(tmp_path_factory) -> Path:
+    """The emulator's folder for a continuous flow (a loop of 64 frames)."""
+    from acquisition.cameras.emulator import prepare_emulator_images
+
+    folder = tmp_path_factory.mktemp("emulator-flow")
+    prepare_emulator_images(folder, ["sw480", "sw620"], LIVE_FLOW_FRAMES, flow=LIVE_FLOW)
+    return folder
+
+
 def serve(tmp: Path, emulator: Path, **env: str) -> Server:
     environment: dict[str, Any] = {
         "TOPGAN_CAMERA": "emulator",
         "TOPGAN_MODEL_DIR": str(DEFAULT_MODEL),
         "TOPGAN_EMULATOR_IMAGES": str(emulator),
         "TOPGAN_EMULATOR_FRAMES": "12",
+        "TOPGAN_SIMULATED_FLOW": "false",  # 12 independent frames, as rendered above
         "TOPGAN_RECONNECT_MAX_S": "1",
         **env,
     }
@@ -222,13 +236,8 @@ class HeldBack:
             self.release.wait(120)
         return self.service.crop_geometry()
 
-    def submit(self, crops: np.ndarray) -> Future[Prediction]:
-        return self.service.submit(crops)
-
-    def store_cells(
-        self, prediction: Prediction, frame: GrabbedFrame, cells: list[Cell]
-    ) -> tuple[list[str], Future[list[int]]]:
-        return self.service.store_cells(prediction, frame, cells)
+    def __getattr__(self, name: str) -> Any:  # the rest as the service does it
+        return getattr(self.service, name)
 
 
 class SecondFrameWhenHeld(ReplayCamera):
@@ -352,10 +361,20 @@ def test_at_a_gentle_rate_nothing_is_dropped(tmp_path, emulator_images):
     assert counts["cells_cut"] > 0
 
 
-def test_live_page_in_chromium_follows_the_camera(tmp_path, emulator_images, browser_paths):
+def test_live_page_in_chromium_follows_the_camera(tmp_path, flow_images, browser_paths):
+    """The emulator streams cells in flow; the page follows the frames, draws each
+    tracked cell's path with its event id, and counts each cell once."""
     from selenium.webdriver.common.by import By
 
-    server = serve(tmp_path, emulator_images, TOPGAN_FRAME_RATE_HZ="20")
+    server = serve(
+        tmp_path,
+        flow_images,
+        TOPGAN_FRAME_RATE_HZ=str(LIVE_FLOW.frame_rate_hz),
+        TOPGAN_EMULATOR_FRAMES=str(LIVE_FLOW_FRAMES),
+        TOPGAN_SIMULATED_FLOW="true",
+        TOPGAN_SIMULATED_FLOW_SPEED_UM_S=str(LIVE_FLOW.flow_speed_um_s),
+        TOPGAN_SIMULATED_CELLS_PER_SECOND=str(LIVE_FLOW.cells_per_second),
+    )
     driver = headless_chromium(browser_paths)
     try:
         driver.get(server.url + "/")
@@ -380,7 +399,32 @@ def test_live_page_in_chromium_follows_the_camera(tmp_path, emulator_images, bro
             page = c.get("/results", params={"after_id": ids[0] - 1, "limit": 1000}).json()
         stored = {r["id"]: r["label"] for r in page["results"]}
         assert all(stored[int(i)] == label for i, label in crops), "the stored labels"
-        assert int(page_text(driver, "#total-cells")) > 0
+
+        # Tracked cells: a path each, and the event id of those classified.
+        read_tracks = (
+            "return [...document.querySelectorAll('#tracks text')]"
+            ".map(t => parseInt(t.dataset.eventId))"
+        )
+        drawn = wait.until(lambda d: d.execute_script(read_tracks))
+        assert driver.find_elements(By.CSS_SELECTOR, "#tracks polyline")
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+
+            def view_events() -> set[int]:
+                page = c.get("/results", params={"after_id": 0, "limit": 1000}).json()
+                return {r["event_id"] for r in page["results"]}
+
+            # the ids drawn are those the views are stored with, and the events' ids
+            wait_for(view_events, lambda ids: set(drawn) <= ids)
+            event = wait_for(
+                lambda: c.get("/events", params={"after_id": min(drawn) - 1}).json()["events"],
+                lambda events: any(e["id"] in drawn for e in events),
+            )
+            summary = c.get("/results/summary").json()
+        assert event
+        assert summary["events"]["total"] > 0
+        assert summary["cells"] > summary["events"]["total"], "a cell is seen in several frames"
+        wait.until(lambda d: int(page_text(d, "#total-cells")) > 0)
+        assert page_text(driver, "#cells-kind") == "cells (each counted once)"
         assert not driver.find_element(By.ID, "banner").is_displayed()
     finally:
         driver.quit()

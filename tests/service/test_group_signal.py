@@ -45,6 +45,7 @@ def test_a_group_sigterm_while_the_workers_start_stops_cleanly(tmp_path, emulato
         "TOPGAN_MODELS_ROOT": str(REPO_ROOT / "models"),
         "TOPGAN_EMULATOR_IMAGES": str(emulator_images),
         "TOPGAN_EMULATOR_FRAMES": "12",
+        "TOPGAN_SIMULATED_FLOW": "false",  # 12 independent frames, as rendered above
         "TOPGAN_DATABASE_URL": f"sqlite:///{db}",
         "TOPGAN_PORT": str(port),
         "TOPGAN_EXECUTION_PROVIDER": "cpu",

@@ -240,13 +240,35 @@ def test_displayed_frame_is_held_and_a_page_gets_the_frame_it_was_told(real_fram
     assert decode(view.opd_png(12345)).size[::-1] == new, "unknown sequence: the latest"
 
 
+def test_tracked_cells_paths_are_fractions_of_the_opd_image(real_frames):
+    frame = real_frames["hl60_hologram_with_bg.npz"]
+    h, w = frame.opd_nm.shape
+    view = LiveView(display_interval_s=0)
+    tracks = [(12, [(0.0, 0.0), (h / 2, w / 4)]), (None, [(h, w)])]
+    view.frame(
+        3,
+        time.time(),
+        frame.hologram,
+        frame.opd_nm,
+        frame.segmentation.labels,
+        [1],
+        8,
+        "camera",
+        tracks,
+    )
+    assert view.snapshot()["frame"]["tracks"] == [
+        {"event_id": 12, "path": [[0.0, 0.0], [0.25, 0.5]]},
+        {"event_id": None, "path": [[1.0, 1.0]]},
+    ]
+
+
 def test_crops_ring_buffer(real_frames):
     crop = real_frames["hl60_hologram_with_bg.npz"].segmentation.cells[0].crop_nm
     batch = np.stack([crop * (1 + i / 10) for i in range(4)])
     view = LiveView(max_crops=5)
     probs = [{"sw480": 0.25, "sw620": 0.75}] * 4
     view.results(1, batch, [10, 11, 12, 13], ["sw620"] * 4, probs)
-    view.results(2, batch[:3], [14, 15, 16], ["sw480", "sw620", "sw480"], probs[:3])
+    view.results(2, batch[:3], [14, 15, 16], ["sw480", "sw620", "sw480"], probs[:3], [7, 8, 9])
     state = view.snapshot()
     assert [c["result_id"] for c in state["crops"]] == [16, 15, 14, 13, 12]
     assert state["crops"][0] == {
@@ -255,7 +277,9 @@ def test_crops_ring_buffer(real_frames):
         "label": "sw480",
         "probabilities": {"sw480": 0.25, "sw620": 0.75},
         "peak_opd_nm": pytest.approx(float(batch[2].max())),
+        "event_id": 9,
     }
+    assert state["crops"][-1]["event_id"] is None, "crops without an event (posted ones)"
     assert state["crops_sequence"] == 2
     image = decode(view.crop_png(16))
     assert (image.size, image.mode) == ((128, 128), "P")

@@ -12,7 +12,7 @@ import pytest
 from acquisition.backend import get_backend
 from acquisition.frames import FrameProcessor
 from acquisition.reconstruction import ReconstructionConfig
-from acquisition.simulator.flow import ContinuousFlow, FlowConfig
+from acquisition.simulator.flow import ContinuousFlow, FlowConfig, looping_flow
 from acquisition.simulator.scene import FlowSimulator, SceneConfig
 from acquisition.tracking import Tracker, TrackerConfig
 
@@ -81,3 +81,15 @@ def test_the_whole_path_counts_each_cell_once(simulator, axis, direction, speed_
     assert abs(len(members) - len(true_cells)) <= 0.02 * len(true_cells)
     assert purity >= 0.99
     assert completeness >= 0.98
+
+
+def test_a_looping_flow_is_empty_where_it_wraps(simulator):
+    config = FlowConfig(flow_speed_um_s=6000, frame_rate_hz=90, cells_per_second=120)
+    drain = ContinuousFlow(simulator, config).drain_frames()
+    frames = list(looping_flow(simulator, config, 2 * drain, seed=3))
+    assert len(frames) == 2 * drain
+    assert any(f.objects for f in frames), "cells flow"
+    assert not frames[-1].objects, "every cell has left by the last frame"
+    assert not [o for o in frames[0].objects if not o.clipped], "the first frame: entering only"
+    with pytest.raises(ValueError, match=f"at least {2 * drain} frames"):
+        next(looping_flow(simulator, config, 2 * drain - 1))
