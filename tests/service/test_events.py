@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,7 +26,7 @@ from service.loop.events import FrameSequencer
 from service.loop.states import Count, RunState
 from service.services import Services
 from service.settings import DEFAULT_MODEL, Settings
-from tests.service.conftest import start_server
+from tests.service.conftest import Server, start_server
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = 90
@@ -76,8 +77,8 @@ def true_track_of(folder: Path, rows: list[dict]) -> list[int]:
     return found
 
 
-def settings_for(folder: Path, tmp_path: Path, **extra) -> Settings:
-    values = dict(
+def settings_for(folder: Path, tmp_path: Path, **extra: Any) -> Settings:
+    values: dict[str, Any] = dict(
         camera=f"replay:{folder}",
         replay_loop=False,
         frame_rate_hz=0,
@@ -219,7 +220,7 @@ def test_tracking_off_makes_every_detection_an_event(tmp_path, flow_folder):
 # -- topgan serve on a recorded flow ------------------------------------------------
 
 
-def serve_flow(tmp_path: Path, folder: Path, rate_hz: float, **env: str):
+def serve_flow(tmp_path: Path, folder: Path, rate_hz: float) -> Server:
     return start_server(
         tmp_path,
         REPO / "models",
@@ -231,7 +232,6 @@ def serve_flow(tmp_path: Path, folder: Path, rate_hz: float, **env: str):
         TOPGAN_FRAME_QUEUE=str(2 * FRAMES),
         TOPGAN_ARRAY_BACKEND="numpy",
         TOPGAN_FLOW_RATE_UL_MIN="0.5",
-        **env,
     )
 
 
