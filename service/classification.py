@@ -215,6 +215,8 @@ def result_rows(
 def _show_model(metrics: Metrics, runtime: ModelRuntime) -> None:
     m = runtime.manifest
     metrics.set_model(m.name, m.version, m.method, ",".join(runtime.providers))
+    for label in m.classes:  # every class's cell count exists, at 0, before its first cell
+        metrics.events.labels(label)
 
 
 def _safe_url(url: str) -> str:
