@@ -1,25 +1,29 @@
 """The camera loop's sustained frame rate, latency and stage times, with SimulatedCamera.
 
-1024x1024 simulated SW480/SW620 holograms (8-bit, about 4 cells a frame) go through
-the service's own runner in this process: grab thread -> drop-oldest queue ->
-reconstruction and segmentation workers -> the shared micro-batcher and the
-bundled model -> a SQLite file. The camera renders a pool of frames first, then
-streams it at a set rate.
+1024x1024 simulated SW480/SW620 holograms (8-bit, cells flowing along +y at 2 mm/s,
+about 4 in a frame, each seen in 5 to 22 frames at 90 frames/s) go through the
+service's own runner in this process: grab thread -> drop-oldest queue ->
+reconstruction and segmentation workers -> frames back in grab order -> tracking
+(an event id per cell) -> the shared micro-batcher and the bundled model -> a
+SQLite file (each view, and each cell once as its event). The camera renders a pool
+of frames first (a flow that loops cleanly), then streams it at a set rate.
 
 1. probe: ``--probe-seconds`` at rising rates (``--rates``) until a rate drops a
    frame or the camera cannot deliver it;
 2. confirm: the highest rate without a drop is run for ``--seconds`` (60); if it
    drops, the next lower rate is tried;
-3. side by side, the peer: the same frames through the same stages one after
-   another in one thread (no queue, no workers, no batching across frames);
+3. side by side, the same rate with tracking off (every detection its own event),
+   and the peer: the same frames through the same stages one after another in one
+   thread (no queue, no workers, no batching across frames, no tracking);
 4. the pylon camera emulator of ``topgan serve`` (1280x1024 Mono8 simulated
    holograms) as fast as it goes (``--emulator-rate``, 100 frames/s asked; its
    ceiling is about 90) for ``--seconds``: nothing should drop, every cut cell
    should be stored.
 
-Prints the sustained rate, p50/p99 grab-to-stored latency per cell (from the
-stored rows), the mean time per stage, the ratio to the serial peer, and the
-emulator's run.
+Prints the sustained rate, p50/p99 grab-to-stored latency per view and per event
+(from the last view's grab to the stored event; from the stored rows), the mean time
+per stage (``track`` included), the ratios to tracking off and to the serial peer,
+the tracker's own cost per frame against the segmentation's, and the emulator's run.
 
 Usage: ``python bench/pipeline.py [--seconds 60] [--rates 50,60,...] [--emulator-rate 100]``
 """
@@ -45,7 +49,9 @@ from acquisition.cameras.spec import CameraSpec, build_camera  # noqa: E402
 from acquisition.frames import FrameProcessor  # noqa: E402
 from acquisition.reconstruction import ReconstructionConfig  # noqa: E402
 from acquisition.segmentation import SegmentationConfig  # noqa: E402
+from acquisition.simulator.flow import FlowConfig  # noqa: E402
 from acquisition.simulator.scene import SceneConfig  # noqa: E402
+from acquisition.tracking import Tracker, TrackerConfig  # noqa: E402
 from service.loop.runner import AcquisitionRunner  # noqa: E402
 from service.loop.states import Count  # noqa: E402
 from service.loop.workers import WorkerConfig  # noqa: E402
@@ -53,7 +59,10 @@ from service.services import Services  # noqa: E402
 from service.settings import DEFAULT_MODEL, Settings  # noqa: E402
 from service.store import ResultRow  # noqa: E402
 
-STAGES = ("reconstruct", "segment", "classify", "store")
+STAGES = ("reconstruct", "segment", "track", "classify", "store")
+#: The benchmark's flow: 2 mm/s at 90 frames/s, about 4 cells in a 1024x1024 frame.
+FLOW = FlowConfig(flow_speed_um_s=2000.0, frame_rate_hz=90.0, cells_per_second=80.0)
+TRACKING = TrackerConfig(pixel_size_um=0.12)
 RECONSTRUCTION = ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, sample_half="left")
 
 
@@ -66,19 +75,30 @@ def simulated(camera: SimulatedCamera, rate: float) -> Source:
 
 
 def emulator(folder: Path, rate: float) -> Source:
-    """The pylon emulator as ``topgan serve`` runs it: 48 simulated 1280x1024 holograms."""
+    """The pylon emulator as ``topgan serve`` runs it: 96 simulated 1280x1024 holograms
+    of cells in flow."""
     spec = CameraSpec(
-        "emulator", CameraConfig(frame_rate_hz=rate), emulator_images=folder / "emulator"
+        "emulator",
+        CameraConfig(frame_rate_hz=rate),
+        emulator_images=folder / "emulator",
+        emulator_frames=96,
+        simulated_flow=FlowConfig(),
     )
     return lambda: build_camera(spec)
 
 
 def run(
-    source: Source, rate: float, seconds: float, workers: int, folder: Path, kind: str = "simulator"
+    source: Source,
+    rate: float,
+    seconds: float,
+    workers: int,
+    folder: Path,
+    kind: str = "simulator",
+    tracking: bool = True,
 ) -> dict[str, float]:
     """One run of ``source``, asked for ``rate`` frames/s; counts, latency
     percentiles, stage means."""
-    db = folder / f"{kind}-{rate:g}-{seconds:g}.sqlite"
+    db = folder / f"{kind}-{rate:g}-{seconds:g}-{'tracked' if tracking else 'untracked'}.sqlite"
     settings = Settings(
         camera="none",
         database_url=f"sqlite:///{db}",
@@ -95,6 +115,7 @@ def run(
         state.metrics,
         workers=workers,
         queue_size=64,
+        tracking=TRACKING if tracking else None,
     )
     try:
         runner.start()
@@ -120,6 +141,10 @@ def run(
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT latency_s FROM results WHERE created >= ?", (began_wall,))
         latency = np.array([r[0] for r in rows])
+        rows = conn.execute("SELECT latency_s, views FROM events WHERE created >= ?", (began_wall,))
+        event_rows = [(r[0], r[1]) for r in rows if r[0] is not None]
+    event_latency = np.array([r[0] for r in event_rows])
+    views = np.array([r[1] for r in event_rows])
     result = {
         "rate": rate,
         "fps": grabbed / elapsed,
@@ -131,12 +156,48 @@ def run(
         "stored": final[Count.CELLS_STORED],
         "p50_ms": float(np.percentile(latency, 50)) * 1e3 if latency.size else float("nan"),
         "p99_ms": float(np.percentile(latency, 99)) * 1e3 if latency.size else float("nan"),
+        "events": len(event_rows),
+        "views_per_event": float(views.mean()) if views.size else float("nan"),
+        "event_p50_ms": _percentile_ms(event_latency, 50),
+        "event_p99_ms": _percentile_ms(event_latency, 99),
+        "events_lost": final[Count.EVENTS_LOST],
     }
     for stage in STAGES:
         total = stages_after[stage][0] - stages_before[stage][0]
         count = stages_after[stage][1] - stages_before[stage][1]
         result[f"{stage}_ms"] = total / count * 1e3 if count else float("nan")
     return result
+
+
+def _percentile_ms(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) * 1e3 if values.size else float("nan")
+
+
+def tracker_cost(camera: SimulatedCamera, rounds: int = 5) -> tuple[float, float, float]:
+    """(ms per frame of Tracker.update, ms per frame of segmentation, cells a frame)
+    on the camera's pool, side by side in this thread: the detections are the
+    segmentation's own."""
+    processor = FrameProcessor(RECONSTRUCTION, SegmentationConfig(), reference=camera.reference)
+    camera.rate_hz = None
+    maps = [
+        processor.reconstructor.reconstruct(camera.grab().image) for _ in range(camera.pool_frames)
+    ]
+    segmenter = processor.segmenter()
+    began = time.perf_counter()
+    segmentations = [segmenter.segment(m)[0] for m in maps]
+    segment_s = (time.perf_counter() - began) / len(maps)
+    detections = [[c.position_px for c in s.cells] + list(s.clipped_px) for s in segmentations]
+    tracker = Tracker(TRACKING)
+    frame = 0
+    began = time.perf_counter()
+    for _ in range(rounds):
+        for positions in detections:
+            frame += 1
+            tracker.update(frame, positions)
+        frame += 10  # the pool wraps: an empty gap, as the camera loop sees it
+    track_s = (time.perf_counter() - began) / (rounds * len(detections))
+    cells = float(np.mean([len(d) for d in detections]))
+    return track_s * 1e3, segment_s * 1e3, cells
 
 
 def _stage_sums(state: Services) -> dict[str, tuple[float, float]]:
@@ -203,7 +264,7 @@ def main() -> None:
     parser.add_argument("--probe-seconds", type=float, default=10.0)
     parser.add_argument("--rates", default="50,60,70,80,90,100,110,120,140,160")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pool", type=int, default=32, help="distinct frames the camera cycles")
+    parser.add_argument("--pool", type=int, default=64, help="distinct frames the camera cycles")
     parser.add_argument(
         "--emulator-rate", type=float, default=100.0, help="frames/s asked of the pylon emulator"
     )
@@ -215,22 +276,32 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     scene = SceneConfig(shape=(1024, 1024))
-    camera = SimulatedCamera(["sw480", "sw620"], scene, pool_frames=args.pool, seed=0)
+    camera = SimulatedCamera(["sw480", "sw620"], scene, pool_frames=args.pool, seed=0, flow=FLOW)
     start = time.perf_counter()
     camera.open()
     print(
-        f"camera: {args.pool} simulated 1024x1024 frames rendered in "
+        f"camera: {args.pool} simulated 1024x1024 frames of a flow rendered in "
         f"{time.perf_counter() - start:.1f} s, {np.mean(camera.cells_per_frame):.1f} cells a "
         f"frame; {args.workers} worker processes"
     )
-    header = f"{'rate':>6} {'got/s':>7} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} " + " ".join(
-        f"{s + ' ms':>12}" for s in STAGES
+    track_ms, segment_ms, cells = tracker_cost(camera)
+    print(
+        f"tracker alone: {track_ms:.3f} ms a frame at {cells:.1f} detections a frame; "
+        f"segmentation of the same frames {segment_ms:.2f} ms a frame; "
+        f"tracking / segmentation = {track_ms / segment_ms:.3f}"
+    )
+    header = (
+        f"{'rate':>6} {'track':>5} {'got/s':>7} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'events':>6} {'views':>5} {'ev p50':>7} {'ev p99':>7} "
+        + " ".join(f"{s + ' ms':>12}" for s in STAGES)
     )
 
-    def show(r: dict[str, float], seconds: float) -> None:
+    def show(r: dict[str, float], seconds: float, tracking: bool = True) -> None:
         print(
-            f"{r['rate']:6.0f} {r['fps']:7.1f} {r['dropped']:8.0f} {r['p50_ms']:7.1f} "
-            f"{r['p99_ms']:7.1f} "
+            f"{r['rate']:6.0f} {'on' if tracking else 'off':>5} {r['fps']:7.1f} "
+            f"{r['dropped']:8.0f} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f} "
+            f"{r['events']:6.0f} {r['views_per_event']:5.1f} {r['event_p50_ms']:7.1f} "
+            f"{r['event_p99_ms']:7.1f} "
             + " ".join(f"{r[s + '_ms']:12.2f}" for s in STAGES)
             + f"   ({seconds:g} s)"
         )
@@ -255,6 +326,17 @@ def main() -> None:
             if not r["dropped"]:
                 best = r
                 break
+        untracked = None
+        if best is not None:
+            untracked = run(
+                simulated(camera, best["rate"]),
+                best["rate"],
+                args.seconds,
+                args.workers,
+                folder,
+                tracking=False,
+            )
+            show(untracked, args.seconds, tracking=False)
         serial = serial_peer(camera, 200, folder)
         print(
             f"\nthe pylon emulator as fast as it goes (asked {args.emulator_rate:g} frames/s "
@@ -284,8 +366,20 @@ def main() -> None:
         f"every cut cell stored: {best['cut'] == best['stored']}"
     )
     print(
-        f"grab-to-stored latency per cell: p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms"
+        f"grab-to-stored latency per view: p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms"
     )
+    print(
+        f"{best['events']:.0f} events ({best['views_per_event']:.1f} views each, "
+        f"{best['events_lost']:.0f} lost); last view's grab to the stored event: "
+        f"p50 {best['event_p50_ms']:.1f} ms, p99 {best['event_p99_ms']:.1f} ms"
+    )
+    if untracked is not None:
+        print(
+            f"tracking off at the same rate: {untracked['fps']:.1f} frames/s, "
+            f"{untracked['dropped']:.0f} dropped, p99 per view {untracked['p99_ms']:.1f} ms; "
+            f"on / off: frames/s {best['fps'] / untracked['fps']:.3f}x, p99 per view "
+            f"{best['p99_ms'] / untracked['p99_ms']:.2f}x"
+        )
     print(
         f"peer, the same stages serially in one thread: {serial:.1f} frames/s; "
         f"camera loop / serial = {best['fps'] / serial:.2f}x"
