@@ -207,6 +207,7 @@ class EventBook:
                     frame.index,
                 )
                 to_store += self._end_all()
+                self._restart_tracker()
             self._last_frame = frame.index
             if self.tracker is None:
                 tracks, ended = self._untracked_ids(len(positions)), []
@@ -245,12 +246,9 @@ class EventBook:
     def close(self) -> None:
         """End every open event (acquisition stops, a replay ends, shutdown)."""
         with self._lock:
-            if self.tracker is not None:
-                self.tracker.close()
             to_store = self._end_all()
             self._last_frame = None
-            if self.tracker is not None:
-                self.tracker = Tracker(self.tracker.config)
+            self._restart_tracker()
         self._store(to_store)
 
     # -- from the store's thread ----------------------------------------------------
@@ -292,6 +290,11 @@ class EventBook:
         self._store(to_store)
 
     # -- internals (under the lock) -------------------------------------------------
+
+    def _restart_tracker(self) -> None:
+        """A fresh tracker (its tracks have ended), for frames counted from anew."""
+        if self.tracker is not None:
+            self.tracker = Tracker(self.tracker.config)
 
     def _untracked_ids(self, n: int) -> list[int]:
         self._untracked += n
