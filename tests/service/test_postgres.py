@@ -102,3 +102,72 @@ def test_service_on_postgres_survives_a_restart(tmp_path, models_root, postgres_
             assert set(ids) <= stored
     finally:
         again.stop()
+
+
+def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
+    """A results table from before events gains event_id; events are stored and
+    listed; event ids continue after the database's largest."""
+    import sqlalchemy as sa
+
+    from service.store import EventRow
+
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS before_events"))
+        conn.execute(sa.text("CREATE DATABASE before_events"))
+    admin.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + "/before_events"
+    old = sa.create_engine(url)
+    with old.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE results (id SERIAL PRIMARY KEY, created FLOAT NOT NULL,"
+                " source VARCHAR(16) NOT NULL, frame_id INTEGER, y_px FLOAT, x_px FLOAT,"
+                " label VARCHAR(64) NOT NULL, probabilities TEXT NOT NULL,"
+                " model_name VARCHAR(128) NOT NULL, model_version VARCHAR(64) NOT NULL,"
+                " qc TEXT NOT NULL, latency_s FLOAT)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO results (created, source, label, probabilities, model_name,"
+                " model_version, qc) VALUES (1.0, 'camera', 'sw480', '{}', 'm', '1', '{}')"
+            )
+        )
+    old.dispose()
+    store = ResultStore(url)
+    try:
+        [before] = store.list()
+        assert before["event_id"] is None
+        event_id = store.new_event_id()
+        view = ResultRow(
+            "camera", "sw620", {"sw480": 0.2, "sw620": 0.8}, "m", "1", event_id=event_id
+        )
+        store.add([view]).result(30)
+        event = EventRow(
+            id=event_id,
+            created=2.0,
+            ended=2.1,
+            first_frame=3,
+            last_frame=9,
+            views=1,
+            sightings=7,
+            label="sw620",
+            probabilities={"sw480": 0.2, "sw620": 0.8},
+            model_name="m",
+            model_version="1",
+            speed_um_s=1800.0,
+            qc={"area_um2": 90.0},
+        )
+        assert store.add_event(event).result(30) == [event_id]
+        [listed] = store.list_events()
+        assert (listed["id"], listed["views"], listed["speed_um_s"]) == (event_id, 1, 1800.0)
+        assert store.list(after_id=before["id"])[0]["event_id"] == event_id
+        assert store.summary(since=0)["events"]["counts"] == {"sw620": 1}
+    finally:
+        store.close()
+    again = ResultStore(url)
+    try:
+        assert again.new_event_id() == event_id + 1
+    finally:
+        again.close()
