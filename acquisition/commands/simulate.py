@@ -89,6 +89,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 "--flow-axis", choices=choices_of(FlowConfig, "axis"), default=FLOW.axis
             )
             flow.add_argument("--flow-direction", type=int, choices=(1, -1), default=FLOW.direction)
+            flow.add_argument(
+                "--rotation-deg-per-frame",
+                type=float,
+                default=FLOW.rotation_deg_per_frame,
+                help="cells turn as they flow, each at up to this rate (default %(default)s)",
+            )
+            flow.add_argument(
+                "--focus-drift-um",
+                type=float,
+                default=FLOW.focus_drift_um,
+                help="the focus drifts sinusoidally up to this far either side (default "
+                "%(default)s)",
+            )
+            flow.add_argument(
+                "--focus-period-frames",
+                type=positive_float,
+                default=FLOW.focus_period_frames,
+                help="the period of that drift (default %(default)s)",
+            )
         else:
             k.add_argument(
                 "--count", type=int, required=True, metavar="N", help="crops per cell line"
@@ -149,6 +168,9 @@ def flow_config(args: argparse.Namespace) -> FlowConfig:
             cells_per_second=args.cells_per_second,
             axis=args.flow_axis,
             direction=args.flow_direction,
+            rotation_deg_per_frame=args.rotation_deg_per_frame,
+            focus_drift_um=args.focus_drift_um,
+            focus_period_frames=args.focus_period_frames,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -175,7 +197,8 @@ def write_holograms(
     flow: FlowConfig | None = None,
 ) -> None:
     """Frames as TIFF (12-bit stored MSB-aligned in uint16, as pylon reads them),
-    ``reference.tiff``, ``ground_truth.h5`` (OPD of the sample half, nm) and
+    ``reference.tiff``, ``ground_truth.h5`` (OPD of the sample half, nm, and each
+    frame's defocus, um) and
     ``cells.csv``; independent frames, or a continuous ``flow`` (``cells.csv``'s
     ``track`` then follows each cell from frame to frame)."""
     if frames < 1:
@@ -190,6 +213,7 @@ def write_holograms(
     w = cols.stop - cols.start
     progress = ProgressPrinter("frames")
     objects: list[TrueObject] = []
+    defocus: list[float] = []  # um, per frame
     with h5py.File(out / "ground_truth.h5", "w") as truth:
         opd = truth.create_dataset(
             "opd_nm",
@@ -207,8 +231,10 @@ def write_holograms(
             frame = stream.frame() if stream is not None else simulator.frame(i)
             write_camera_tiff(out / f"frame_{i:05d}.tif", frame.hologram, depth)
             opd[i] = frame.opd_nm[rows, cols]
+            defocus.append(frame.defocus_um)
             objects.extend(frame.objects)
             progress(i + 1, frames)
+        truth.create_dataset("defocus_um", data=np.asarray(defocus, dtype=np.float32))
     with (out / "cells.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([fl.name for fl in fields(TrueObject)])

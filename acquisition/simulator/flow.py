@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .phantoms import render_cell
 from .scene import FlowSimulator, Frame, TrueObject
@@ -39,6 +40,11 @@ class FlowConfig:
     axis : the flow's axis in camera pixels ("y": along rows, "x": along columns)
     direction : +1 (towards larger coordinates) or -1
     wall_speed_fraction : speed at the channel's walls as a fraction of the peak
+    rotation_deg_per_frame : cells turn slowly as they flow, each at a rate drawn
+        uniformly within plus or minus this (0: they do not)
+    focus_drift_um : the focus drifts slowly, sinusoidally, by up to this much either
+        side of the sample plane (0: always in focus)
+    focus_period_frames : the period of that drift
     """
 
     flow_speed_um_s: float = 2000.0
@@ -47,6 +53,9 @@ class FlowConfig:
     axis: Literal["x", "y"] = "y"
     direction: Literal[1, -1] = 1
     wall_speed_fraction: float = 0.25
+    rotation_deg_per_frame: float = 0.0
+    focus_drift_um: float = 0.0
+    focus_period_frames: float = 300.0
 
     def __post_init__(self) -> None:
         for name in ("flow_speed_um_s", "frame_rate_hz"):
@@ -60,6 +69,13 @@ class FlowConfig:
             raise ValueError(
                 f"wall_speed_fraction must be in (0, 1], got {self.wall_speed_fraction}"
             )
+        for name in ("rotation_deg_per_frame", "focus_drift_um"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.focus_period_frames > 0:
+            raise ValueError(
+                f"focus_period_frames must be positive, got {self.focus_period_frames}"
+            )
 
 
 @dataclass
@@ -72,6 +88,8 @@ class _Cell:
     along_px: float  # downstream distance from the upstream edge of the region
     speed_px: float  # per frame
     params: dict[str, float]
+    spin_deg: float = 0.0  # per frame
+    angle_deg: float = 0.0
 
 
 class ContinuousFlow:
@@ -93,6 +111,8 @@ class ContinuousFlow:
         self.config = config
         self.drain_from = drain_from
         self._rng = np.random.default_rng([simulator.seed, seed, 0xF10])
+        # Spins from a stream of their own: turning cells flow where still ones would.
+        self._spin_rng = np.random.default_rng([simulator.seed, seed, 0x5B1])
         self._cells: list[_Cell] = []
         self._tracks = 0
         self._index = -1  # frames count from 0, as FlowSimulator.frame's do
@@ -128,6 +148,7 @@ class ContinuousFlow:
                     -radius,  # just upstream of the field: it enters during its first move
                     self._speed(lateral),
                     dict(phantom.params),
+                    spin_deg=float(self._spin_rng.uniform(-1, 1)) * cfg.rotation_deg_per_frame,
                 )
             )
 
@@ -137,6 +158,7 @@ class ContinuousFlow:
         index = self._index
         for cell in self._cells:
             cell.along_px += cell.speed_px
+            cell.angle_deg += cell.spin_deg
         self._cells = [c for c in self._cells if c.along_px - c.radius_px < self.length_px]
         if self.drain_from is None or index < self.drain_from:
             self._enter()
@@ -149,7 +171,10 @@ class ContinuousFlow:
         for cell in self._cells:
             along = cell.along_px if self.config.direction > 0 else self.length_px - cell.along_px
             y, x = (along, cell.lateral_px) if self.config.axis == "y" else (cell.lateral_px, along)
-            FlowSimulator._paste(region, cell.opd_nm, y, x)
+            patch = cell.opd_nm
+            if cell.angle_deg:
+                patch = ndi.rotate(patch, cell.angle_deg, reshape=False, order=1, mode="constant")
+            FlowSimulator._paste(region, patch, y, x)
             clipped = not cell.radius_px <= cell.along_px <= self.length_px - cell.radius_px
             objects.append(
                 TrueObject(
@@ -167,7 +192,11 @@ class ContinuousFlow:
                 )
             )
         rng = np.random.default_rng([sim.seed, 0xF10, index])
-        return Frame(sim.render(opd, rng), opd, objects)
+        defocus = 0.0
+        if self.config.focus_drift_um:
+            phase = 2 * math.pi * index / self.config.focus_period_frames
+            defocus = self.config.focus_drift_um * math.sin(phase)
+        return Frame(sim.render(opd, rng, defocus), opd, objects, defocus)
 
     def drain_frames(self) -> int:
         """Frames after which every cell in view has left: the slowest lane's

@@ -56,15 +56,30 @@ class OpticsConfig:
         return self.numerical_aperture * self.pixel_size_um * 1000.0 / self.wavelength_nm
 
 
-def band_limit(field: np.ndarray, cutoff_cycles_per_px: float) -> np.ndarray:
-    """Low-pass ``field`` : (H, W) complex with the objective's circular pupil.
+def band_limit(
+    field: np.ndarray,
+    cutoff_cycles_per_px: float,
+    defocus_um: float = 0.0,
+    wavelength_nm: float = 632.8,
+    pixel_size_um: float = 0.12,
+) -> np.ndarray:
+    """Low-pass ``field`` : (H, W) complex with the objective's circular pupil, the
+    sample ``defocus_um`` out of focus (angular-spectrum propagation over that
+    distance, in the medium of ``wavelength_nm``; 0: in focus).
 
     Returns complex64 (single precision is ample for 8- or 12-bit holograms).
     """
     h, w = field.shape
     ky = np.fft.fftfreq(h)[:, None]
     kx = np.fft.fftfreq(w)[None, :]
-    pupil = np.hypot(ky, kx) <= cutoff_cycles_per_px
+    radius = np.hypot(ky, kx)
+    pupil: np.ndarray = radius <= cutoff_cycles_per_px
+    if defocus_um:
+        wavelength_um = wavelength_nm * 1e-3
+        frequency = radius / pixel_size_um  # cycles per um
+        axial = np.sqrt(np.clip(1 - (wavelength_um * frequency) ** 2, 0, None))
+        phase = (2 * math.pi * defocus_um / wavelength_um) * (axial - 1)
+        pupil = pupil * np.exp(1j * phase).astype(np.complex64)
     workers = os.cpu_count() or 1
     spectrum = scipy.fft.fft2(field.astype(np.complex64, copy=False), workers=workers)
     spectrum *= pupil

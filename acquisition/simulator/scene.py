@@ -108,6 +108,7 @@ class Frame:
     hologram: np.ndarray
     opd_nm: np.ndarray  # (H, W) float32, the sample-plane truth
     objects: list[TrueObject]
+    defocus_um: float = 0.0  # how far out of focus the sample plane was
 
 
 class FlowSimulator:
@@ -185,8 +186,11 @@ class FlowSimulator:
             )
         return Frame(self.render(opd, rng), opd, objects)
 
-    def render(self, opd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The camera counts of a frame whose sample plane holds ``opd`` : (H, W) nm."""
+    def render(
+        self, opd: np.ndarray, rng: np.random.Generator, defocus_um: float = 0.0
+    ) -> np.ndarray:
+        """The camera counts of a frame whose sample plane holds ``opd`` : (H, W) nm,
+        ``defocus_um`` out of focus."""
         cfg = self.config
         phase = (2 * math.pi / cfg.optics.wavelength_nm) * opd
         phase += self._frame_noise(rng)
@@ -194,7 +198,14 @@ class FlowSimulator:
         phasor.real = np.cos(phase)
         phasor.imag = np.sin(phase)
         phasor *= self._stationary
-        field_ = band_limit(phasor, cfg.optics.cutoff_cycles_per_px)
+        optics = cfg.optics
+        field_ = band_limit(
+            phasor,
+            optics.cutoff_cycles_per_px,
+            defocus_um,
+            optics.wavelength_nm,
+            optics.pixel_size_um,
+        )
         return record_hologram(field_, cfg.optics, rng)
 
     def _place(

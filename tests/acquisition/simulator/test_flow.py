@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,17 +54,26 @@ def small_simulator() -> FlowSimulator:
     return FlowSimulator(replace(SCENE, shape=(512, 640)), ["sw480", "sw620"], seed=1)
 
 
+#: Cells turning up to 4 degrees a frame while the focus drifts 1.5 um either side.
+TURNING_DRIFTING: dict[str, Any] = {
+    "rotation_deg_per_frame": 4.0,
+    "focus_drift_um": 1.5,
+    "focus_period_frames": 80,
+}
+
+
 @pytest.mark.parametrize(
-    ("camera", "axis", "direction", "speed_um_s", "rate_hz", "frames", "dropped"),
+    ("camera", "axis", "direction", "speed_um_s", "rate_hz", "frames", "dropped", "extra"),
     [
-        ("full", "y", 1, 2000.0, 90.0, 150, 0.0),  # 5.5 to 22 views a cell
-        ("full", "x", -1, 1000.0, 90.0, 120, 0.0),
-        ("small", "y", -1, 300.0, 30.0, 150, 0.0),  # 30 frames/s: 6 to 24 views a cell
-        ("small", "y", 1, 1000.0, 90.0, 240, 0.05),  # 5 % of the frames dropped at random
+        ("full", "y", 1, 2000.0, 90.0, 150, 0.0, {}),  # 5.5 to 22 views a cell
+        ("full", "x", -1, 1000.0, 90.0, 120, 0.0, {}),
+        ("small", "y", -1, 300.0, 30.0, 150, 0.0, {}),  # 30 frames/s: 6 to 24 views a cell
+        ("small", "y", 1, 1000.0, 90.0, 240, 0.05, {}),  # 5 % of the frames dropped at random
+        ("small", "y", 1, 1000.0, 90.0, 200, 0.0, TURNING_DRIFTING),
     ],
 )
 def test_the_whole_path_counts_each_cell_once(
-    request, camera, axis, direction, speed_um_s, rate_hz, frames, dropped
+    request, camera, axis, direction, speed_um_s, rate_hz, frames, dropped, extra
 ):
     simulator = request.getfixturevalue("simulator" if camera == "full" else "small_simulator")
     flow = ContinuousFlow(
@@ -74,6 +84,7 @@ def test_the_whole_path_counts_each_cell_once(
             cells_per_second=40.0 if camera == "full" else 30.0,
             axis=axis,
             direction=direction,
+            **extra,
         ),
         seed=2,
     )
@@ -123,3 +134,20 @@ def test_a_looping_flow_is_empty_where_it_wraps(simulator):
     assert not [o for o in frames[0].objects if not o.clipped], "the first frame: entering only"
     with pytest.raises(ValueError, match=f"at least {2 * drain} frames"):
         next(looping_flow(simulator, config, 2 * drain - 1))
+
+
+def test_cells_turn_and_the_focus_drifts(small_simulator):
+    still = ContinuousFlow(small_simulator, FlowConfig(flow_speed_um_s=1000), seed=4)
+    moving = ContinuousFlow(
+        small_simulator, FlowConfig(flow_speed_um_s=1000, **TURNING_DRIFTING), seed=4
+    )
+    for _ in range(30):
+        a, b = still.frame(), moving.frame()
+    assert [(o.track, o.y_px, o.x_px) for o in a.objects] == [
+        (o.track, o.y_px, o.x_px) for o in b.objects
+    ], "the same cells in the same places"
+    assert a.objects
+    assert a.defocus_um == 0.0
+    assert b.defocus_um == pytest.approx(1.5 * math.sin(2 * math.pi * 29 / 80))
+    assert np.abs(a.opd_nm - b.opd_nm).max() > 5, "the cells have turned (round ones barely)"
+    assert not np.array_equal(a.hologram, b.hologram)
