@@ -245,7 +245,17 @@ def event_table(views: FlowViews) -> dict[str, np.ndarray]:
     events = list(dict.fromkeys(views.event[keep].tolist()))
     out: dict[str, list[float]] = {
         k: []
-        for k in ("views", "correct_views", "label", "pure", "mixed_lines", "true_track", *RULES)
+        for k in (
+            "views",
+            "correct_views",
+            "label",
+            "pure",
+            "mixed_lines",
+            "true_track",
+            "p_mean",
+            "p_sd",
+            *RULES,
+        )
     }
     for event in events:
         member = keep & (views.event == event)
@@ -263,6 +273,8 @@ def event_table(views: FlowViews) -> dict[str, np.ndarray]:
         out["true_track"].append(_majority(views.true_track[member]))
         out["pure"].append(len(set(views.true_track[member].tolist())) == 1)
         out["mixed_lines"].append(len(set(views.true_label[member].tolist())) > 1)
+        out["p_mean"].append(float(mean[-1]))
+        out["p_sd"].append(float(p[:, -1].std()))
         out["combine_views"].append(int(np.argmax(combine_views(p))) == true)
         out["mean probability"].append(int(np.argmax(mean)) == true)
         out["majority vote"].append(vote == true)
@@ -325,9 +337,22 @@ def score(views: FlowViews, seed: int = 0, bootstrap: int = BOOTSTRAP) -> dict[s
         "events_mixed_lines": int(table["mixed_lines"].sum()),
         "true_cells_split": sum(c > 1 for c in events_of.values()),
         "events_views_disagree": int((~agree).sum()),
+        # How much a cell's views differ for the model, against how much cells differ:
+        # the sd of the last class's probability over an event's views (mean over
+        # events of 2+ views), and the sd of the events' mean probabilities.
+        "probability_sd_within_events": _mean(table["p_sd"][table["views"] > 1]),
+        "probability_sd_between_events": _round(table["p_mean"].std() if n else math.nan),
         "accuracy": accuracy,
         "differences": differences,
     }
+
+
+def _round(value: Any) -> float:
+    return round(float(value), 4)
+
+
+def _mean(values: np.ndarray) -> float:
+    return _round(values.mean()) if len(values) else math.nan
 
 
 def _spread(values: np.ndarray) -> dict[str, float]:
@@ -405,6 +430,7 @@ def tracking_table(runs: list[dict[str, Any]]) -> list[str]:
         "impure events (mixed lines, wrong)",
         "cells split",
         "events whose views disagree",
+        "probability sd within / between events",
     ]
     rows = []
     for r in runs:
@@ -421,6 +447,8 @@ def tracking_table(runs: list[dict[str, Any]]) -> list[str]:
                 f"{s['events_impure']} ({s['events_mixed_lines']}, {s['events_impure_wrong']})",
                 str(s["true_cells_split"]),
                 str(s["events_views_disagree"]),
+                f"{s['probability_sd_within_events']:.3f} / "
+                f"{s['probability_sd_between_events']:.3f}",
             ]
         )
     return table(header, rows)
@@ -515,6 +543,10 @@ def report(results: dict[str, Any]) -> str:
         "split: true cells that are the majority of more than one event (counted twice).",
         "- events whose views disagree: events with some views right and some wrong; "
         "only there can the rule matter.",
+        "- probability sd: the standard deviation of the model's probability of the "
+        "second class over an event's views (mean over events of two or more views), "
+        "and of the events' mean probabilities: how much one cell's views differ for "
+        "the model, against how much cells differ.",
         "",
     ]
     return "\n".join(lines)
