@@ -26,7 +26,7 @@ and 4 (Hs 895), the GAN on seed 1 and the evaluation's dev datasets used 12 and 
 the flows here use seed 20 (dev: the only place rules may be compared to choose one)
 and seed 30 (evaluation). No choice was made on seed 30.
 
-Usage (about 15 minutes on one core)::
+Usage (about 20 minutes on one core)::
 
     OMP_NUM_THREADS=1 python docs/evaluation/flow.py --out docs/evaluation/flow
 """
