@@ -495,9 +495,10 @@ class AcquisitionRunner:
         and store its cells with their event ids."""
         if result is None:
             return
+        events = self._events  # this run's: a late callback never reaches the next run's
         start = time.perf_counter()
         try:
-            tracked = self._events.track(result.frame, result.processed)
+            tracked = events.track(result.frame, result.processed)
         except Exception as exc:  # the frame's cells are lost, and said so; the loop goes on
             logger.exception("frame %d could not be tracked", result.frame.index)
             self._error(ErrorReason.WORKER, f"frame {result.frame.index}: tracking: {exc}")
@@ -515,31 +516,35 @@ class AcquisitionRunner:
         crops = result.processed.crops()
         self._hold()
         future = self.classifier.submit(crops)
-        future.add_done_callback(lambda f: self._classified(f, tracked, crops))
+        future.add_done_callback(lambda f: self._classified(f, tracked, crops, events))
 
     def _classified(
-        self, future: Future[Prediction], tracked: TrackedFrame, crops: np.ndarray
+        self,
+        future: Future[Prediction],
+        tracked: TrackedFrame,
+        crops: np.ndarray,
+        events: EventBook,
     ) -> None:
         frame, cells, event_ids = tracked.frame, tracked.processed.cells, tracked.event_ids
         try:
             prediction = future.result()
             labels, stored = self.classifier.store_cells(prediction, frame, cells, event_ids)
         except Exception as exc:
-            self._events.lost(event_ids)
+            events.lost(event_ids)
             self._lost_cells(len(cells), f"classification failed: {type(exc).__name__}: {exc}")
             return
         result = StoredCells(frame, cells, crops, prediction, labels, [], event_ids)
-        stored.add_done_callback(lambda f: self._stored(f, result))
+        stored.add_done_callback(lambda f: self._stored(f, result, events))
 
-    def _stored(self, future: Future[list[int]], result: StoredCells) -> None:
+    def _stored(self, future: Future[list[int]], result: StoredCells, events: EventBook) -> None:
         try:
             result.ids = future.result()
         except Exception as exc:
-            self._events.lost(result.event_ids)
+            events.lost(result.event_ids)
             self._lost_cells(len(result.cells), f"storing failed: {type(exc).__name__}: {exc}")
             return
         qc = [dict(c.qc) for c in result.cells]
-        self._events.stored(result.event_ids, result.prediction, qc, result.frame.monotonic)
+        events.stored(result.event_ids, result.prediction, qc, result.frame.monotonic)
         try:
             for observer in self.on_stored:
                 observer(result)
