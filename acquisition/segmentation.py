@@ -4,9 +4,9 @@ A cell is a connected region of positive OPD: pixels above a low threshold that
 contain at least one pixel above a high one (Otsu's, or a fixed OPD level), so the
 mask reaches the cell's edge while noise alone never starts an object. Objects are
 then filtered by size, roundness and the region border; touching cells (a
-non-convex outline) are rejected or flagged. Mirrored ghosts of a flipping
-interferometer have negative OPD and never pass a positive threshold; besides,
-only the configured sample half reaches this stage.
+non-convex outline, or a neck in it between two cells) are rejected or flagged.
+Mirrored ghosts of a flipping interferometer have negative OPD and never pass a
+positive threshold; besides, only the configured sample half reaches this stage.
 """
 
 from __future__ import annotations
