@@ -250,6 +250,10 @@ def _neck(mask: np.ndarray, pixel_size_um: tuple[float, float], min_core: float)
     highest = float(distance.max())
     if highest <= 0:
         return 1.0
+    # Most objects have one maximum that counts: no neck, no flooding needed.
+    tops = (distance == ndi.maximum_filter(distance, size=3)) & (distance >= min_core * highest)
+    if ndi.label(tops, structure=np.ones((3, 3)))[1] < 2:
+        return 1.0
     ratio = 1.0
     # Flood from the top: just above the saddle, {distance >= t} is two pieces.
     for t in np.linspace(0.0, highest, 33)[:-1]:
