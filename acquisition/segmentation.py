@@ -4,9 +4,9 @@ A cell is a connected region of positive OPD: pixels above a low threshold that
 contain at least one pixel above a high one (Otsu's, or a fixed OPD level), so the
 mask reaches the cell's edge while noise alone never starts an object. Objects are
 then filtered by size, roundness and the region border; touching cells (a
-non-convex outline) are rejected or flagged. Mirrored ghosts of a flipping
-interferometer have negative OPD and never pass a positive threshold; besides,
-only the configured sample half reaches this stage.
+non-convex outline, or a neck in it between two cells) are rejected or flagged.
+Mirrored ghosts of a flipping interferometer have negative OPD and never pass a
+positive threshold; besides, only the configured sample half reaches this stage.
 """
 
 from __future__ import annotations
@@ -55,6 +55,15 @@ class SegmentationConfig:
         it falls apart into several large parts at any level, it holds touching cells
     min_split_fraction : a part counts as a cell when it holds this fraction of the
         object's area (smaller parts are texture: nucleoli, granules)
+    neck_ratio : an outline whose two widest places (maxima of its distance
+        transform) are joined through a neck narrower than this fraction of the
+        narrower of them holds two cells, whatever its OPD
+    split_neck_ratio : a split at ``split_levels`` counts only when the outline
+        has a neck narrower than this fraction: the rim of a biconcave cell (a red
+        blood cell) falls apart into arcs at those levels, inside an outline
+        without any neck
+    min_core_fraction : a widest place counts as a cell's when it is at least
+        this fraction of the object's widest (smaller ones are blebs, ruffles)
     touching : "reject" or "flag" touching cells
     reject_border : reject objects that come within ``edge_margin_um`` of the
         sample region's border (else flag them as clipped); next to a flipping
@@ -76,6 +85,9 @@ class SegmentationConfig:
     min_solidity: float = 0.9
     split_levels: tuple[float, ...] = (0.3, 0.45, 0.6)
     min_split_fraction: float = 0.1
+    neck_ratio: float = 0.75
+    split_neck_ratio: float = 0.9
+    min_core_fraction: float = 0.3
     touching: Literal["reject", "flag"] = "reject"
     reject_border: bool = True
     edge_margin_um: float = 1.5
@@ -219,6 +231,41 @@ def _solidity(mask: np.ndarray) -> float:
     return float(min(1.0, mask.sum() / hull_area))
 
 
+def _neck(mask: np.ndarray, pixel_size_um: tuple[float, float], min_core: float) -> float:
+    """How narrow the outline ``mask`` is between its two widest places.
+
+    The distance transform of a single cell's outline rises to one maximum; two
+    cells side by side give two maxima (their centres) joined through a saddle (the
+    neck between them). Returns the saddle's height over the lower of the two
+    maxima, 1 when there is no second maximum at least ``min_core`` times the
+    highest (0 for separate pieces).
+
+    Parameters
+    ----------
+    mask : (h, w) bool, one object, holes filled
+    pixel_size_um : (dy, dx) of the map
+    min_core : fraction of the highest maximum a second one must reach to count
+    """
+    distance = ndi.distance_transform_edt(np.pad(mask, 1), sampling=pixel_size_um)
+    highest = float(distance.max())
+    if highest <= 0:
+        return 1.0
+    # Most objects have one maximum that counts: no neck, no flooding needed.
+    tops = (distance == ndi.maximum_filter(distance, size=3)) & (distance >= min_core * highest)
+    if ndi.label(tops, structure=np.ones((3, 3)))[1] < 2:
+        return 1.0
+    ratio = 1.0
+    # Flood from the top: just above the saddle, {distance >= t} is two pieces.
+    for t in np.linspace(0.0, highest, 33)[:-1]:
+        pieces, count = ndi.label(distance > t, structure=np.ones((3, 3)))
+        if count < 2:
+            continue
+        tops = np.sort(ndi.maximum(distance, pieces, np.arange(1, count + 1)))[::-1]
+        if tops[1] >= min_core * highest:
+            ratio = min(ratio, t / float(tops[1]))
+    return ratio
+
+
 class Segmenter:
     """Cuts cells from OPD maps. Stateless apart from its configuration."""
 
@@ -286,8 +333,8 @@ class Segmenter:
                 continue
             perimeter_um = _perimeter_px(mask) * math.sqrt(pixel_area)
             circularity = min(1.0, 4 * math.pi * area_um2 / perimeter_um**2)
-            solidity = _solidity(mask)
-            touching = solidity < cfg.min_solidity or self._splits(opd[box], mask)
+            solidity = _solidity(ndi.binary_fill_holes(mask))
+            touching = solidity < cfg.min_solidity or self._touching(opd[box], mask, (dy, dx))
             if touching and cfg.touching == "reject":
                 reject("touching")
                 continue
@@ -328,14 +375,31 @@ class Segmenter:
             )
         return result
 
+    def _touching(
+        self, opd: np.ndarray, mask: np.ndarray, pixel_size_um: tuple[float, float]
+    ) -> bool:
+        """True when a (convex enough) object holds two cells or more.
+
+        Judged on its outline, holes filled: two cells pressed together leave a neck
+        between them, where a cell with a dimple (a red blood cell), a nucleus or a
+        nucleolus has none. A deep neck is enough; a shallow one counts when the OPD
+        also falls apart into several large domes when cut at higher levels.
+        """
+        cfg = self.config
+        neck = _neck(ndi.binary_fill_holes(mask), pixel_size_um, cfg.min_core_fraction)
+        if neck < cfg.neck_ratio:
+            return True
+        return neck < cfg.split_neck_ratio and self._splits(opd, mask)
+
     def _splits(self, opd: np.ndarray, mask: np.ndarray) -> bool:
-        """True when the object falls apart into several large domes when cut higher."""
+        """True when the object falls apart into several large domes when cut higher
+        (each level set's holes filled: a ring is one part, not a hole and its rim)."""
         cfg = self.config
         values = np.where(mask, opd, 0.0)
         peak = float(values.max())
         min_part = cfg.min_split_fraction * mask.sum()
         for level in cfg.split_levels:
-            parts, count = ndi.label(values > level * peak)
+            parts, count = ndi.label(ndi.binary_fill_holes(values > level * peak))
             if count > 1:
                 sizes = np.bincount(parts.ravel())[1:]
                 if (sizes >= min_part).sum() > 1:

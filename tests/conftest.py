@@ -141,3 +141,19 @@ LEFT_CELLS = [
 def flipping_scene() -> Scene:
     shifted = [Disk(c.y + 10, c.x - 8, c.radius, c.peak_opd_nm) for c in LEFT_CELLS[:2]]
     return make_scene([LEFT_CELLS, shifted])
+
+
+#: A frame whose objects are rejected for two reasons besides one cell kept: a pair of
+#: cells pressed together (touching) and a cell cut by the frame's edge (clipped).
+REJECTED_CELLS = [
+    Disk(120.0, 90.0, 40.0, 800.0),
+    Disk(120.0, 168.0, 40.0, 800.0),
+    Disk(400.0, 4.0, 40.0, 800.0),
+    Disk(400.0, 130.0, 40.0, 800.0),
+]
+
+
+@pytest.fixture(scope="session")
+def rejecting_scene() -> Scene:
+    """Two frames: :data:`REJECTED_CELLS`, then the one cell they keep alone."""
+    return make_scene([REJECTED_CELLS, [REJECTED_CELLS[-1]]], seed=7)

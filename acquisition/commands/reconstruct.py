@@ -188,13 +188,29 @@ def run(args: argparse.Namespace) -> None:
             "rejected": [f.rejected for f in processed.segmentations],
         }
         (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+        rejected: dict[str, int] = {}
+        for frame in processed.segmentations:
+            for reason, count in frame.rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + count
         print(
             f"[{number}/{len(files)}] {holo.path.name}: {holo.frames.shape[0]} frame(s), "
-            f"{len(cells)} cell(s), pixel {np.sqrt(dy * dx):.4g} um",
+            f"{len(cells)} cell(s){describe_rejected(rejected)}, pixel {np.sqrt(dy * dx):.4g} um",
             file=sys.stderr,
         )
+        if len(processed.segmentations) > 1:
+            for index, frame in enumerate(processed.segmentations):
+                why = describe_rejected(frame.rejected)
+                print(f"  frame {index}: {len(frame.cells)} cell(s){why}", file=sys.stderr)
     if crops is not None:
         write_crops(crops, all_cells, holograms, segmentation, wavelengths[0])
+
+
+def describe_rejected(rejected: dict[str, int]) -> str:
+    """`` (rejected: touching 2, clipped 1)``, the objects not kept and why; empty
+    when none was rejected."""
+    if not rejected:
+        return ""
+    return " (rejected: " + ", ".join(f"{r} {n}" for r, n in rejected.items()) + ")"
 
 
 def _check_outputs(

@@ -13,7 +13,13 @@ from models.runtime import ModelNotLoadedError
 
 from .deps import ApiKey, ClassificationDep, HologramsDep, LiveDep, SettingsDep
 from .payloads import JSON, NPY, TIFF, check_numbers, crops_from, media_type, parse_array, read_body
-from .schemas import CellResult, ClassifyResponse, ErrorResponse, ModelSummary
+from .schemas import (
+    CellResult,
+    ClassifyResponse,
+    ErrorResponse,
+    HologramClassifyResponse,
+    ModelSummary,
+)
 
 router = APIRouter(tags=["classify"])
 
@@ -59,6 +65,7 @@ def _response(
     result: Any,
     qc: list[dict[str, Any]] | None = None,
     positions: list[tuple[float, float]] | None = None,
+    rejected: dict[str, int] | None = None,
 ) -> Response:
     """The answer, serialised once by pydantic (it is a ClassifyResponse by construction)."""
     m = result.manifest
@@ -75,7 +82,12 @@ def _response(
         )
         for i in range(len(result.ids))
     ]
-    body = ClassifyResponse(model=ModelSummary(**m.summary()), cells=cells)
+    model = ModelSummary(**m.summary())
+    body = (
+        ClassifyResponse(model=model, cells=cells)
+        if rejected is None
+        else HologramClassifyResponse(model=model, cells=cells, rejected=rejected)
+    )
     return Response(body.model_dump_json(), media_type="application/json")
 
 
@@ -112,7 +124,7 @@ async def classify(
 
 @router.post(
     "/classify/hologram",
-    response_model=ClassifyResponse,
+    response_model=HologramClassifyResponse,
     responses=ERRORS,
     openapi_extra=HOLOGRAM_BODY,
     dependencies=[ApiKey],
@@ -126,7 +138,8 @@ async def classify_hologram(
     settings: SettingsDep,
 ) -> Response:
     """Reconstruct one raw off-axis hologram (.npy or TIFF, 2-D), segment its cells and
-    classify each; cells carry their position in hologram pixels and their QC."""
+    classify each; cells carry their position in hologram pixels and their QC, and
+    ``rejected`` counts the objects that were not classified, by reason."""
     started = time.monotonic()
     kind = media_type(request, (NPY, TIFF))
     body = await read_body(request, settings.max_body_bytes)
@@ -146,11 +159,14 @@ async def classify_hologram(
     except ValueError as exc:  # HologramError and friends: the hologram is at fault
         raise HTTPException(422, " ".join(str(exc).split())) from None
     cells = processed.cells
+    rejected = dict(processed.segmentations[0].rejected)
     if not cells:
         runtime = classification.runtime
         if runtime is None:
             raise HTTPException(503, NO_MODEL)
-        empty = ClassifyResponse(model=ModelSummary(**runtime.manifest.summary()), cells=[])
+        empty = HologramClassifyResponse(
+            model=ModelSummary(**runtime.manifest.summary()), cells=[], rejected=rejected
+        )
         return Response(empty.model_dump_json(), media_type="application/json")
     crops = processed.crops()
     qc = [dict(c.qc) for c in cells]
@@ -162,4 +178,4 @@ async def classify_hologram(
     classes = result.manifest.classes
     probabilities = [dict(zip(classes, p.tolist(), strict=True)) for p in result.probabilities]
     live.results(frame_id, crops, result.ids, result.labels, probabilities)
-    return _response(result, qc, positions)
+    return _response(result, qc, positions, rejected)

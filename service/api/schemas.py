@@ -34,6 +34,15 @@ class ClassifyResponse(BaseModel):
     cells: list[CellResult]
 
 
+class HologramClassifyResponse(ClassifyResponse):
+    rejected: dict[str, int] = Field(
+        default_factory=dict,
+        description="objects of the hologram not classified, by reason: too_small, "
+        "too_large, clipped (cut by the sample region's border), touching (cells "
+        "pressed together), not_round; reasons that did not occur are absent",
+    )
+
+
 class StoredResult(BaseModel):
     id: int
     created: float = Field(description="Unix time, seconds")

@@ -254,3 +254,26 @@ def test_unavailable_backend_is_one_line(real_dir, tmp_path):
         )
     )
     assert "--backend cupy" in msg
+
+
+def test_rejections_are_reported_with_their_reason(rejecting_scene, tmp_path, capsys):
+    np.save(tmp_path / "frames.npy", rejecting_scene.holograms)
+    np.save(tmp_path / "reference.npy", rejecting_scene.reference)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "frames.npy"), "--reference", str(tmp_path / "reference.npy")]
+    code = main(["reconstruct", *args, "--sample-half", "left", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    meta = json.loads((out / "frames.json").read_text())
+    assert meta["cells_per_frame"] == [1, 1]
+    assert meta["rejected"] == [{"touching": 1, "clipped": 1}, {}]
+    lines = err.splitlines()
+    assert any(
+        "2 cell(s) (rejected: " in line and "touching 1" in line and "clipped 1" in line
+        for line in lines
+    ), err
+    frame0 = next(line for line in lines if line.startswith("  frame 0: "))
+    assert frame0.startswith("  frame 0: 1 cell(s) (rejected: ")
+    assert "touching 1" in frame0
+    assert "clipped 1" in frame0
+    assert "  frame 1: 1 cell(s)" in lines

@@ -1,16 +1,23 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 
+from acquisition.backend import get_backend
+from acquisition.frames import FrameProcessor
 from acquisition.reconstruction import ReconstructionConfig, Reconstructor
 from acquisition.segmentation import (
     SegmentationConfig,
     Segmenter,
+    _neck,
     otsu_threshold,
 )
+from acquisition.simulator.phantoms import render_cell, render_rbc
+from acquisition.simulator.scene import FlowSimulator, SceneConfig
 from tests.conftest import LEFT_CELLS, Disk, make_scene
 
 
@@ -183,3 +190,124 @@ def test_otsu_splits_two_populations():
 def test_bad_segmentation_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SegmentationConfig(**kwargs)
+
+
+# Touching test on real morphologies: biconcave red blood cells, nuclei, nucleoli.
+
+RBC_SCENE = SceneConfig(shape=(512, 640), cells_per_frame=0, debris_per_frame=0)
+
+
+def rbc_frame(opd_nm: np.ndarray, seed: int, scene: SceneConfig = RBC_SCENE):
+    """The frame of ``opd_nm`` : (H, W) through the simulator's optics (``scene``)
+    and the frame processor, with the default segmentation."""
+    simulator = FlowSimulator(scene, ["sw480"], seed=seed)
+    optics = scene.optics
+    processor = FrameProcessor(
+        ReconstructionConfig(
+            wavelength_nm=optics.wavelength_nm,
+            pixel_size_um=optics.pixel_size_um,
+            sample_half=scene.sample_half,
+        ),
+        SegmentationConfig(),
+        get_backend("numpy"),
+        simulator.reference,
+    )
+    hologram = simulator.render(opd_nm, np.random.default_rng(seed))
+    return processor.process(hologram)
+
+
+@pytest.mark.parametrize(("rim_over_centre", "unevenness"), [(1.3, 0.45), (2.0, 0.35), (3.0, 0.3)])
+def test_an_isolated_red_blood_cell_is_one_cell(rim_over_centre, unevenness):
+    px = RBC_SCENE.optics.pixel_size_um
+    rbc = render_rbc(
+        np.random.default_rng(5),
+        px,
+        diameter_um=8.0,
+        rim_over_centre=rim_over_centre,
+        rim_unevenness=unevenness,
+    )
+    opd = np.zeros(RBC_SCENE.shape, np.float32)
+    FlowSimulator._paste(opd, rbc.opd_nm, 250.0, 160.0)
+    processed = rbc_frame(opd, seed=1)
+    frame = processed.segmentations[0]
+    assert frame.rejected == {}
+    assert len(frame.cells) == 1
+    cell = frame.cells[0]
+    assert math.dist(cell.position_px, (250.0, 160.0)) < 3
+    assert not cell.qc["touching"]
+    # The case guarded: the uneven ring does fall apart into large arcs when cut at
+    # the split levels (which alone used to reject the cell as touching).
+    labels = frame.labels
+    box = ndi.find_objects(labels)[cell.label - 1]
+    segmenter = Segmenter()
+    assert segmenter._splits(processed.maps.opd_nm[0][box], labels[box] == cell.label)
+
+
+def test_red_blood_cells_found_and_pressed_pairs_rejected():
+    scene = replace(RBC_SCENE, shape=(768, 640))
+    px = scene.optics.pixel_size_um
+    rng = np.random.default_rng(21)
+    opd = np.zeros(scene.shape, np.float32)
+
+    def rbc():
+        return render_rbc(rng, px, rim_over_centre=rng.uniform(1.6, 3.0), rim_unevenness=0.35)
+
+    # Six rows of three slots 100-125 px (12-15 um) apart over the 92 x 38 um sample
+    # half: a cell for every 170 um^2; two rows hold a pair of cells pressed together
+    # (centres 0.9 diameters apart) instead.
+    rows, columns = (70.0, 195.0, 320.0, 445.0, 570.0, 695.0), (60.0, 160.0, 260.0)
+    pairs, isolated = [], []
+    for y in rows:
+        if y in (195.0, 570.0):
+            a, b = rbc(), rbc()
+            phi = rng.uniform(-0.4, 0.4)
+            half = 0.45 * (a.params["diameter_um"] + b.params["diameter_um"]) / 2 / px
+            x = columns[1] + rng.uniform(-10, 10)
+            ends = [(y - half * math.sin(phi), x - half * math.cos(phi))]
+            ends.append((y + half * math.sin(phi), x + half * math.cos(phi)))
+            for (cy, cx), cell in zip(ends, (a, b), strict=True):
+                FlowSimulator._paste(opd, cell.opd_nm, cy, cx)
+            pairs.append(ends)
+            continue
+        for x in columns:
+            cy, cx = y + rng.uniform(-6, 6), x + rng.uniform(-6, 6)
+            FlowSimulator._paste(opd, rbc().opd_nm, cy, cx)
+            isolated.append((cy, cx))
+    frame = rbc_frame(opd, seed=3, scene=scene).segmentations[0]
+    assert frame.rejected == {"touching": len(pairs)}
+    assert len(frame.cells) == len(isolated)
+    for y, x in isolated:
+        assert min(math.dist(c.position_px, (y, x)) for c in frame.cells) < 3
+    assert not any(c.qc["touching"] for c in frame.cells)
+
+
+@pytest.mark.parametrize("line", ["sw480", "sw620", "hs895-sk", "hs895-t"])
+def test_cells_with_a_nucleus_and_nucleoli_stay_one_cell(line):
+    px = RBC_SCENE.optics.pixel_size_um
+    rng = np.random.default_rng(8)
+    opd = np.zeros(RBC_SCENE.shape, np.float32)
+    centres = [(130.0, 160.0), (380.0, 160.0)]
+    nucleoli = 0
+    for y, x in centres:
+        cell = render_cell(line, rng, px)
+        nucleoli += int(cell.params["nucleoli"])
+        FlowSimulator._paste(opd, cell.opd_nm, y, x)
+    assert nucleoli >= 2, "the phantoms carry nucleoli"
+    frame = rbc_frame(opd, seed=9).segmentations[0]
+    assert frame.rejected == {}
+    assert len(frame.cells) == len(centres)
+    for y, x in centres:
+        assert min(math.dist(c.position_px, (y, x)) for c in frame.cells) < 3
+    assert not any(c.qc["touching"] for c in frame.cells)
+
+
+def test_neck_of_an_outline():
+    yy, xx = np.mgrid[:120, :160].astype(float)
+    disk = np.hypot(yy - 60, xx - 60) < 30
+    assert _neck(disk, (0.5, 0.5), 0.3) == 1.0
+    # Two disks 1.6 radii apart: the neck's half-width is 0.6 of a radius.
+    peanut = disk | (np.hypot(yy - 60, xx - 108) < 30)
+    assert _neck(peanut, (0.5, 0.5), 0.3) == pytest.approx(0.6, abs=0.08)
+    # A bleb (a fifth of the radius) on the outline is no second cell.
+    bleb = disk | (np.hypot(yy - 60, xx - 92) < 6)
+    assert _neck(bleb, (0.5, 0.5), 0.3) == 1.0

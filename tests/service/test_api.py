@@ -382,3 +382,45 @@ def test_npy_layouts_and_truncation(client):
     truncated = client.post("/classify", content=npy(batch)[:-10], headers=NPY)
     assert truncated.status_code == 422
     assert "the body holds" in truncated.json()["detail"]
+
+
+def test_hologram_route_says_why_objects_were_rejected(tmp_path, rejecting_scene):
+    from service.app import create_app
+    from service.services import Services
+    from service.settings import DEFAULT_MODEL, Settings
+    from tests.service.conftest import in_process
+
+    np.save(tmp_path / "reference.npy", rejecting_scene.reference)
+    settings = Settings(
+        camera="none",
+        reference=str(tmp_path / "reference.npy"),
+        array_backend="numpy",
+        database_url=f"sqlite:///{tmp_path}/results.sqlite",
+        model_dir=DEFAULT_MODEL,
+        execution_provider="cpu",
+    )
+    services = Services.start(settings)
+    try:
+        app = create_app(settings)
+        app.state.services = services  # the lifespan would start services of its own
+        with in_process(app) as client:
+            crowded, alone = (
+                client.post("/classify/hologram", content=npy(frame), headers=NPY)
+                for frame in rejecting_scene.holograms
+            )
+            assert crowded.status_code == 200, crowded.text
+            assert crowded.json()["rejected"] == {"touching": 1, "clipped": 1}
+            assert len(crowded.json()["cells"]) == 1
+            assert alone.json()["rejected"] == {}
+            assert len(alone.json()["cells"]) == 1
+            # No cell at all still says why: the pair alone, cut out of the frame.
+            pair = rejecting_scene.holograms[0].copy()
+            pair[300:, :] = rejecting_scene.reference[300:, :]
+            empty = client.post("/classify/hologram", content=npy(pair), headers=NPY)
+            assert empty.status_code == 200, empty.text
+            assert empty.json()["cells"] == []
+            assert empty.json()["rejected"] == {"touching": 1}
+            schema = client.get("/openapi.json").json()["components"]["schemas"]
+            assert "rejected" in schema["HologramClassifyResponse"]["properties"]
+    finally:
+        services.close()
