@@ -8,6 +8,7 @@ are committed, so a result that was acknowledged is on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -209,7 +210,7 @@ class ResultStore:
             with self.engine.begin() as conn:
                 ids = _insert_results(conn, [_values(r) for r in rows])
                 if event_rows:
-                    conn.execute(events.insert(), [_event_values(e) for e in event_rows])
+                    conn.execute(events.insert(), [_values(e) for e in event_rows])
         except Exception as exc:
             logger.exception("storing %d result batches failed", len(pending))
             for p in pending:
@@ -338,43 +339,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _values(row: ResultRow) -> dict[str, Any]:
-    latency = time.monotonic() - row.started if row.started is not None else None
-    return {
-        "created": row.created,
-        "source": row.source,
-        "frame_id": row.frame_id,
-        "y_px": row.y_px,
-        "x_px": row.x_px,
-        "label": row.label,
-        "probabilities": json.dumps(row.probabilities),
-        "model_name": row.model_name,
-        "model_version": row.model_version,
-        "qc": json.dumps(row.qc),
-        "latency_s": latency,
-        "event_id": row.event_id,
-    }
-
-
-def _event_values(event: EventRow) -> dict[str, Any]:
-    latency = time.monotonic() - event.started if event.started is not None else None
-    return {
-        "id": event.id,
-        "created": event.created,
-        "ended": event.ended,
-        "source": event.source,
-        "first_frame": event.first_frame,
-        "last_frame": event.last_frame,
-        "views": event.views,
-        "sightings": event.sightings,
-        "label": event.label,
-        "probabilities": json.dumps(event.probabilities),
-        "speed_um_s": event.speed_um_s,
-        "qc": json.dumps(event.qc),
-        "model_name": event.model_name,
-        "model_version": event.model_version,
-        "latency_s": latency,
-    }
+def _values(row: ResultRow | EventRow) -> dict[str, Any]:
+    """A row's columns: its fields, JSON for the mappings, the latency from ``started``."""
+    values = dataclasses.asdict(row)
+    started = values.pop("started")
+    values["latency_s"] = time.monotonic() - started if started is not None else None
+    values["probabilities"] = json.dumps(row.probabilities)
+    values["qc"] = json.dumps(row.qc)
+    return values
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
