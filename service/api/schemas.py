@@ -157,7 +157,9 @@ class AcquisitionStatus(BaseModel):
     counts: dict[Count, int] = Field(
         default_factory=dict,
         description="frames_grabbed, frames_dropped, frames_processed, cells_cut, "
-        "cells_stored, cells_lost, reconnects (since the service started)",
+        "cells_stored, cells_lost, events_stored (cells counted once), events_lost, "
+        "edge_only_tracks (only ever seen clipped by the border), reconnects (since the "
+        "service started)",
     )
     errors: dict[ErrorReason, int] = Field(
         default_factory=dict, description="errors by reason (those that occurred)"
