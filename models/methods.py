@@ -1,10 +1,12 @@
 """The classification methods: one registry that the manifest, training and evaluation
 read instead of spelling the names (or parsing them) each on their own.
 
-``knn`` is NumPy only; every other method is a PyTorch network exported to ONNX:
-``cnn`` (the TOP-GAN classifier from random weights), ``imagenet`` (EfficientNet-Lite0
-pretrained on ImageNet) and ``topgan`` (the trunk of a pretrained DCGAN's
-discriminator); ``-aug`` adds dihedral augmentation of the training batches.
+``knn`` is NumPy only; every other method is a PyTorch module exported to ONNX:
+``features`` (fixed QPI features of each cell, area, dry mass, OPD statistics, shape,
+texture and radial profile, through an L2 logistic regression; no network is
+trained), ``cnn`` (the TOP-GAN classifier from random weights), ``imagenet``
+(EfficientNet-Lite0 pretrained on ImageNet) and ``topgan`` (the trunk of a pretrained
+DCGAN's discriminator); ``-aug`` adds dihedral augmentation of the training batches.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class Method:
     gan_trunk : the trunk starts from a pretrained DCGAN's discriminator (needs a GAN)
     augment : training batches go through random dihedral transforms
     imagenet : EfficientNet-Lite0 with its ImageNet weights
+    features : fixed QPI features and a logistic regression (training.features), not a
+        network trained by gradient descent; never quantised to int8
     """
 
     name: str
@@ -27,11 +31,18 @@ class Method:
     gan_trunk: bool = False
     augment: bool = False
     imagenet: bool = False
+    features: bool = False
+
+    @property
+    def trains_network(self) -> bool:
+        """A network trained by :func:`training.fit.fit` (and quantisable to int8)."""
+        return self.needs_torch and not self.features
 
 
 #: Every method, in the order reports list them.
 METHODS: tuple[Method, ...] = (
     Method("knn", needs_torch=False),
+    Method("features", features=True),
     Method("cnn"),
     Method("cnn-aug", augment=True),
     Method("imagenet", imagenet=True),
@@ -39,8 +50,10 @@ METHODS: tuple[Method, ...] = (
     Method("topgan-aug", gan_trunk=True, augment=True),
 )
 METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in METHODS)
-#: The methods that train a PyTorch network.
+#: The methods that need PyTorch (every one exported from a PyTorch module).
 TORCH_METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in METHODS if m.needs_torch)
+#: The methods that train a network (training.fit), which int8 quantisation takes.
+NETWORK_METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in METHODS if m.trains_network)
 
 _BY_NAME = {m.name: m for m in METHODS}
 

@@ -1,5 +1,5 @@
 """``topgan train classifier``: one classifier of a method (see :mod:`models.methods`)
-fitted (:mod:`training.fit`, or :mod:`training.knn`), exported to ONNX
+fitted (:mod:`training.fit`, :mod:`training.features` or :mod:`training.knn`), exported to ONNX
 (:mod:`training.export`), optionally quantised to int8 (:mod:`training.quantize`), and
 written as a model directory with its manifest (:mod:`models.manifest`).
 
@@ -25,6 +25,7 @@ from models.provenance import portable_command, portable_path
 from .config import ClassifierConfig
 from .data import Crops, load_crops
 from .export import export_onnx
+from .features import fit_features
 from .fit import fit
 from .imagenet import pretrained_record
 from .knn import train_knn
@@ -83,7 +84,10 @@ def train_classifier(
 
     With ``int8`` the exported model is also statically quantised (calibrated on the
     training crops) and the int8 model is kept only if its validation accuracy stays
-    within 0.5 points of the float one; both accuracies go into the manifest.
+    within 0.5 points of the float one; both accuracies go into the manifest. The
+    ``features`` method stays in float whatever ``int8`` says: its thresholds, sort and
+    moments of OPD in nm are not what 8-bit activations can carry, and its cost is
+    not in matrix products that int8 would speed up.
     """
     crops = load_crops([data])
     if len(crops.class_names) < 2:
@@ -94,7 +98,23 @@ def train_classifier(
         )
     spec = get_method(method)
     indices = stratified_indices(crops.label, train_size, np.random.default_rng(seed))
-    if not spec.needs_torch:
+    features: list[dict[str, Any]] | None = None
+    if spec.features:
+        fitted, record = fit_features(
+            crops.opd[indices],
+            crops.label[indices],
+            len(crops.class_names),
+            crops.pixel_size_um,
+            seed,
+        )
+        features = record.pop("features")
+        norm = fitted.norm
+        probe = torch.from_numpy(norm.apply(crops.opd[indices[:16]]))[:, None]
+        onnx_bytes = export_onnx(fitted.model, config.network.crop_size, probe)
+        record["precision"] = "fp32"
+        if int8:
+            logger.warning("int8: not for the features method, the fp32 model is kept")
+    elif not spec.needs_torch:
         labels = crops.label[indices]
         onnx_bytes, norm, record = train_knn(
             crops.opd[indices], labels, len(crops.class_names), config.val_fraction, seed
@@ -130,6 +150,8 @@ def train_classifier(
             "gan": portable_path(gan_dir, out) if gan_dir else None,
             "gan_sha256": sha256_of(gan_dir / "gan.pt") if gan_dir else None,
             "imagenet_weights": pretrained_record() if spec.imagenet else None,
+            # features: each one's name, unit, training mean and std, coefficients.
+            "features": features,
             "network": asdict(config.network),
             "config": asdict(config),
             "command": portable_command(command),

@@ -56,7 +56,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--int8",
         action="store_true",
         help="quantise to int8 (calibrated on the training crops); kept only if the "
-        "validation accuracy stays within 0.5 points of fp32",
+        "validation accuracy stays within 0.5 points of fp32 (features: always fp32)",
     )
     for k in (gan, clf):
         k.add_argument(
@@ -74,14 +74,15 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     add_common_options(p)
     p.add_argument("--data", required=True, metavar="FILE.h5")
     p.add_argument("--gan", metavar="DIR", help="the pretrained DCGAN (topgan methods)")
-    p.add_argument("--methods", required=True, metavar="M,...", help="e.g. knn,cnn,topgan")
+    p.add_argument("--methods", required=True, metavar="M,...", help="e.g. knn,features,cnn,topgan")
     p.add_argument("--train-sizes", required=True, metavar="N,...", help="e.g. 10,20,40,80,160")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--positive", metavar="CLASS", help="the positive class (default: the last)")
     p.add_argument(
         "--int8",
         metavar="M,...",
-        help="also score these methods' ONNX float and int8 models on each test fold",
+        help="also score these methods' ONNX float and int8 models on each test fold "
+        "(network methods: not knn or features)",
     )
     p.add_argument("--preset", choices=PRESETS, default="cpu")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")

@@ -25,6 +25,7 @@ from models.provenance import portable_command, portable_path
 from .config import ClassifierConfig
 from .data import Crops, load_crops
 from .export import export_onnx
+from .features import fit_features
 from .fit import fit
 from .knn import fit_knn
 from .metrics import fold_scores
@@ -46,9 +47,17 @@ def scores_for(
     int8: bool = False,
     int8_results: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, float, float]:
-    """(test probabilities, train seconds, test seconds per cell); with ``int8`` (torch
+    """(test probabilities, train seconds, test seconds per cell); with ``int8`` (network
     methods) the float and int8 ONNX test accuracies go into ``int8_results``."""
     int8_results = {} if int8_results is None else int8_results
+    if get_method(method).features:
+        start = time.perf_counter()
+        fitted, _ = fit_features(
+            crops.opd[train], crops.label[train], len(crops.class_names), crops.pixel_size_um, seed
+        )
+        trained = time.perf_counter()
+        probabilities = fitted.predict_proba(crops.opd[test])
+        return probabilities, trained - start, (time.perf_counter() - trained) / len(test)
     if not get_method(method).needs_torch:
         start = time.perf_counter()
         knn = fit_knn(crops.opd[train], crops.label[train])
@@ -109,9 +118,11 @@ def evaluate(
         )
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
-    no_network = any(not get_method(m).needs_torch for m in int8_methods)
+    no_network = any(not get_method(m).trains_network for m in int8_methods)
     if no_network or not set(int8_methods) <= set(methods):
-        raise ValueError("--int8 takes network methods that are also in --methods")
+        raise ValueError(
+            "--int8 takes network methods (not knn or features) that are also in --methods"
+        )
     if any(get_method(m).imagenet for m in methods):
         from .imagenet import check_installed
 

@@ -1,4 +1,4 @@
-"""Fitting one network classifier (every method but knn): the untrained model of its
+"""Fitting one network classifier (every method but knn and features): the untrained model of its
 method, then training with early stopping and model selection on a validation split of
 the training set only, both starting once the model has left the untrained plateau."""
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from models.manifest import Normalization
-from models.methods import TORCH_METHOD_NAMES, get_method
+from models.methods import NETWORK_METHOD_NAMES, get_method
 
 from .config import ClassifierConfig
 from .data import Crops, dihedral
@@ -76,8 +76,8 @@ def fit(
 ) -> tuple[nn.Module, Normalization, dict[str, Any]]:
     """Train one classifier on ``crops`` at ``indices``; return it, the normalisation and
     a record of the training (validation accuracy, epochs, seconds)."""
-    if method not in TORCH_METHOD_NAMES:
-        raise ValueError(f"method must be one of {', '.join(TORCH_METHOD_NAMES)}, got {method!r}")
+    if method not in NETWORK_METHOD_NAMES:
+        raise ValueError(f"method must be one of {', '.join(NETWORK_METHOD_NAMES)}, got {method!r}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     aug_rng = torch.Generator().manual_seed(seed)

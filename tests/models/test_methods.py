@@ -10,6 +10,7 @@ from models.manifest import Manifest, ModelError
 from models.methods import (
     METHOD_NAMES,
     METHODS,
+    NETWORK_METHOD_NAMES,
     TORCH_METHOD_NAMES,
     UnknownMethodError,
     get_method,
@@ -17,28 +18,41 @@ from models.methods import (
 
 
 def test_the_registry_names_each_method_once_in_report_order():
-    assert METHOD_NAMES == ("knn", "cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
-    assert TORCH_METHOD_NAMES == ("cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
+    assert METHOD_NAMES == (
+        "knn",
+        "features",
+        "cnn",
+        "cnn-aug",
+        "imagenet",
+        "topgan",
+        "topgan-aug",
+    )
+    assert METHOD_NAMES[1:] == TORCH_METHOD_NAMES
+    assert NETWORK_METHOD_NAMES == ("cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
     assert len(set(METHOD_NAMES)) == len(METHODS)
 
 
 def test_what_each_method_is_made_of():
-    flags = {m.name: (m.needs_torch, m.gan_trunk, m.augment, m.imagenet) for m in METHODS}
-    assert flags == {
-        "knn": (False, False, False, False),
-        "cnn": (True, False, False, False),
-        "cnn-aug": (True, False, True, False),
-        "imagenet": (True, False, False, True),
-        "topgan": (True, True, False, False),
-        "topgan-aug": (True, True, True, False),
+    flags = {
+        m.name: (m.needs_torch, m.gan_trunk, m.augment, m.imagenet, m.features) for m in METHODS
     }
+    assert flags == {
+        "knn": (False, False, False, False, False),
+        "features": (True, False, False, False, True),
+        "cnn": (True, False, False, False, False),
+        "cnn-aug": (True, False, True, False, False),
+        "imagenet": (True, False, False, True, False),
+        "topgan": (True, True, False, False, False),
+        "topgan-aug": (True, True, True, False, False),
+    }
+    assert [m.name for m in METHODS if m.trains_network] == list(NETWORK_METHOD_NAMES)
     assert get_method("topgan-aug") is METHODS[-1]
     with pytest.raises(dataclasses.FrozenInstanceError):
         METHODS[0].needs_torch = True  # type: ignore[misc]
 
 
 def test_unknown_methods_are_refused_by_the_registry_and_the_manifest():
-    with pytest.raises(UnknownMethodError, match="unknown method 'svm'; known: knn, cnn"):
+    with pytest.raises(UnknownMethodError, match="unknown method 'svm'; known: knn, features, cnn"):
         get_method("svm")
     manifest = {
         "name": "m",
