@@ -7,7 +7,10 @@ they show, so any number of viewers share one rendering.
 
 The displayed frame is the latest one, held for at least ``display_interval_s``
 while newer frames arrive: viewers who poll within that interval see (and render)
-the same frame, and a page's hologram and OPD map always come from one frame.
+the same frame, and a page's hologram and OPD map always come from one frame. The
+crops a page is told about are held the same way: at hundreds of cells a second the
+ring buffer of the latest crops turns over in milliseconds, but a crop named by
+``/live/state`` can be fetched until two newer selections have replaced it.
 """
 
 from __future__ import annotations
@@ -138,6 +141,9 @@ class LiveView:
         self._shown: deque[_Frame] = deque(maxlen=2)
         self._shown_at = 0.0
         self._crops: deque[_Crop] = deque(maxlen=max_crops)
+        # The crops shown to pages (the selection and the one before it), as frames.
+        self._crops_shown: deque[tuple[_Crop, ...]] = deque(maxlen=2)
+        self._crops_shown_at = 0.0
         self._crops_sequence = 0
         self._crop_pngs: dict[int, bytes] = {}
         self._render_locks = {k: threading.Lock() for k in ("hologram", "opd", "crop")}
@@ -233,7 +239,6 @@ class LiveView:
             return
         with self._lock:
             self._crops.extend(entries)
-            self._crops_sequence += 1
 
     def api_frame_id(self) -> int:
         """A frame id for a hologram posted to the API: -1, -2, ... (the camera's are >= 0)."""
@@ -268,7 +273,7 @@ class LiveView:
         with self._lock:
             frames = self._frames
             arrivals = list(self._arrivals)
-            crops = list(self._crops)
+            crops = list(self._shown_crops())
             crops_sequence = self._crops_sequence
         now = time.monotonic()
         recent = [t for t in arrivals if now - t <= RATE_WINDOW_S]
@@ -340,7 +345,7 @@ class LiveView:
     def crop_png(self, result_id: int) -> bytes | None:
         """A kept crop as a colour PNG (0 nm to its peak); None when it is not kept."""
         with self._lock:
-            crop = next((c for c in self._crops if c.result_id == result_id), None)
+            crop = next((c for c in self._fetchable() if c.result_id == result_id), None)
         if crop is None:
             return None
         png = self._crop_pngs.get(result_id)
@@ -350,11 +355,30 @@ class LiveView:
                 if png is None:
                     png = _render_crop(crop)
                     with self._lock:
-                        kept = {c.result_id for c in self._crops}
+                        kept = {c.result_id for c in self._fetchable()}
                     pngs = {k: v for k, v in self._crop_pngs.items() if k in kept}
                     pngs[result_id] = png
                     self._crop_pngs = pngs
         return png
+
+    def _shown_crops(self) -> tuple[_Crop, ...]:
+        """The crops to show (under the lock): the latest, once the shown ones have
+        been up for ``display_interval_s`` (at once when none were shown)."""
+        latest = tuple(self._crops)
+        now = time.monotonic()
+        if not self._crops_shown or (
+            self._crops_shown[-1] != latest
+            and (not self._crops_shown[-1] or now - self._crops_shown_at >= self.display_interval_s)
+        ):
+            self._crops_shown.append(latest)
+            self._crops_shown_at = now
+            self._crops_sequence += 1
+        return self._crops_shown[-1]
+
+    def _fetchable(self) -> list[_Crop]:
+        """Crops whose images may be asked for (under the lock): those kept and those
+        shown to a page recently."""
+        return [*self._crops, *(c for shown in self._crops_shown for c in shown)]
 
     def _render(
         self, kind: str, render: Callable[[_Frame], bytes], sequence: int | None

@@ -262,10 +262,34 @@ def test_tracked_cells_paths_are_fractions_of_the_opd_image(real_frames):
     ]
 
 
+def test_crops_a_page_was_told_of_stay_fetchable(real_frames):
+    """At hundreds of cells a second the ring buffer turns over between a page's
+    /live/state and its crop requests: the crops named stay until replaced twice."""
+    crop = real_frames["hl60_hologram_with_bg.npz"].segmentation.cells[0].crop_nm
+    batch = np.stack([crop] * 4)
+    probs = [{"sw480": 0.5, "sw620": 0.5}] * 4
+    view = LiveView(max_crops=4, display_interval_s=0.3)
+    view.results(1, batch, [1, 2, 3, 4], ["sw480"] * 4, probs)
+    named = [c["result_id"] for c in view.snapshot()["crops"]]
+    assert named == [4, 3, 2, 1]
+    view.results(2, batch, [5, 6, 7, 8], ["sw480"] * 4, probs)  # the buffer turned over
+    assert all(view.crop_png(i) is not None for i in named), "still fetchable"
+    assert [c["result_id"] for c in view.snapshot()["crops"]] == named, "held"
+    time.sleep(0.35)
+    state = view.snapshot()
+    assert [c["result_id"] for c in state["crops"]] == [8, 7, 6, 5]
+    assert all(view.crop_png(i) is not None for i in named), "the selection before"
+    view.results(3, batch, [9, 10, 11, 12], ["sw480"] * 4, probs)
+    time.sleep(0.35)
+    assert [c["result_id"] for c in view.snapshot()["crops"]] == [12, 11, 10, 9]
+    assert view.crop_png(1) is None, "replaced twice: gone"
+    assert view.crop_png(5) is not None
+
+
 def test_crops_ring_buffer(real_frames):
     crop = real_frames["hl60_hologram_with_bg.npz"].segmentation.cells[0].crop_nm
     batch = np.stack([crop * (1 + i / 10) for i in range(4)])
-    view = LiveView(max_crops=5)
+    view = LiveView(max_crops=5, display_interval_s=0)  # every snapshot the latest
     probs = [{"sw480": 0.25, "sw620": 0.75}] * 4
     view.results(1, batch, [10, 11, 12, 13], ["sw620"] * 4, probs)
     view.results(2, batch[:3], [14, 15, 16], ["sw480", "sw620", "sw480"], probs[:3], [7, 8, 9])
@@ -280,7 +304,7 @@ def test_crops_ring_buffer(real_frames):
         "event_id": 9,
     }
     assert state["crops"][-1]["event_id"] is None, "crops without an event (posted ones)"
-    assert state["crops_sequence"] == 2
+    assert state["crops_sequence"] == 1, "one selection of crops shown so far"
     image = decode(view.crop_png(16))
     assert (image.size, image.mode) == ((128, 128), "P")
     assert view.crop_png(11) is None, "evicted"
