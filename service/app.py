@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +25,18 @@ from .services import Services
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: Where /docs and /redoc load Swagger UI and ReDoc from: the files the
+#: fastapi-offline package ships (only its assets are used), served by the service
+#: itself, so the documentation works on a PC without internet.
+DOCS_ASSETS_URL = "/docs-assets"
+
+
+def _docs_assets() -> Path:
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("fastapi-offline is not installed: it ships /docs' scripts")
+    return Path(spec.origin).parent / "static"
 
 
 class RequestMetrics:
@@ -87,7 +103,30 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="Stain-free cancer-cell classification from off-axis holograms",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files, not from a CDN
+        redoc_url=None,
     )
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=_docs_assets()), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -515,5 +516,28 @@ def test_page_in_chromium_shows_the_hologram_just_classified(browser_paths, live
                 and "unreachable" in page_text(d, "#banner")
             )
         )
+    finally:
+        driver.quit()
+
+
+def test_api_documentation_works_without_internet(browser_paths, live_server):
+    """/docs and /redoc load their scripts from the service, never from a CDN (the
+    microscope's PC may have no internet; this machine reaches none)."""
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        for path in ("/docs", "/redoc"):
+            page = c.get(path)
+            assert page.status_code == 200
+            sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+            assert sources
+            assert all(s.startswith("/") for s in sources), sources
+            for source in sources:
+                if source.startswith("/docs-assets/"):
+                    assert c.get(source).status_code == 200, source
+    driver = headless_chromium(browser_paths)
+    try:
+        driver.get(live_server.url + "/docs")
+        wait = page_wait(driver, 20)
+        wait.until(lambda d: "topgan" in page_text(d, ".swagger-ui .info .title"))
+        wait.until(lambda d: "/classify/hologram" in page_text(d, ".swagger-ui"))
     finally:
         driver.quit()
