@@ -297,6 +297,11 @@ class Reconstructor:
 
     # -- reference -----------------------------------------------------------------
 
+    @property
+    def has_reference(self) -> bool:
+        """Whether a reference hologram is subtracted."""
+        return self._reference is not None
+
     def set_reference(self, reference: np.ndarray) -> None:
         """Use ``reference`` : (H, W) hologram without cells for phase subtraction."""
         frames = validate_holograms(reference, name="reference hologram")

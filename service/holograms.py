@@ -3,6 +3,7 @@ geometry as the camera loop."""
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
@@ -11,11 +12,15 @@ import numpy as np
 from acquisition.backend import get_backend
 from acquisition.frames import CropGeometry, FrameProcessor, ProcessedFrames
 from acquisition.io import read_hologram
+from acquisition.reconstruction import ReconstructionConfig
 
 from .camera import CameraLoop
 from .live import LiveView, bit_depth_of
 from .metrics import Metrics
 from .settings import Settings
+
+#: Processors kept for optics a request asked for (the oldest goes beyond).
+MAX_REQUEST_OPTICS = 8
 
 
 class HologramPath:
@@ -25,7 +30,9 @@ class HologramPath:
     the loop has one, else the configured ``reference`` setting: a hologram posted
     under ``make serve`` is reconstructed exactly as the camera's frames are. A
     hologram of another shape than the reference (another instrument's) is
-    reconstructed without it, with a fitted background.
+    reconstructed without it, with a fitted background. A request may bring optics
+    of its own (another instrument's hologram): it is reconstructed with them and
+    without a reference.
     """
 
     def __init__(
@@ -42,20 +49,34 @@ class HologramPath:
         self._processor: FrameProcessor | None = None
         self._unreferenced: FrameProcessor | None = None
         self._reference: np.ndarray | None = None
+        self._by_optics: collections.OrderedDict[ReconstructionConfig, FrameProcessor] = (
+            collections.OrderedDict()
+        )
         self._lock = threading.Lock()
 
     def _configured_reference(self) -> np.ndarray | None:
         path = self.settings.reference
         return read_hologram(path).frames[0] if path else None
 
-    def _new_processor(self, reference: np.ndarray | None) -> FrameProcessor:
+    def _new_processor(
+        self, reference: np.ndarray | None, optics: ReconstructionConfig | None = None
+    ) -> FrameProcessor:
         s = self.settings
         return FrameProcessor(
-            s.reconstruction_config(),
+            optics or s.reconstruction_config(),
             s.segmentation_config(),
             get_backend(s.array_backend),
             reference,
         )
+
+    def optics_processor(self, optics: ReconstructionConfig) -> FrameProcessor:
+        """The frame processor for a request's own ``optics`` (no reference)."""
+        with self._lock:
+            processor = self._by_optics.pop(optics, None) or self._new_processor(None, optics)
+            self._by_optics[optics] = processor
+            while len(self._by_optics) > MAX_REQUEST_OPTICS:
+                self._by_optics.popitem(last=False)
+            return processor
 
     def processor(self, shape: tuple[int, int]) -> FrameProcessor:
         """The frame processor for a hologram of ``shape``, with the reference in
@@ -75,13 +96,22 @@ class HologramPath:
             return self._unreferenced
 
     def process(
-        self, raw: np.ndarray, hologram: np.ndarray, crop: CropGeometry
-    ) -> tuple[int, ProcessedFrames]:
-        """Reconstruct and segment ``hologram`` : (H, W), time the stages and show it
-        in the live view (``raw``: the counts as posted); returns its live frame id.
-        Raises ``ValueError`` when the hologram cannot be reconstructed."""
+        self,
+        raw: np.ndarray,
+        hologram: np.ndarray,
+        crop: CropGeometry,
+        optics: ReconstructionConfig | None = None,
+    ) -> tuple[int, ProcessedFrames, FrameProcessor]:
+        """Reconstruct and segment ``hologram`` : (H, W) (with the request's ``optics``
+        when given, else the service's), time the stages and show it in the live view
+        (``raw``: the counts as posted); returns its live frame id, what was found and
+        the processor that found it. Raises ``ValueError`` when the hologram cannot
+        be reconstructed."""
         frame_id, grabbed_at = self.live.api_frame_id(), time.time()
-        processed = self.processor(hologram.shape).process(hologram, crop)
+        processor = (
+            self.optics_processor(optics) if optics is not None else self.processor(hologram.shape)
+        )
+        processed = processor.process(hologram, crop)
         self.metrics.stage_seconds.labels("reconstruct").observe(processed.reconstruct_s)
         self.metrics.stage_seconds.labels("segment").observe(processed.segment_s)
         segmentation = processed.segmentations[0]
@@ -96,4 +126,4 @@ class HologramPath:
             bit_depth_of(raw),
             "api",
         )
-        return frame_id, processed
+        return frame_id, processed, processor

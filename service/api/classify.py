@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from acquisition.frames import CropGeometry
+from acquisition.frames import CropGeometry, FrameProcessor, ProcessedFrames
+from acquisition.reconstruction import ReconstructionConfig
 from models.runtime import ModelNotLoadedError
 
 from .deps import ApiKey, ClassificationDep, HologramsDep, LiveDep, SettingsDep
@@ -19,6 +21,7 @@ from .schemas import (
     ErrorResponse,
     HologramClassifyResponse,
     ModelSummary,
+    Optics,
 )
 
 router = APIRouter(tags=["classify"])
@@ -66,6 +69,7 @@ def _response(
     qc: list[dict[str, Any]] | None = None,
     positions: list[tuple[float, float]] | None = None,
     rejected: dict[str, int] | None = None,
+    optics: Optics | None = None,
 ) -> Response:
     """The answer, serialised once by pydantic (it is a ClassifyResponse by construction)."""
     m = result.manifest
@@ -86,7 +90,7 @@ def _response(
     body = (
         ClassifyResponse(model=model, cells=cells)
         if rejected is None
-        else HologramClassifyResponse(model=model, cells=cells, rejected=rejected)
+        else HologramClassifyResponse(model=model, cells=cells, rejected=rejected, optics=optics)
     )
     return Response(body.model_dump_json(), media_type="application/json")
 
@@ -136,11 +140,28 @@ async def classify_hologram(
     holograms: HologramsDep,
     live: LiveDep,
     settings: SettingsDep,
+    sample_half: Annotated[
+        Literal["left", "right", "top", "bottom", "full"] | None,
+        Query(description="the part of the frame that holds the cells (default: the service's)"),
+    ] = None,
+    pixel_size_um: Annotated[
+        float | None, Query(gt=0, le=100, description="camera pixel in the sample plane, um")
+    ] = None,
+    wavelength_nm: Annotated[
+        float | None, Query(gt=0, le=10000, description="illumination wavelength, nm")
+    ] = None,
+    carrier: Annotated[
+        str | None,
+        Query(description="ky,kx of the +1 sideband in cycles per pixel (default: found)"),
+    ] = None,
 ) -> Response:
     """Reconstruct one raw off-axis hologram (.npy or TIFF, 2-D), segment its cells and
-    classify each; cells carry their position in hologram pixels and their QC, and
-    ``rejected`` counts the objects that were not classified, by reason."""
+    classify each; cells carry their position in hologram pixels and their QC,
+    ``optics`` says how it was reconstructed and ``rejected`` counts the objects that
+    were not classified, by reason. A hologram of another instrument may bring its
+    optics as query parameters (then no reference hologram is subtracted)."""
     started = time.monotonic()
+    optics = _request_optics(settings, sample_half, pixel_size_um, wavelength_nm, carrier)
     kind = media_type(request, (NPY, TIFF))
     body = await read_body(request, settings.max_body_bytes)
     crop = _crop_geometry(classification)
@@ -155,17 +176,23 @@ async def classify_hologram(
             413, f"hologram {hologram.shape} exceeds {MAX_HOLOGRAM_SIDE} pixels a side"
         )
     try:
-        frame_id, processed = await run_in_threadpool(holograms.process, raw, hologram, crop)
+        frame_id, processed, processor = await run_in_threadpool(
+            holograms.process, raw, hologram, crop, optics
+        )
     except ValueError as exc:  # HologramError and friends: the hologram is at fault
         raise HTTPException(422, " ".join(str(exc).split())) from None
     cells = processed.cells
     rejected = dict(processed.segmentations[0].rejected)
+    used = _optics_used(processed, processor)
     if not cells:
         runtime = classification.runtime
         if runtime is None:
             raise HTTPException(503, NO_MODEL)
         empty = HologramClassifyResponse(
-            model=ModelSummary(**runtime.manifest.summary()), cells=[], rejected=rejected
+            model=ModelSummary(**runtime.manifest.summary()),
+            cells=[],
+            rejected=rejected,
+            optics=used,
         )
         return Response(empty.model_dump_json(), media_type="application/json")
     crops = processed.crops()
@@ -178,4 +205,51 @@ async def classify_hologram(
     classes = result.manifest.classes
     probabilities = [dict(zip(classes, p.tolist(), strict=True)) for p in result.probabilities]
     live.results(frame_id, crops, result.ids, result.labels, probabilities)
-    return _response(result, qc, positions, rejected)
+    return _response(result, qc, positions, rejected, used)
+
+
+def _request_optics(
+    settings: SettingsDep,
+    sample_half: str | None,
+    pixel_size_um: float | None,
+    wavelength_nm: float | None,
+    carrier: str | None,
+) -> ReconstructionConfig | None:
+    """The optics a request asked for (the service's for what it left out), or None."""
+    if sample_half is None and pixel_size_um is None and wavelength_nm is None and not carrier:
+        return None
+    base = settings.reconstruction_config()
+    sideband = base.carrier
+    if carrier:
+        try:
+            ky, kx = (float(v) for v in carrier.split(","))
+        except ValueError:
+            raise HTTPException(
+                422, f"carrier must be ky,kx in cycles per pixel, got {carrier!r}"
+            ) from None
+        if not (abs(ky) < 0.5 and abs(kx) < 0.5 and (ky or kx)):
+            raise HTTPException(
+                422, f"carrier ky,kx must lie within (-0.5, 0.5) and not be 0,0, got {carrier!r}"
+            )
+        sideband = (ky, kx)
+    try:
+        return dataclasses.replace(
+            base,
+            wavelength_nm=wavelength_nm or base.wavelength_nm,
+            pixel_size_um=pixel_size_um or base.pixel_size_um,
+            carrier=sideband,
+            sample_half=sample_half or base.sample_half,  # type: ignore[arg-type]
+        )
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _optics_used(processed: ProcessedFrames, processor: FrameProcessor) -> Optics:
+    config = processor.reconstruction
+    return Optics(
+        sample_half=config.sample_half,
+        pixel_size_um=config.pixel_size_um,
+        wavelength_nm=config.wavelength_nm,
+        carrier=[float(v) for v in processed.maps.carrier],
+        reference=processor.reconstructor.has_reference,
+    )

@@ -34,7 +34,21 @@ class ClassifyResponse(BaseModel):
     cells: list[CellResult]
 
 
+class Optics(BaseModel):
+    sample_half: str = Field(description="the part of the frame segmented for cells")
+    pixel_size_um: float = Field(description="camera pixel in the sample plane, um")
+    wavelength_nm: float
+    carrier: list[float] = Field(
+        description="(ky, kx) of the +1 sideband used, cycles per pixel (found or given)"
+    )
+    reference: bool = Field(description="a cell-free reference hologram was subtracted")
+
+
 class HologramClassifyResponse(ClassifyResponse):
+    optics: Optics | None = Field(
+        None,
+        description="how the hologram was reconstructed (the service's optics, or the request's)",
+    )
     rejected: dict[str, int] = Field(
         default_factory=dict,
         description="objects of the hologram not classified, by reason: too_small, "

@@ -282,6 +282,38 @@ def test_hologram_route_classifies_each_cell(client, real_dir):
     empty = client.post("/classify/hologram", content=npy(hologram), headers=NPY)
     assert empty.status_code == 200
     assert empty.json()["cells"] == []
+    assert empty.json()["optics"]["sample_half"] == "left", "the answer says how it looked"
+    # Its own optics, given with the request: the whole frame holds the cell.
+    found = client.post(
+        "/classify/hologram",
+        params={"sample_half": "full", "pixel_size_um": 0.12, "wavelength_nm": 632.8},
+        content=npy(hologram),
+        headers=NPY,
+    )
+    assert found.status_code == 200, found.text
+    assert len(found.json()["cells"]) == 1
+    optics = found.json()["optics"]
+    assert (optics["sample_half"], optics["reference"]) == ("full", False)
+    carrier = optics["carrier"]
+    again = client.post(
+        "/classify/hologram",
+        params={"sample_half": "full", "carrier": f"{carrier[0]},{carrier[1]}"},
+        content=npy(hologram),
+        headers=NPY,
+    )
+    assert again.json()["optics"]["carrier"] == pytest.approx(carrier)
+    assert again.json()["cells"][0]["probabilities"] == pytest.approx(
+        found.json()["cells"][0]["probabilities"], abs=1e-6
+    )
+    for bad in (
+        {"carrier": "0.2"},
+        {"carrier": "0.7,0.1"},
+        {"sample_half": "middle"},
+        {"pixel_size_um": -1},
+    ):
+        refused = client.post("/classify/hologram", params=bad, content=npy(hologram), headers=NPY)
+        assert refused.status_code == 422, bad
+        assert refused.json()["detail"], bad
     flat = client.post(
         "/classify/hologram", content=npy(np.full((256, 256), 9, np.uint8)), headers=NPY
     )
