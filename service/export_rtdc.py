@@ -415,9 +415,9 @@ def write_rtdc(out: Path, rows: Sequence[Row], kind: str, optics: Optics, comman
             else optics.channel_width_um,
         },
     }
-    if with_crops:
-        meta["imaging"]["roi size x"] = int(features["qpi_pha"].shape[2])
-        meta["imaging"]["roi size y"] = int(features["qpi_pha"].shape[1])
+    # the crop's size; 0 without images
+    meta["imaging"]["roi size x"] = int(features["qpi_pha"].shape[2]) if with_crops else 0
+    meta["imaging"]["roi size y"] = int(features["qpi_pha"].shape[1]) if with_crops else 0
     if frame_rate:
         meta["imaging"]["frame rate"] = float(frame_rate)
     if optics.medium_index is not None:

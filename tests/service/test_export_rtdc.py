@@ -163,6 +163,18 @@ def test_a_served_run_exports_one_row_per_cell_that_dclab_reads_and_verifies(
     assert checked.returncode in (0, 1), checked.stdout + checked.stderr  # alerts at most
     assert "Check Complete: 0 violations" in checked.stdout
 
+    # the database alone: the same cells, without images
+    monkeypatch.delenv("TOPGAN_CROP_ARCHIVE", raising=False)
+    db_out = tmp_path / "db-only.rtdc"
+    assert export("rtdc", "--out", str(db_out), "--db", f"sqlite:///{server.db}") == 0
+    with dclab.new_dataset(db_out) as ds:
+        assert len(ds) == len(events)
+        assert "qpi_pha" not in ds.features_innate
+        np.testing.assert_array_equal(ds["userdef1"], [e["id"] for e in events])
+    assert "Check Complete: 0 violations" in verify(db_out).stdout
+    future = ("--since", "2999-01-01T00:00")
+    assert export("rtdc", "--out", str(db_out), "--db", f"sqlite:///{server.db}", *future) == 2
+
     # the archive alone (the service's database is not there): one row per view
     monkeypatch.setenv("TOPGAN_DATABASE_URL", f"sqlite:///{tmp_path}/none.sqlite")
     views_out = tmp_path / "views.rtdc"
