@@ -12,12 +12,13 @@ from acquisition.commandline import Command
 from service.cli import installed_commands
 from tests.acquisition.test_cli_reconstruct import run_cli
 
-COMMANDS = ["serve", "reconstruct", "simulate", "dataset", "train", "evaluate"]
+COMMANDS = ["serve", "reconstruct", "simulate", "dataset", "export", "train", "evaluate"]
 OWNERS = {
     "serve": "service",
     "reconstruct": "acquisition",
     "simulate": "acquisition",
     "dataset": "acquisition",
+    "export": "service",
     "train": "training",
     "evaluate": "training",
 }
