@@ -568,5 +568,5 @@ COMMAND = Command(
     help="export results (rtdc: a dclab .rtdc file)",
     add_arguments=add_arguments,
     run=run,
-    order=35,
+    order=45,
 )
