@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,12 +120,12 @@ def test_the_whole_path_accounts_for_every_detection(monkeypatch):
     assert scored["accuracy"]["combine_views"]["value"] == pytest.approx(np.mean(combined))
 
 
-def _run(task: str, split: str, name: str, value: float) -> dict:
+def _run(task: str, split: str, name: str, value: float) -> dict[str, Any]:
     return {"task": task, "split": split, "condition": {"name": name}, "score": value}
 
 
 def test_merging_a_flow_into_earlier_results_keeps_the_others():
-    previous = {
+    previous: dict[str, Any] = {
         "meta": {"command": "python docs/evaluation/flow.py", "seconds": 60.0},
         "runs": [
             _run(task, split, name, 0.0)

@@ -518,6 +518,34 @@ def verdict(run: dict[str, Any]) -> str:
     )
 
 
+def contrast(run: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """A flow whose views differ against the still flow of the same speed: how much
+    more its views differ, and what combining gains over one view in each."""
+    speed = run["condition"]["flow_speed_um_s"]
+    twin = next(
+        r
+        for r in runs
+        if not views_differ(r["condition"]) and r["condition"]["flow_speed_um_s"] == speed
+    )
+    s, t = run["score"], twin["score"]
+
+    def gain(score: dict[str, Any]) -> float:
+        return 100 * score["differences"]["combine_views - random view"]["value"]
+
+    return (
+        f"The {run['condition']['name']} flow against the {twin['condition']['name']} one: "
+        f"the probability's sd over a cell's views {s['probability_sd_within_events']:.3f} "
+        f"against {t['probability_sd_within_events']:.3f} (between cells "
+        f"{s['probability_sd_between_events']:.3f} against "
+        f"{t['probability_sd_between_events']:.3f}); events whose views disagree "
+        f"{100 * s['events_views_disagree'] / s['events']:.1f} % against "
+        f"{100 * t['events_views_disagree'] / t['events']:.1f} %; per view "
+        f"{100 * s['accuracy']['per view']['value']:.1f} % against "
+        f"{100 * t['accuracy']['per view']['value']:.1f} %; combine_views minus random "
+        f"view {gain(s):+.1f} against {gain(t):+.1f} points"
+    )
+
+
 def written_by(meta: dict[str, Any]) -> str:
     """The commands that wrote the results, and how long each took."""
     text = f"`{meta['command']}` ({meta['seconds'] / 60:.1f} min on one core)"
@@ -601,7 +629,9 @@ def report(results: dict[str, Any]) -> str:
                 "",
             ]
             if split == "eval":
-                lines += [f"- {verdict(r)}." for r in runs] + [""]
+                lines += [f"- {verdict(r)}." for r in runs]
+                lines += [f"- {contrast(r, runs)}." for r in runs if views_differ(r["condition"])]
+                lines += [""]
     lines += [
         "## Columns",
         "",
@@ -685,7 +715,16 @@ def main() -> None:
         "runs into the results already in --out, replacing those of the same task, split "
         "and flow; the other runs are kept as they are",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write report.md again from the results.json in --out",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        results = json.loads((args.out / "results.json").read_text())
+        (args.out / "report.md").write_text(report(results))
+        return
     names = [c.name for c in CONDITIONS]
     chosen = args.conditions.split(",") if args.conditions else names
     unknown = sorted(set(chosen) - set(names))
