@@ -226,6 +226,47 @@ def turning_lines(runs: list[dict[str, Any]], still: list[dict[str, Any]]) -> li
                 f"{s['detections_unmatched']} unmatched detections"
             )
         lines.append(f"- {text}.")
+    gains = [100 * r["score"]["differences"]["combine_views - random view"]["value"] for r in runs]
+    ratio = [
+        r["score"]["probability_sd_between_events"] / r["score"]["probability_sd_within_events"]
+        for r in runs
+    ]
+    twins = [
+        next(
+            (
+                t
+                for t in still
+                if t["task"] == r["task"]
+                and t["condition"]["flow_speed_um_s"] == r["condition"]["flow_speed_um_s"]
+            ),
+            None,
+        )
+        for r in runs
+    ]
+    factors = [
+        r["score"]["probability_sd_within_events"] / t["score"]["probability_sd_within_events"]
+        for r, t in zip(runs, twins, strict=True)
+        if t
+    ]
+    rise = (
+        f"{min(factors):.1f}- to {max(factors):.1f}-fold over the still flow's"
+        if factors
+        else "above noise"
+    )
+    helped = [_word(r["score"]["differences"]["combine_views - random view"]) for r in runs]
+    verdict = (
+        "still does not measurably help"
+        if set(helped) == {"does not measurably help"}
+        else "; ".join(f"{r['task']}: {w}" for r, w in zip(runs, helped, strict=True))
+    )
+    lines.append(
+        f"- So: with views that differ this much, combining them {verdict} "
+        f"({min(gains):+.1f} to {max(gains):+.1f} points against one random view of each "
+        "cell). Turning and defocus raise the spread of a cell's probability over its "
+        f"views {rise}, but it stays "
+        f"{min(ratio):.0f}-{max(ratio):.0f} times smaller than the spread between cells, "
+        "so a cell's views still mostly agree, right or wrong."
+    )
     return [*lines, ""]
 
 
