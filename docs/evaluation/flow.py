@@ -32,7 +32,7 @@ position; the turning flow (the slow one, with cells turning and the focus drift
 seed only (``flow_focus_check.py``).
 
 Usage (about 20 minutes on one core; the turning flow alone, merged into the results
-already in ``--out``, about 15)::
+already in ``--out``, about 11)::
 
     OMP_NUM_THREADS=1 python docs/evaluation/flow.py --out docs/evaluation/flow
     OMP_NUM_THREADS=1 python docs/evaluation/flow.py --out docs/evaluation/flow --conditions turning
