@@ -4,7 +4,9 @@ flow."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -116,3 +118,74 @@ def test_the_whole_path_accounts_for_every_detection(monkeypatch):
         for e in dict.fromkeys(views.event[matched].tolist())
     ]
     assert scored["accuracy"]["combine_views"]["value"] == pytest.approx(np.mean(combined))
+
+
+def _run(task: str, split: str, name: str, value: float) -> dict[str, Any]:
+    return {"task": task, "split": split, "condition": {"name": name}, "score": value}
+
+
+def test_merging_a_flow_into_earlier_results_keeps_the_others():
+    previous: dict[str, Any] = {
+        "meta": {"command": "python docs/evaluation/flow.py", "seconds": 60.0},
+        "runs": [
+            _run(task, split, name, 0.0)
+            for task in ("sw480-sw620", "hs895")
+            for split in ("dev", "eval")
+            for name in ("fast", "slow")
+        ]
+        + [_run("hs895", "eval", "turning", -1.0)],
+    }
+    added = [_run("hs895", split, "turning", 1.0) for split in ("dev", "eval")]
+    merged = flow.merge(previous, added, "python docs/evaluation/flow.py --conditions turning", 9)
+    assert merged["meta"]["command"] == previous["meta"]["command"]
+    assert merged["meta"]["added"] == [
+        {
+            "command": "python docs/evaluation/flow.py --conditions turning",
+            "conditions": ["turning"],
+            "tasks": ["hs895"],
+            "python": merged["meta"]["added"][0]["python"],
+            "seconds": 9,
+        }
+    ]
+    assert [
+        (r["task"], r["split"], r["condition"]["name"], r["score"]) for r in merged["runs"]
+    ] == [
+        ("sw480-sw620", "dev", "fast", 0.0),
+        ("sw480-sw620", "dev", "slow", 0.0),
+        ("sw480-sw620", "eval", "fast", 0.0),
+        ("sw480-sw620", "eval", "slow", 0.0),
+        ("hs895", "dev", "fast", 0.0),
+        ("hs895", "dev", "slow", 0.0),
+        ("hs895", "dev", "turning", 1.0),
+        ("hs895", "eval", "fast", 0.0),
+        ("hs895", "eval", "slow", 0.0),
+        ("hs895", "eval", "turning", 1.0),  # replaced
+    ]
+    assert previous["runs"][-1]["score"] == -1.0, "the earlier results are not modified"
+    assert "added" not in previous["meta"]
+
+
+def test_the_turning_flow_is_the_slow_one_with_views_that_differ():
+    conditions = {c.name: c for c in flow.CONDITIONS}
+    slow, turning = conditions["slow"].flow(), conditions["turning"].flow()
+    assert turning.flow_speed_um_s == slow.flow_speed_um_s
+    assert turning.cells_per_second == slow.cells_per_second
+    assert turning.rotation_deg_per_frame > 0
+    assert turning.focus_drift_um > 0
+    assert slow.rotation_deg_per_frame == slow.focus_drift_um == 0
+    assert [c.name for c in flow.DEV_CONDITIONS] == list(conditions)
+    # Results written before the turning flow existed have no such keys.
+    old = {
+        "name": "slow",
+        "flow_speed_um_s": 900.0,
+        "frame_rate_hz": 90.0,
+        "cells_per_second": 80.0,
+    }
+    assert not flow.views_differ(old)
+    assert flow.flow_label(old) == "slow: 900 um/s, 90 Hz, 80 cells/s"
+    label = flow.flow_label(dataclasses.asdict(conditions["turning"]))
+    assert flow.views_differ(dataclasses.asdict(conditions["turning"]))
+    assert label == (
+        "turning: 900 um/s, 90 Hz, 80 cells/s, turning up to 3 deg/frame, "
+        "focus drifting +-2 um (period 60 frames)"
+    )

@@ -26,9 +26,16 @@ and 4 (Hs 895), the GAN on seed 1 and the evaluation's dev datasets used 12 and 
 the flows here use seed 20 (dev: the only place rules may be compared to choose one)
 and seed 30 (evaluation). No choice was made on seed 30.
 
-Usage (about 20 minutes on one core)::
+Views that differ: in the fast and slow flows a cell's views differ only by noise and
+position; the turning flow (the slow one, with cells turning and the focus drifting,
+:func:`turning`) makes them differ as real ones do. Its drift was checked on the dev
+seed only (``flow_focus_check.py``).
+
+Usage (about 20 minutes on one core; the turning flow alone, merged into the results
+already in ``--out``, about 11)::
 
     OMP_NUM_THREADS=1 python docs/evaluation/flow.py --out docs/evaluation/flow
+    OMP_NUM_THREADS=1 python docs/evaluation/flow.py --out docs/evaluation/flow --conditions turning
 """
 
 from __future__ import annotations
@@ -94,20 +101,47 @@ class Condition:
     frames: int  # frames during which cells enter; then the field is left to empty
     frame_rate_hz: float = 90.0
     cells_per_second: float = 80.0
+    # Views that differ: cells turning (each at a rate drawn within plus or minus
+    # this), and the focus drifting sinusoidally (amplitude, period); see FlowConfig.
+    rotation_deg_per_frame: float = 0.0
+    focus_drift_um: float = 0.0
+    focus_period_frames: float = 300.0
 
     def flow(self) -> FlowConfig:
         return FlowConfig(
             flow_speed_um_s=self.flow_speed_um_s,
             frame_rate_hz=self.frame_rate_hz,
             cells_per_second=self.cells_per_second,
+            rotation_deg_per_frame=self.rotation_deg_per_frame,
+            focus_drift_um=self.focus_drift_um,
+            focus_period_frames=self.focus_period_frames,
         )
 
 
 DEV_SEED, EVAL_SEED = 20, 30
-#: Evaluation: a few hundred events per task and speed.
-CONDITIONS = (Condition("fast", 2800.0, 900), Condition("slow", 900.0, 2000))
+
+
+#: Views that differ as real ones do: the slow flow, with cells turning by up to
+#: 3 deg a frame and the focus drifting by up to 2 um either side, period 60 frames
+#: (0.67 s at 90 Hz; a cell's ~14 views span a quarter of it). Checked on the dev seed
+#: only (flow_focus_check.py): visibly out of focus, and segmentation misses no cell.
+def turning(frames: int) -> Condition:
+    """The slow flow with views that differ (``frames`` entry frames)."""
+    return Condition(
+        "turning",
+        900.0,
+        frames,
+        rotation_deg_per_frame=3.0,
+        focus_drift_um=2.0,
+        focus_period_frames=60.0,
+    )
+
+
+#: Evaluation: a few hundred events per task and speed (the turning flow, slower to
+#: render, fewer).
+CONDITIONS = (Condition("fast", 2800.0, 900), Condition("slow", 900.0, 2000), turning(1200))
 #: Dev: the same flows, fewer frames.
-DEV_CONDITIONS = (Condition("fast", 2800.0, 300), Condition("slow", 900.0, 500))
+DEV_CONDITIONS = (Condition("fast", 2800.0, 300), Condition("slow", 900.0, 500), turning(400))
 #: The per-event rules, in report order; "per view" is not a rule but the baseline.
 RULES = ("combine_views", "mean probability", "majority vote", "first view", "random view")
 BOOTSTRAP = 2000
@@ -385,10 +419,23 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def flow_label(condition: dict[str, Any]) -> str:
-    return (
+    label = (
         f"{condition['name']}: {condition['flow_speed_um_s']:g} um/s, "
         f"{condition['frame_rate_hz']:g} Hz, {condition['cells_per_second']:g} cells/s"
     )
+    if condition.get("rotation_deg_per_frame"):
+        label += f", turning up to {condition['rotation_deg_per_frame']:g} deg/frame"
+    if condition.get("focus_drift_um"):
+        label += (
+            f", focus drifting +-{condition['focus_drift_um']:g} um "
+            f"(period {condition['focus_period_frames']:g} frames)"
+        )
+    return label
+
+
+def views_differ(condition: dict[str, Any]) -> bool:
+    """Do a cell's views differ by more than noise and position (turning, defocus)?"""
+    return bool(condition.get("rotation_deg_per_frame") or condition.get("focus_drift_um"))
 
 
 def accuracy_table(runs: list[dict[str, Any]]) -> list[str]:
@@ -471,12 +518,51 @@ def verdict(run: dict[str, Any]) -> str:
     )
 
 
+def contrast(run: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """A flow whose views differ against the still flow of the same speed: how much
+    more its views differ, and what combining gains over one view in each."""
+    speed = run["condition"]["flow_speed_um_s"]
+    twin = next(
+        r
+        for r in runs
+        if not views_differ(r["condition"]) and r["condition"]["flow_speed_um_s"] == speed
+    )
+    s, t = run["score"], twin["score"]
+
+    def gain(score: dict[str, Any]) -> float:
+        return 100 * score["differences"]["combine_views - random view"]["value"]
+
+    return (
+        f"The {run['condition']['name']} flow against the {twin['condition']['name']} one: "
+        f"the probability's sd over a cell's views {s['probability_sd_within_events']:.3f} "
+        f"against {t['probability_sd_within_events']:.3f} (between cells "
+        f"{s['probability_sd_between_events']:.3f} against "
+        f"{t['probability_sd_between_events']:.3f}); events whose views disagree "
+        f"{100 * s['events_views_disagree'] / s['events']:.1f} % against "
+        f"{100 * t['events_views_disagree'] / t['events']:.1f} %; per view "
+        f"{100 * s['accuracy']['per view']['value']:.1f} % against "
+        f"{100 * t['accuracy']['per view']['value']:.1f} %; combine_views minus random "
+        f"view {gain(s):+.1f} against {gain(t):+.1f} points"
+    )
+
+
+def written_by(meta: dict[str, Any]) -> str:
+    """The commands that wrote the results, and how long each took."""
+    text = f"`{meta['command']}` ({meta['seconds'] / 60:.1f} min on one core)"
+    for added in meta.get("added", []):
+        text += (
+            f"; the {', '.join(added['conditions'])} flow's runs by `{added['command']}` "
+            f"({added['seconds'] / 60:.1f} min)"
+        )
+    return text
+
+
 def report(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
         "# Cells in flow: accuracy per event against per view",
         "",
-        f"Written by `{meta['command']}` ({meta['seconds'] / 60:.1f} min on one core). "
+        f"Written by {written_by(meta)}. "
         "Simulated data (docs/simulator.md), not measurements. Each task is one "
         "continuous flow per speed carrying both lines mixed (each entering cell drawn "
         "at random from the two); every frame goes through FrameProcessor (the "
@@ -502,6 +588,23 @@ def report(results: dict[str, Any]) -> str:
         "the evaluation seed.",
         "",
     ]
+    if any(views_differ(r["condition"]) for r in results["runs"]):
+        lines += [
+            "Views that differ: in the fast and slow flows a cell keeps its shape, "
+            "orientation and focus across the field, so its views differ only by noise "
+            "and position. In the turning flow (the slow flow otherwise) each cell turns "
+            "at a rate drawn uniformly within the given bound, and the focus drifts "
+            "sinusoidally (angular-spectrum defocus of the sample plane; the "
+            "reconstruction does not refocus). The drift was set on the dev seed only, "
+            "before the evaluation ran (`docs/evaluation/flow_focus_check.py`, "
+            "focus-check.md): of +-1, 2 and 3 um, the largest at which the views are "
+            "visibly out of focus and segmentation still found every cell wholly in "
+            "view; 3 deg/frame and 60 frames are the brief's values (over a cell's ~14 "
+            "views it turns by up to ~40 deg and the focus moves through a quarter of "
+            "the period). It has fewer entry frames than the slow flow (rendering is "
+            "slower), so fewer events.",
+            "",
+        ]
     for split, title in (("eval", "Evaluation"), ("dev", "Dev")):
         seed = meta[f"{split}_seed"]
         lines += [f"## {title} (seed {seed})", ""]
@@ -526,7 +629,9 @@ def report(results: dict[str, Any]) -> str:
                 "",
             ]
             if split == "eval":
-                lines += [f"- {verdict(r)}." for r in runs] + [""]
+                lines += [f"- {verdict(r)}." for r in runs]
+                lines += [f"- {contrast(r, runs)}." for r in runs if views_differ(r["condition"])]
+                lines += [""]
     lines += [
         "## Columns",
         "",
@@ -560,6 +665,43 @@ def _relative(path: Path) -> str:
         return path.name
 
 
+def _order(run: dict[str, Any]) -> tuple[int, int, int]:
+    """Report order: task, then dev before eval, then flow."""
+    tasks = [t.name for t in TASKS]
+    flows = [c.name for c in CONDITIONS]
+    name = run["condition"]["name"]
+    return (
+        tasks.index(run["task"]) if run["task"] in tasks else len(tasks),
+        ("dev", "eval").index(run["split"]),
+        flows.index(name) if name in flows else len(flows),
+    )
+
+
+def merge(
+    previous: dict[str, Any], runs: list[dict[str, Any]], command: str, seconds: float
+) -> dict[str, Any]:
+    """``previous`` results with ``runs`` added: a run of the same task, split and flow
+    is replaced, every other kept as it was; the command is recorded under "added"."""
+
+    def key(run: dict[str, Any]) -> tuple[str, str, str]:
+        return run["task"], run["split"], run["condition"]["name"]
+
+    new = {key(r) for r in runs}
+    kept = [r for r in previous["runs"] if key(r) not in new]
+    meta = dict(previous["meta"])
+    meta["added"] = [
+        *meta.get("added", []),
+        {
+            "command": command,
+            "conditions": list(dict.fromkeys(r["condition"]["name"] for r in runs)),
+            "tasks": list(dict.fromkeys(r["task"] for r in runs)),
+            "python": platform.python_version(),
+            "seconds": seconds,
+        },
+    ]
+    return {"meta": meta, "runs": sorted([*kept, *runs], key=_order)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "flow")
@@ -567,7 +709,27 @@ def main() -> None:
         "--scale", type=float, default=1.0, help="multiply every run's entry frames (trials)"
     )
     parser.add_argument("--tasks", default=",".join(t.name for t in TASKS))
+    parser.add_argument(
+        "--conditions",
+        help="run only these flows (comma-separated names, e.g. turning) and merge their "
+        "runs into the results already in --out, replacing those of the same task, split "
+        "and flow; the other runs are kept as they are",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write report.md again from the results.json in --out",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        results = json.loads((args.out / "results.json").read_text())
+        (args.out / "report.md").write_text(report(results))
+        return
+    names = [c.name for c in CONDITIONS]
+    chosen = args.conditions.split(",") if args.conditions else names
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        parser.error(f"unknown conditions {unknown}; known: {names}")
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
     for task in (t for t in TASKS if t.name in args.tasks.split(",")):
@@ -576,7 +738,7 @@ def main() -> None:
             ("dev", DEV_SEED, DEV_CONDITIONS),
             ("eval", EVAL_SEED, CONDITIONS),
         ):
-            for condition in conditions:
+            for condition in (c for c in conditions if c.name in chosen):
                 frames = max(1, round(condition.frames * args.scale))
                 views = simulate(model, task.lines, condition.flow(), frames, seed)
                 scored = score(views, seed=seed)
@@ -599,19 +761,25 @@ def main() -> None:
                     }
                 )
     argv = [a if not Path(a).is_absolute() else _relative(Path(a)) for a in sys.argv[1:]]
-    results = {
-        "meta": {
-            "command": " ".join(["python docs/evaluation/flow.py", *argv]),
-            "dev_seed": DEV_SEED,
-            "eval_seed": EVAL_SEED,
-            "bootstrap": BOOTSTRAP,
-            "scene": "SceneConfig() defaults (1024x1280, 0.12 um pixels)",
-            "tracker": "TrackerConfig(pixel_size_um=0.12, flow_direction='auto')",
-            "python": platform.python_version(),
-            "seconds": round(time.perf_counter() - started, 1),
-        },
-        "runs": runs,
-    }
+    command = " ".join(["python docs/evaluation/flow.py", *argv])
+    seconds = round(time.perf_counter() - started, 1)
+    previous = args.out / "results.json"
+    if args.conditions and previous.exists():
+        results = merge(json.loads(previous.read_text()), runs, command, seconds)
+    else:
+        results = {
+            "meta": {
+                "command": command,
+                "dev_seed": DEV_SEED,
+                "eval_seed": EVAL_SEED,
+                "bootstrap": BOOTSTRAP,
+                "scene": "SceneConfig() defaults (1024x1280, 0.12 um pixels)",
+                "tracker": "TrackerConfig(pixel_size_um=0.12, flow_direction='auto')",
+                "python": platform.python_version(),
+                "seconds": seconds,
+            },
+            "runs": runs,
+        }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "report.md").write_text(report(results))

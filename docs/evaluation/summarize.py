@@ -141,6 +141,135 @@ def _ci(entry: dict[str, Any], signed: bool = False) -> str:
     return f"{value} [{lo:{'+' if signed else ''}.1f}, {hi:{'+' if signed else ''}.1f}]"
 
 
+def _views_differ(condition: dict[str, Any]) -> bool:
+    """Cells turning or the focus drifting (flow.py's turning flow)."""
+    return bool(condition.get("rotation_deg_per_frame") or condition.get("focus_drift_um"))
+
+
+def _flow_row(run: dict[str, Any]) -> list[str]:
+    s, c = run["score"], run["condition"]
+    v = s["views_per_event"]
+    return [
+        run["task"],
+        f"{c['flow_speed_um_s']:g} um/s",
+        str(s["events"]),
+        f"{v['mean']:.1f} [{v['min']:.0f}, {v['max']:.0f}]",
+        _ci(s["accuracy"]["per view"]),
+        *(_ci(s["accuracy"][k]) for k in FLOW_RULES),
+        _ci(s["differences"]["combine_views - random view"], signed=True),
+    ]
+
+
+FLOW_HEADER = [
+    "task",
+    "flow speed",
+    "events",
+    "views/event",
+    "per view",
+    *FLOW_RULES,
+    "combine_views - random view",
+]
+
+
+def _word(difference: dict[str, Any]) -> str:
+    lo, hi = difference["ci95"]
+    return "helps" if lo > 0 else "hurts" if hi < 0 else "does not measurably help"
+
+
+def turning_lines(runs: list[dict[str, Any]], still: list[dict[str, Any]]) -> list[str]:
+    """The flows whose views differ (cells turning, focus drifting), each against the
+    still flow of the same task and speed."""
+    if not runs:
+        return []
+    c = runs[0]["condition"]
+    lines = [
+        "When the views differ as real ones do: the "
+        f"{c['name']} flow, the {c['flow_speed_um_s']:g} um/s flow above with each cell "
+        f"turning at a rate drawn within +-{c['rotation_deg_per_frame']:g} deg/frame and "
+        f"the focus drifting sinusoidally by up to +-{c['focus_drift_um']:g} um (period "
+        f"{c['focus_period_frames']:g} frames, {c['focus_period_frames'] / c['frame_rate_hz']:.2f} s; "
+        "the drift chosen on the dev seed only, flow/focus-check.md: visibly out of focus, "
+        "segmentation still finding every cell). Same columns:",
+        "",
+        *markdown_table(FLOW_HEADER, [_flow_row(r) for r in runs]),
+        "",
+    ]
+    for run in runs:
+        s, c = run["score"], run["condition"]
+        d = s["differences"]["combine_views - random view"]
+        lo, hi = (100 * v for v in d["ci95"])
+        text = (
+            f"{run['task']}, {c['name']}: combining the views {_word(d)} "
+            f"({100 * d['value']:+.1f} points against one random view of each cell, 95 % "
+            f"interval [{lo:+.1f}, {hi:+.1f}]; per view {100 * s['accuracy']['per view']['value']:.1f} %, "
+            f"combine_views {100 * s['accuracy']['combine_views']['value']:.1f} %)"
+        )
+        twin = next(
+            (
+                r
+                for r in still
+                if r["task"] == run["task"]
+                and r["condition"]["flow_speed_um_s"] == c["flow_speed_um_s"]
+            ),
+            None,
+        )
+        if twin:
+            t = twin["score"]
+            text += (
+                f". Its views differ more than the still flow's (sd of the probability over "
+                f"a cell's views {s['probability_sd_within_events']:.3f} against "
+                f"{t['probability_sd_within_events']:.3f}; between cells "
+                f"{s['probability_sd_between_events']:.2f}; events whose views disagree "
+                f"{100 * s['events_views_disagree'] / s['events']:.1f} % against "
+                f"{100 * t['events_views_disagree'] / t['events']:.1f} %); tracking: "
+                f"{s['events_impure']} impure events, {s['true_cells_split']} cell(s) split, "
+                f"{s['detections_unmatched']} unmatched detections"
+            )
+        lines.append(f"- {text}.")
+    gains = [100 * r["score"]["differences"]["combine_views - random view"]["value"] for r in runs]
+    ratio = [
+        r["score"]["probability_sd_between_events"] / r["score"]["probability_sd_within_events"]
+        for r in runs
+    ]
+    twins = [
+        next(
+            (
+                t
+                for t in still
+                if t["task"] == r["task"]
+                and t["condition"]["flow_speed_um_s"] == r["condition"]["flow_speed_um_s"]
+            ),
+            None,
+        )
+        for r in runs
+    ]
+    factors = [
+        r["score"]["probability_sd_within_events"] / t["score"]["probability_sd_within_events"]
+        for r, t in zip(runs, twins, strict=True)
+        if t
+    ]
+    rise = (
+        f"{min(factors):.1f}- to {max(factors):.1f}-fold over the still flow's"
+        if factors
+        else "above noise"
+    )
+    helped = [_word(r["score"]["differences"]["combine_views - random view"]) for r in runs]
+    verdict = (
+        "still does not measurably help"
+        if set(helped) == {"does not measurably help"}
+        else "; ".join(f"{r['task']}: {w}" for r, w in zip(runs, helped, strict=True))
+    )
+    lines.append(
+        f"- So: with views that differ this much, combining them {verdict} "
+        f"({min(gains):+.1f} to {max(gains):+.1f} points against one random view of each "
+        "cell). Turning and defocus raise the spread of a cell's probability over its "
+        f"views {rise}, but it stays "
+        f"{min(ratio):.0f}-{max(ratio):.0f} times smaller than the spread between cells, "
+        "so a cell's views still mostly agree, right or wrong."
+    )
+    return [*lines, ""]
+
+
 def flow_section() -> list[str]:
     """Accuracy per event against per view on simulated flow (flow/results.json), on
     the evaluation seed; the dev seed's runs are in flow/report.md."""
@@ -149,25 +278,15 @@ def flow_section() -> list[str]:
         return []
     data = json.loads(path.read_text())
     meta = data["meta"]
-    runs = [r for r in data["runs"] if r["split"] == "eval"]
+    evaluation = [r for r in data["runs"] if r["split"] == "eval"]
+    runs = [r for r in evaluation if not _views_differ(r["condition"])]
+    turning = [r for r in evaluation if _views_differ(r["condition"])]
     rows, sentences = [], []
     for run in runs:
         s, c = run["score"], run["condition"]
-        v = s["views_per_event"]
         d = s["differences"]["combine_views - random view"]
-        rows.append(
-            [
-                run["task"],
-                f"{c['flow_speed_um_s']:g} um/s",
-                str(s["events"]),
-                f"{v['mean']:.1f} [{v['min']:.0f}, {v['max']:.0f}]",
-                _ci(s["accuracy"]["per view"]),
-                *(_ci(s["accuracy"][k]) for k in FLOW_RULES),
-                _ci(d, signed=True),
-            ]
-        )
-        lo, hi = d["ci95"]
-        word = "helps" if lo > 0 else "hurts" if hi < 0 else "does not measurably help"
+        rows.append(_flow_row(run))
+        word = _word(d)
         sentences.append(
             f"{run['task']} at {c['flow_speed_um_s']:g} um/s: combining the views {word} "
             f"({100 * d['value']:+.1f} points against one random view of each cell)"
@@ -185,7 +304,9 @@ def flow_section() -> list[str]:
             f"against {min(between):.2f}-{max(between):.2f} between cells); in "
             f"{100 * min(disagree):.1f}-{100 * max(disagree):.1f} % of the events some "
             "views are right and some wrong, and only there can a rule matter. A cell's "
-            "errors are the cell's, not its views': in this simulator a cell keeps its "
+            "errors are the cell's, not its views': in "
+            + ("these flows" if turning else "this simulator")
+            + " a cell keeps its "
             "shape and orientation across the field, and the views differ only by noise "
             "and position in the field. Tracking: "
             f"{impure} of {sum(s['events'] for s in scores)} events held views of two "
@@ -193,10 +314,14 @@ def flow_section() -> list[str]:
             f"{sum(s['events_impure_wrong'] for s in scores)} misclassified) and "
             f"{sum(s['true_cells_split'] for s in scores)} true cell(s) were counted twice"
         )
+    commands = f"`{meta['command']}`" + "".join(
+        f" and, for the {', '.join(a['conditions'])} flow, `{a['command']}`"
+        for a in meta.get("added", [])
+    )
     return [
         "## Cells in flow: accuracy per event against per view",
         "",
-        f"From `{meta['command']}` (flow/report.md has the dev seed, the differences "
+        f"From {commands} (flow/report.md has the dev seed, the differences "
         "against every alternative and the tracking's counts). Simulated continuous flow "
         f"of both lines mixed, {first.get('frame_rate_hz', 0):g} Hz, "
         f"{first.get('cells_per_second', 0):g} cells/s entering, through FrameProcessor, "
@@ -208,21 +333,11 @@ def flow_section() -> list[str]:
         f"seed {meta['dev_seed']}). Accuracy (%) with 95 % bootstrap intervals over "
         "events:",
         "",
-        *markdown_table(
-            [
-                "task",
-                "flow speed",
-                "events",
-                "views/event",
-                "per view",
-                *FLOW_RULES,
-                "combine_views - random view",
-            ],
-            rows,
-        ),
+        *markdown_table(FLOW_HEADER, rows),
         "",
         *(f"- {sentence}." for sentence in sentences),
         "",
+        *turning_lines(turning, runs),
     ]
 
 
