@@ -58,6 +58,15 @@ class ProcessedFrames:
         """Every kept cell, frame by frame (``Cell.frame`` says which)."""
         return [cell for segmentation in self.segmentations for cell in segmentation.cells]
 
+    def quality(self, index: int = 0) -> dict[str, float]:
+        """Hologram quality of frame ``index``: the background OPD spread over its
+        cell-free pixels (nm) and its fringe contrast (NaN when not measured)."""
+        contrast = self.maps.fringe_contrast
+        return {
+            "background_opd_nm": self.segmentations[index].background_rms_nm,
+            "fringe_contrast": float(contrast[index]) if contrast is not None else float("nan"),
+        }
+
     def crops(self) -> np.ndarray:
         """(n_cells, size, size) float32 OPD crops in nm; (0, size, size) when none."""
         cells = self.cells

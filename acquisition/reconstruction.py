@@ -140,6 +140,9 @@ class OPDMaps:
     carrier : (ky, kx) of the sideband used, in cycles per camera pixel
     sign : +1 or -1, the phase sign applied
     wavelength_nm : the wavelength used for phase -> OPD
+    fringe_contrast : (N,) the fringes' modulation depth in the sample region,
+        sideband amplitude over the mean intensity (the interferometer's visibility
+        for equal beams; it drops when the module loses alignment or focus)
     """
 
     opd_nm: np.ndarray
@@ -150,6 +153,7 @@ class OPDMaps:
     carrier: tuple[float, float]
     sign: int
     wavelength_nm: float
+    fringe_contrast: np.ndarray | None = None
 
     def to_camera_px(self, y: float, x: float) -> tuple[float, float]:
         """Camera pixel coordinates of map position (y, x)."""
@@ -531,6 +535,7 @@ class Reconstructor:
         shape = (int(frames.shape[1]), int(frames.shape[2]))
         geometry = self.geometry(shape, frames[0])
         fields = self._fields(frames, geometry)
+        contrast = self._fringe_contrast(frames, fields, geometry)
         if geometry.reference_factor is not None:
             fields *= geometry.reference_factor
             order = cfg.reference_background_order
@@ -561,7 +566,23 @@ class Reconstructor:
             carrier=geometry.carrier,
             sign=sign,
             wavelength_nm=cfg.wavelength_nm,
+            fringe_contrast=contrast,
         )
+
+    def _fringe_contrast(self, frames: np.ndarray, fields: Any, geometry: _Geometry) -> np.ndarray:
+        """(N,) modulation depth: for I = A (1 + V cos(carrier phase)) the sideband's
+        spectrum peak is A V h w / 2, and the inverse transform of the (my, mx) crop
+        divides by my mx, so V = 2 |field| my mx / (h w A). A and |field| are means
+        over a subsample and the sample region: cheap, and ample for a trend."""
+        h, w = geometry.shape
+        my, mx = geometry.out_shape
+        xp = self.backend.xp
+        magnitude = self.backend.to_numpy(
+            xp.abs(fields[(slice(None), *geometry.region)]).mean(axis=(-2, -1))
+        )
+        mean = frames[:, ::4, ::4].mean(axis=(-2, -1), dtype=np.float64)
+        contrast = 2 * magnitude * (my * mx) / (h * w) / np.maximum(mean, 1e-12)
+        return np.asarray(contrast, dtype=np.float64)
 
     @staticmethod
     def _sign(geometry: _Geometry, phase: np.ndarray) -> int:

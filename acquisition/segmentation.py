@@ -156,6 +156,9 @@ class FrameSegmentation:
     #: (y, x) camera-pixel centres of the objects rejected as clipped by the
     #: region's border: cells entering or leaving the field, which a tracker follows
     clipped_px: list[tuple[float, float]] = field(default_factory=list)
+    #: OPD spread (standard deviation, nm) over the pixels outside every object: the
+    #: background a stale reference or drifting optics leave behind (tilts, rings)
+    background_rms_nm: float = float("nan")
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -295,7 +298,13 @@ class Segmenter:
         keep = np.zeros(int(candidates.max()) + 1, dtype=bool)
         keep[seeded] = True
         labels, count = ndi.label(keep[candidates], structure=np.ones((3, 3)))
-        result = FrameSegmentation(labels=labels, threshold_nm=high, low_threshold_nm=low)
+        background = opd[::2, ::2][candidates[::2, ::2] == 0]  # outside any candidate
+        result = FrameSegmentation(
+            labels=labels,
+            threshold_nm=high,
+            low_threshold_nm=low,
+            background_rms_nm=float(background.std()) if background.size else float("nan"),
+        )
         if count == 0:
             return result
 

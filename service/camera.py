@@ -138,6 +138,7 @@ class CameraLoop:
             frame.bit_depth,
             "camera",
             paths,
+            processed.quality(),
         )
 
     def _show_cells(self, stored: StoredCells) -> None:

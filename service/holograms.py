@@ -125,5 +125,6 @@ class HologramPath:
             [c.label for c in segmentation.cells],
             bit_depth_of(raw),
             "api",
+            quality=processed.quality(),
         )
         return frame_id, processed, processor

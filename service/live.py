@@ -98,6 +98,8 @@ class _Frame:
     #: Each tracked cell in view: its event id (None before it is classified) and its
     #: recent path, (y, x) in OPD-map pixels, oldest first.
     tracks: tuple[tuple[int | None, tuple[tuple[float, float], ...]], ...] = ()
+    #: The frame's hologram quality (background_opd_nm, fringe_contrast).
+    quality: tuple[tuple[str, float], ...] = ()
     #: Renderings and derived numbers of this frame, filled on first request.
     cache: dict[str, Any] = field(default_factory=dict)
 
@@ -162,6 +164,7 @@ class LiveView:
         bit_depth: int,
         source: str,
         tracks: Sequence[tuple[int | None, Sequence[tuple[float, float]]]] = (),
+        quality: Mapping[str, float] | None = None,
     ) -> None:
         """Hand over a processed frame; the arrays are kept, not copied (do not mutate).
 
@@ -177,6 +180,7 @@ class LiveView:
         source : where the frame came from ("camera", "api", ...)
         tracks : the tracked cells in view: (event id or None, recent path as (y, x)
             in ``opd_nm``'s pixels, oldest first)
+        quality : the frame's hologram quality figures, by name
         """
         if hologram.ndim != 2:
             raise ValueError(f"hologram must be 2-D (H, W), got shape {hologram.shape}")
@@ -202,6 +206,7 @@ class LiveView:
                 bit_depth,
                 source,
                 tuple((e, tuple((float(y), float(x)) for y, x in path)) for e, path in tracks),
+                tuple((k, float(v)) for k, v in (quality or {}).items()),
             )
 
     def results(
@@ -291,6 +296,7 @@ class LiveView:
                 "accepted": len(shown.accepted),
                 "rejected": max(0, _object_count(shown) - len(shown.accepted)),
                 "opd_range_nm": [lo, hi],
+                "quality": {k: (v if math.isfinite(v) else None) for k, v in shown.quality},
                 # paths as fractions of the OPD image (x / width, y / height)
                 "tracks": [
                     {

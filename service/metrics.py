@@ -23,6 +23,8 @@ TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 STAGES = ("reconstruct", "segment", "track", "classify", "store")
 #: Views per event: one frame to a slow cell's crossing.
 VIEW_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+#: Background OPD spread, nm: a fresh reference leaves 1-3 nm, a stale one tens.
+BACKGROUND_BUCKETS = (0.5, 1, 2, 3, 5, 8, 12, 20, 35, 60, 100)
 
 
 class Metrics:
@@ -43,6 +45,29 @@ class Metrics:
             "Camera frames reconstructed and segmented",
             registry=r,
         )
+        self.frames_without_cells = Counter(
+            "topgan_frames_without_cells_total",
+            "Camera frames processed in which no cell was kept",
+            registry=r,
+        )
+        self.background_opd = Histogram(
+            "topgan_background_opd_nm",
+            "OPD spread over each frame's cell-free pixels, nm (stale reference, drift)",
+            buckets=BACKGROUND_BUCKETS,
+            registry=r,
+        )
+        self.fringe_contrast = Gauge(
+            "topgan_fringe_contrast",
+            "Fringe modulation depth of the last frame's sample region (0 to 1)",
+            registry=r,
+        )
+        self.reference_age = Gauge(
+            "topgan_reference_age_seconds",
+            "Seconds since the camera loop's reference hologram was taken into use "
+            "(NaN without one)",
+            registry=r,
+        )
+        self.reference_age.set(float("nan"))
         self.cells_cut = Counter(
             "topgan_cells_cut_total", "Cells cut from camera frames", registry=r
         )
@@ -139,6 +164,7 @@ class Metrics:
             Count.FRAMES_GRABBED: self.frames_grabbed,
             Count.FRAMES_DROPPED: self.frames_dropped,
             Count.FRAMES_PROCESSED: self.frames_processed,
+            Count.FRAMES_WITHOUT_CELLS: self.frames_without_cells,
             Count.CELLS_CUT: self.cells_cut,
             Count.CELLS_LOST: self.cells_lost,
             Count.EVENTS_LOST: self.events_lost,

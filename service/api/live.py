@@ -44,6 +44,11 @@ class LiveFrame(BaseModel):
     accepted: int = Field(description="cells kept by segmentation (outlined in colours.accepted)")
     rejected: int = Field(description="other objects found (outlined in colours.rejected)")
     opd_range_nm: list[float] = Field(description="OPD at the colour map's two ends, nm")
+    quality: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="the frame's hologram quality: background_opd_nm (spread over its "
+        "cell-free pixels; a fresh reference leaves 1-3 nm), fringe_contrast (0 to 1)",
+    )
     tracks: list[LiveTrack] = Field(
         default_factory=list, description="the cells followed across frames, in view now"
     )

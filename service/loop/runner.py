@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -141,6 +142,9 @@ class LoopMetrics(Protocol):
     stage_seconds: Histogram
     queue_depth: Gauge
     camera_up: Gauge
+    background_opd: Histogram
+    fringe_contrast: Gauge
+    reference_age: Gauge
 
     def count(self, what: Count, n: int = 1) -> None: ...
 
@@ -213,6 +217,8 @@ class AcquisitionRunner:
         self._events = self._event_book()
         self._reference: np.ndarray | None = None
         self._reference_version = 0
+        self._reference_since: float | None = None  # monotonic time it was taken
+        metrics.reference_age.set_function(self._reference_age)
         self._camera_info: dict[str, Any] = {}
         self._inflight = 0  # frames whose cells are in the batcher or the store
         self._grab_times: collections.deque[float] = collections.deque(maxlen=256)
@@ -357,6 +363,7 @@ class AcquisitionRunner:
                 if reference is not self._reference:
                     self._reference = reference
                     self._reference_version += 1
+                    self._reference_since = time.monotonic() if reference is not None else None
                 self._camera_info = camera.describe()
                 if self._state != RunState.STOPPING:
                     self._set_state(RunState.RUNNING, f"streaming from {self.camera}")
@@ -485,6 +492,13 @@ class AcquisitionRunner:
         self.metrics.stage_seconds.labels("segment").observe(processed.segment_s)
         self.metrics.count(Count.FRAMES_PROCESSED)
         self.metrics.count(Count.CELLS_CUT, len(processed.cells))
+        if not processed.cells:
+            self.metrics.count(Count.FRAMES_WITHOUT_CELLS)
+        quality = processed.quality()
+        if math.isfinite(quality["background_opd_nm"]):
+            self.metrics.background_opd.observe(quality["background_opd_nm"])
+        if math.isfinite(quality["fringe_contrast"]):
+            self.metrics.fringe_contrast.set(quality["fringe_contrast"])
         result = FrameResult(frame, processed)
         for observer in self.on_frame:
             observer(result)
@@ -557,6 +571,11 @@ class AcquisitionRunner:
         self._error(ErrorReason.CLASSIFY, message)
         self.metrics.count(Count.CELLS_LOST, n)
         self._done_one()
+
+    def _reference_age(self) -> float:
+        """Seconds the current reference has been in use (NaN without one)."""
+        since = self._reference_since
+        return time.monotonic() - since if since is not None else float("nan")
 
     def _hold(self) -> None:
         """Something the stop must wait for: a frame's cells, or an ended event."""

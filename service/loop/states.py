@@ -34,6 +34,7 @@ class Count(StrEnum):
     FRAMES_GRABBED = "frames_grabbed"
     FRAMES_DROPPED = "frames_dropped"
     FRAMES_PROCESSED = "frames_processed"
+    FRAMES_WITHOUT_CELLS = "frames_without_cells"
     CELLS_CUT = "cells_cut"
     CELLS_STORED = "cells_stored"
     CELLS_LOST = "cells_lost"

@@ -337,3 +337,18 @@ def test_smooth_disk_may_not_reach_dc():
     ReconstructionConfig(filter="smooth disk", filter_size=0.6)
     with pytest.raises(ValueError, match="would reach DC"):
         ReconstructionConfig(filter="smooth disk", filter_size=0.7)
+
+
+@pytest.mark.parametrize("visibility", [0.3, 0.6, 0.9])
+def test_fringe_contrast_is_the_fringes_modulation_depth(visibility):
+    """I = A (1 + V cos(carrier)) with shot noise: the measured contrast is V."""
+    from acquisition.backend import get_backend
+    from acquisition.reconstruction import ReconstructionConfig, Reconstructor
+
+    y, x = np.mgrid[0:512, 0:640]
+    mean = 100 * (1 + visibility * np.cos(2 * np.pi * (0.2 * y + 0.25 * x)))
+    hologram = np.random.default_rng(0).poisson(mean).astype(np.uint16)
+    reconstructor = Reconstructor(ReconstructionConfig(sample_half="left"), get_backend("numpy"))
+    contrast = reconstructor.reconstruct(np.stack([hologram, hologram // 2])).fringe_contrast
+    assert contrast is not None
+    np.testing.assert_allclose(contrast, visibility, atol=0.02)

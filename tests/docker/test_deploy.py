@@ -135,6 +135,22 @@ def test_promtool_checks_config_and_rules(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_promtool_fires_the_quality_alerts_on_a_drifting_instrument_only():
+    """docker/prometheus/alerts.test.yml: series of a drifting and of a healthy
+    instrument; the hologram-quality alerts fire on the first only (promtool fails
+    on a missing alert and on an unexpected one alike)."""
+    result = subprocess.run(
+        [tool("promtool"), "test", "rules", "alerts.test.yml"],
+        cwd=ALERTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, models_root):
     srv = start_server(tmp_path_factory.mktemp("svc"), models_root)

@@ -1,0 +1,101 @@
+"""Hologram quality, measured on every frame: the background a reference leaves, the
+fringes' contrast, the reference's age; a stale reference shows."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from acquisition.cameras.emulator import prepare_emulator_images
+from acquisition.io import write_camera_tiff
+from acquisition.simulator.scene import FlowSimulator, SceneConfig
+from service.loop.states import Count, RunState
+from service.services import Services
+from service.settings import DEFAULT_MODEL, Settings
+
+FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def replay_folder(tmp_path_factory) -> Path:
+    """Simulated SW480/SW620 frames and their own reference, as a replay folder."""
+    tmp = tmp_path_factory.mktemp("quality")
+    images = prepare_emulator_images(tmp / "emulator", ["sw480", "sw620"], FRAMES, seed=3)
+    folder = tmp / "replay"
+    shutil.copytree(images.frames, folder)
+    shutil.copy(images.reference, folder / "reference.tiff")
+    # Another instrument's reference (another seed: other aberrations): a stale one.
+    stale = FlowSimulator(SceneConfig(), ["sw480"], seed=99).reference
+    write_camera_tiff(tmp / "stale-reference.tiff", stale, SceneConfig().optics.bit_depth)
+    return folder
+
+
+def run(folder: Path, tmp_path: Path, **extra: object) -> dict[str, float]:
+    settings = Settings(
+        camera=f"replay:{folder}",
+        replay_loop=False,
+        frame_rate_hz=0,
+        worker_processes=False,
+        array_backend="numpy",
+        database_url=f"sqlite:///{tmp_path}/results.sqlite",
+        model_dir=DEFAULT_MODEL,
+        execution_provider="cpu",
+        **extra,  # type: ignore[arg-type]
+    )
+    services = Services.start(settings)
+    try:
+        camera = services.camera
+        assert camera is not None
+        deadline = time.monotonic() + 120
+        while not (camera.state == RunState.IDLE and camera.status().detail != "not started"):
+            assert time.monotonic() < deadline, camera.status()
+            time.sleep(0.05)
+        m = services.metrics
+        counts = m.loop_counts()
+        background = {
+            s.name: s.value
+            for metric in m.background_opd.collect()
+            for s in metric.samples
+            if s.name.endswith(("_sum", "_count"))
+        }
+        return {
+            "frames": counts[Count.FRAMES_PROCESSED],
+            "without_cells": counts[Count.FRAMES_WITHOUT_CELLS],
+            "cells": counts[Count.CELLS_CUT],
+            "background_count": background["topgan_background_opd_nm_count"],
+            "background_mean": background["topgan_background_opd_nm_sum"]
+            / background["topgan_background_opd_nm_count"],
+            "contrast": _value(m.fringe_contrast),
+            "reference_age": _value(m.reference_age),
+        }
+    finally:
+        services.close()
+
+
+def _value(gauge: Any) -> float:
+    return float(next(iter(gauge.collect())).samples[0].value)
+
+
+def test_every_frame_is_measured(replay_folder, tmp_path):
+    got = run(replay_folder, tmp_path)
+    assert got["frames"] == FRAMES
+    assert got["background_count"] == FRAMES
+    assert got["background_mean"] < 5, "the frames' own reference leaves a flat background"
+    visibility = SceneConfig().optics.visibility
+    assert got["contrast"] == pytest.approx(visibility, abs=0.05)
+    assert got["reference_age"] >= 0
+    assert got["without_cells"] <= got["frames"]
+    assert got["cells"] > 0
+
+
+def test_a_stale_reference_shows_in_the_background(replay_folder, tmp_path):
+    stale = replay_folder.parent / "stale-reference.tiff"
+    got = run(replay_folder, tmp_path, reference=stale)
+    assert got["frames"] == FRAMES
+    assert got["background_mean"] > 20, "another instrument's aberrations are left in"
+    assert np.isfinite(got["contrast"])
