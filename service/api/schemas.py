@@ -124,10 +124,18 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
-    ready: bool
-    reasons: list[str]
-    model: ModelSummary | None
-    camera: str
+    ready: bool = Field(
+        description="a model is loaded and the camera loop (when configured) is neither "
+        "opening its camera nor failed; a deliberately stopped loop is ready"
+    )
+    reasons: list[str] = Field(description="why not ready (empty when ready)")
+    model: ModelSummary | None = Field(description="the served model (null: none loaded)")
+    camera: str = Field(description="the configured camera (none: no camera loop)")
+    serving: bool = Field(False, description="a model is loaded: POST /classify answers")
+    acquiring: bool = Field(False, description="the camera loop is running (grabbing frames)")
+    acquisition: RunState | Literal["disabled"] = Field(
+        "disabled", description="the camera loop's state, as GET /acquisition's"
+    )
 
 
 class ModelInfo(BaseModel):

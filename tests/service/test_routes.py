@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,6 +110,18 @@ def test_a_camera_that_cannot_open_is_failed_and_not_ready(served):
     capabilities, client = served
     capabilities.camera = _camera(capabilities)
     assert client.get("/acquisition").json()["state"] == "idle"
+    before = client.get("/ready")  # never started: nothing has failed, /classify serves
+    assert before.status_code == 200
+    body = before.json()
+    assert body.pop("model")["classes"] == ["sw480", "sw620"]
+    assert body == {
+        "ready": True,
+        "reasons": [],
+        "camera": "none",
+        "serving": True,
+        "acquiring": False,
+        "acquisition": "idle",
+    }
     assert client.post("/acquisition/stop").status_code == 409
     assert client.post("/acquisition/start").status_code == 200
     assert client.post("/acquisition/start").status_code == 409
@@ -126,6 +139,9 @@ def test_a_camera_that_cannot_open_is_failed_and_not_ready(served):
         r.startswith("camera failed: camera: no camera on this bench")
         for r in ready.json()["reasons"]
     )
+    assert ready.json()["serving"] is True
+    assert ready.json()["acquiring"] is False
+    assert ready.json()["acquisition"] == "failed"
     # /metrics reads the same count as /acquisition: one count.
     text = client.get("/metrics").text
     name = 'topgan_frame_errors_total{reason="camera_open"}'
@@ -133,6 +149,37 @@ def test_a_camera_that_cannot_open_is_failed_and_not_ready(served):
     assert float(line.rsplit(" ", 1)[1]) >= status["errors"]["camera_open"]
     stopped = client.post("/acquisition/stop").json()
     assert stopped["state"] == "idle"
+    # The operator stopped the failing camera: a deliberate stop is ready again.
+    after = client.get("/ready")
+    assert after.status_code == 200
+    assert after.json()["reasons"] == []
+    assert (after.json()["acquisition"], after.json()["acquiring"]) == ("idle", False)
+
+
+def test_a_camera_being_opened_is_not_ready_yet(served):
+    capabilities, client = served
+    opening, release = threading.Event(), threading.Event()
+
+    def slow_to_open() -> tuple[Camera, np.ndarray | None]:
+        opening.set()
+        release.wait(30)
+        raise CameraError("gave up opening")
+
+    capabilities.camera = _camera(capabilities)
+    capabilities.camera.runner.camera_factory = slow_to_open
+    try:
+        assert client.post("/acquisition/start").status_code == 200
+        assert opening.wait(30)
+        ready = client.get("/ready")
+        status = client.get("/acquisition").json()
+    finally:
+        release.set()
+    assert status["state"] == "starting"
+    assert status["frames_per_second"] == 0
+    assert ready.status_code == 503
+    assert ready.json()["reasons"] == ["camera starting: opening the camera"]
+    assert (ready.json()["serving"], ready.json()["acquiring"]) == (True, False)
+    assert ready.json()["acquisition"] == "starting"
 
 
 def test_no_model_answers_503_and_404(tmp_path):
