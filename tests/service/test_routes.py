@@ -26,7 +26,7 @@ from service.loop.workers import WorkerConfig
 from service.metrics import Metrics
 from service.settings import DEFAULT_MODEL, Settings
 from service.store import EventRow, ResultRow, ResultStore
-from tests.service.conftest import in_process
+from tests.service.conftest import headless_chromium, in_process, page_text, page_wait
 
 
 class Capabilities:
@@ -364,3 +364,27 @@ def test_events_newest_first_and_filtered(served):
         answer = client.get("/events", params=params)
         assert answer.status_code == 422, (params, answer.text)
         assert answer.json()["detail"]
+
+
+def test_live_page_counts_the_cameras_views_not_posted_crops(served, browser_paths):
+    """Before the camera's first cell (event) is stored, the page counts the camera's
+    views; crops posted to /classify do not mix into the operator's figures."""
+    capabilities, client = served
+    _stored_camera_views(
+        capabilities.classification.store,
+        [("sw480", "1", time.time()), ("sw480", "1", time.time()), ("sw620", "1", time.time())],
+    )
+    posted = client.post("/classify", json={"opd": np.zeros((4, 128, 128)).tolist()})
+    assert posted.status_code == 200, posted.text
+    assert client.get("/results/summary").json()["cells"] == 7
+    driver = headless_chromium(browser_paths)
+    try:
+        driver.get(f"{client.base_url}/")
+        wait = page_wait(driver, 20)
+        wait.until(lambda d: page_text(d, "#total-cells") == "3")
+        assert page_text(driver, "#total-views") == "3"
+        assert page_text(driver, "#cells-kind") == "cells"
+        assert page_text(driver, '#counts tr[data-class="sw480"] .count') == "2"
+        assert page_text(driver, '#counts tr[data-class="sw620"] .count') == "1"
+    finally:
+        driver.quit()
