@@ -191,7 +191,9 @@ class AcquisitionStatus(BaseModel):
     camera: str
     detail: str | None = None
     started_at: float | None = Field(None, description="Unix time of the last start")
-    frames_per_second: float = Field(0.0, description="grab rate over the last 5 s")
+    frames_per_second: float = Field(
+        0.0, description="grab rate over the last 5 s while running; 0 in any other state"
+    )
     queue_depth: int = Field(0, description="frames waiting for the workers")
     queue_size: int = Field(0, description="the queue's bound; a full queue drops the oldest")
     counts: dict[Count, int] = Field(
