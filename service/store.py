@@ -278,16 +278,6 @@ class ResultStore:
         since = self.started if since is None else since
         with self.engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one()
-            per_label = conn.execute(
-                sa.select(results.c.label, sa.func.count())
-                .where(results.c.created >= since)
-                .group_by(results.c.label)
-            ).all()
-            per_source = conn.execute(
-                sa.select(results.c.source, sa.func.count())
-                .where(results.c.created >= since)
-                .group_by(results.c.source)
-            ).all()
             per_source_label = conn.execute(
                 sa.select(results.c.source, results.c.label, sa.func.count())
                 .where(results.c.created >= since)
@@ -304,7 +294,11 @@ class ResultStore:
                 .group_by(events.c.label)
             ).all()
         elapsed = max(time.time() - since, 1e-9)
-        counts = {str(label): int(n) for label, n in per_label}
+        counts: dict[str, int] = {}
+        sources: dict[str, int] = {}
+        for source, label, n in per_source_label:
+            counts[str(label)] = counts.get(str(label), 0) + int(n)
+            sources[str(source)] = sources.get(str(source), 0) + int(n)
         n_since = sum(counts.values())
         event_counts = {str(label): int(n) for label, n in events_per_label}
         n_events = sum(event_counts.values())
@@ -324,7 +318,7 @@ class ResultStore:
             "cells": n_since,
             "counts": counts,
             "fractions": {k: v / n_since for k, v in counts.items()} if n_since else {},
-            "sources": {str(s): int(n) for s, n in per_source},
+            "sources": sources,
             "by_source": _split(per_source_label),
             "by_model": _split(per_model_label),
             "cells_per_second": n_since / elapsed,
