@@ -231,15 +231,42 @@ class ResultStore:
 
     # -- reading --------------------------------------------------------------------
 
-    def list_events(self, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        query = sa.select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
+    def list_events(
+        self,
+        after_id: int = 0,
+        limit: int = 100,
+        *,
+        descending: bool = False,
+        before_id: int | None = None,
+        label: str | None = None,
+        model_version: str | None = None,
+        since: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Events with an id above ``after_id`` (oldest first), or with ``descending``
+        below ``before_id`` (newest first), matching every filter given."""
+        filters = _filters(events, label=label, model_version=model_version, since=since)
+        query = _page(events, filters, after_id, limit, descending, before_id)
         with self.engine.connect() as conn:
             return [_row_dict(r) for r in conn.execute(query).mappings()]
 
-    def list(self, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        query = (
-            sa.select(results).where(results.c.id > after_id).order_by(results.c.id).limit(limit)
+    def list(
+        self,
+        after_id: int = 0,
+        limit: int = 100,
+        *,
+        descending: bool = False,
+        before_id: int | None = None,
+        source: str | None = None,
+        label: str | None = None,
+        model_version: str | None = None,
+        since: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Results with an id above ``after_id`` (oldest first), or with ``descending``
+        below ``before_id`` (newest first), matching every filter given."""
+        filters = _filters(
+            results, source=source, label=label, model_version=model_version, since=since
         )
+        query = _page(results, filters, after_id, limit, descending, before_id)
         with self.engine.connect() as conn:
             return [_row_dict(r) for r in conn.execute(query).mappings()]
 
@@ -251,15 +278,15 @@ class ResultStore:
         since = self.started if since is None else since
         with self.engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one()
-            per_label = conn.execute(
-                sa.select(results.c.label, sa.func.count())
+            per_source_label = conn.execute(
+                sa.select(results.c.source, results.c.label, sa.func.count())
                 .where(results.c.created >= since)
-                .group_by(results.c.label)
+                .group_by(results.c.source, results.c.label)
             ).all()
-            per_source = conn.execute(
-                sa.select(results.c.source, sa.func.count())
+            per_model_label = conn.execute(
+                sa.select(results.c.model_version, results.c.label, sa.func.count())
                 .where(results.c.created >= since)
-                .group_by(results.c.source)
+                .group_by(results.c.model_version, results.c.label)
             ).all()
             events_per_label = conn.execute(
                 sa.select(events.c.label, sa.func.count())
@@ -267,7 +294,11 @@ class ResultStore:
                 .group_by(events.c.label)
             ).all()
         elapsed = max(time.time() - since, 1e-9)
-        counts = {str(label): int(n) for label, n in per_label}
+        counts: dict[str, int] = {}
+        sources: dict[str, int] = {}
+        for source, label, n in per_source_label:
+            counts[str(label)] = counts.get(str(label), 0) + int(n)
+            sources[str(source)] = sources.get(str(source), 0) + int(n)
         n_since = sum(counts.values())
         event_counts = {str(label): int(n) for label, n in events_per_label}
         n_events = sum(event_counts.values())
@@ -287,10 +318,53 @@ class ResultStore:
             "cells": n_since,
             "counts": counts,
             "fractions": {k: v / n_since for k, v in counts.items()} if n_since else {},
-            "sources": {str(s): int(n) for s, n in per_source},
+            "sources": sources,
+            "by_source": _split(per_source_label),
+            "by_model": _split(per_model_label),
             "cells_per_second": n_since / elapsed,
             "events": event_summary,
         }
+
+
+def _split(rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """``(group, label, count)`` rows as ``{group: {"cells", "counts", "fractions"}}``."""
+    counts: dict[str, dict[str, int]] = {}
+    for group, label, n in rows:
+        counts.setdefault(str(group), {})[str(label)] = int(n)
+    split = {}
+    for group, per_label in sorted(counts.items()):
+        cells = sum(per_label.values())
+        fractions = {k: v / cells for k, v in per_label.items()}
+        split[group] = {"cells": cells, "counts": per_label, "fractions": fractions}
+    return split
+
+
+def _filters(
+    table: sa.Table, *, since: float | None = None, **equal: str | None
+) -> list[sa.ColumnElement[bool]]:
+    """The conditions of a listing: each column equal to its given value, created at
+    or after ``since``."""
+    conditions = [table.c[name] == value for name, value in equal.items() if value is not None]
+    if since is not None:
+        conditions.append(table.c.created >= since)
+    return conditions
+
+
+def _page(
+    table: sa.Table,
+    filters: list[sa.ColumnElement[bool]],
+    after_id: int,
+    limit: int,
+    descending: bool,
+    before_id: int | None,
+) -> sa.Select[Any]:
+    """One page by id: ascending after ``after_id``, or descending before ``before_id``."""
+    if descending:
+        bound = [table.c.id < before_id] if before_id is not None else []
+        order = table.c.id.desc()
+    else:
+        bound, order = [table.c.id > after_id], table.c.id.asc()
+    return sa.select(table).where(*bound, *filters).order_by(order).limit(limit)
 
 
 def _insert_results(conn: sa.Connection, values: list[dict[str, Any]]) -> list[int]:

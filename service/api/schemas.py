@@ -100,7 +100,15 @@ class StoredEvent(BaseModel):
 
 class EventsPage(BaseModel):
     events: list[StoredEvent]
-    next_after_id: int = Field(description="pass as after_id to get the next page")
+    next_after_id: int = Field(
+        description="order=asc: pass as after_id to get the next page; order=desc: the "
+        "largest id of this page (after_id for what came after it, in order=asc)"
+    )
+    next_before_id: int | None = Field(
+        None,
+        description="order=desc: pass as before_id to get the next (older) page; null "
+        "when this page is empty, and with order=asc",
+    )
 
 
 class EventSummary(BaseModel):
@@ -115,18 +123,42 @@ class EventSummary(BaseModel):
 
 class ResultsPage(BaseModel):
     results: list[StoredResult]
-    next_after_id: int = Field(description="pass as after_id to get the next page")
+    next_after_id: int = Field(
+        description="order=asc: pass as after_id to get the next page; order=desc: the "
+        "largest id of this page (after_id for what came after it, in order=asc)"
+    )
+    next_before_id: int | None = Field(
+        None,
+        description="order=desc: pass as before_id to get the next (older) page; null "
+        "when this page is empty, and with order=asc",
+    )
+
+
+class CountSummary(BaseModel):
+    cells: int = Field(description="stored views (and posted crops) of this group")
+    counts: dict[str, int] = Field(description="of them, per class")
+    fractions: dict[str, float] = Field(description="class fractions of this group")
 
 
 class Summary(BaseModel):
-    since: float
-    seconds: float
-    total_stored: int
-    cells: int
-    counts: dict[str, int]
-    fractions: dict[str, float]
-    sources: dict[str, int]
-    cells_per_second: float
+    since: float = Field(description="Unix time the counts start at (the service's start)")
+    seconds: float = Field(description="seconds since then")
+    total_stored: int = Field(description="results stored over all time")
+    cells: int = Field(description="stored views of the camera and posted crops, since then")
+    counts: dict[str, int] = Field(description="cells per class, every source and model")
+    fractions: dict[str, float] = Field(description="class fractions of cells")
+    sources: dict[str, int] = Field(description="cells per source (camera, api)")
+    cells_per_second: float = Field(description="cells per second since then")
+    by_source: dict[str, CountSummary] = Field(
+        default_factory=dict,
+        description="cells, counts and fractions per source (camera, api; those with "
+        "cells), so crops posted to /classify do not mix into the camera's fractions",
+    )
+    by_model: dict[str, CountSummary] = Field(
+        default_factory=dict,
+        description="cells, counts and fractions per model version (after a reload, "
+        "each model's own)",
+    )
     events: EventSummary = Field(
         description="the camera loop's cells, each counted once however many frames it "
         "crossed (cells, counts, fractions above count every stored view)"
@@ -138,10 +170,18 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
-    ready: bool
-    reasons: list[str]
-    model: ModelSummary | None
-    camera: str
+    ready: bool = Field(
+        description="a model is loaded and the camera loop (when configured) is neither "
+        "opening its camera nor failed; a deliberately stopped loop is ready"
+    )
+    reasons: list[str] = Field(description="why not ready (empty when ready)")
+    model: ModelSummary | None = Field(description="the served model (null: none loaded)")
+    camera: str = Field(description="the configured camera (none: no camera loop)")
+    serving: bool = Field(False, description="a model is loaded: POST /classify answers")
+    acquiring: bool = Field(False, description="the camera loop is running (grabbing frames)")
+    acquisition: RunState | Literal["disabled"] = Field(
+        "disabled", description="the camera loop's state, as GET /acquisition's"
+    )
 
 
 class ModelInfo(BaseModel):
@@ -165,7 +205,9 @@ class AcquisitionStatus(BaseModel):
     camera: str
     detail: str | None = None
     started_at: float | None = Field(None, description="Unix time of the last start")
-    frames_per_second: float = Field(0.0, description="grab rate over the last 5 s")
+    frames_per_second: float = Field(
+        0.0, description="grab rate over the last 5 s while running; 0 in any other state"
+    )
     queue_depth: int = Field(0, description="frames waiting for the workers")
     queue_size: int = Field(0, description="the queue's bound; a full queue drops the oldest")
     counts: dict[Count, int] = Field(

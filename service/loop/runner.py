@@ -251,6 +251,7 @@ class AcquisitionRunner:
             self._queue = FrameQueue(self.queue_size)
             self._sequencer = FrameSequencer(self._release)
             self._events = self._event_book()
+            self._grab_times.clear()  # the rate is this run's
             self._started_at = time.time()
         threads = [threading.Thread(target=self._grab_loop, name="camera-grab", daemon=True)]
         threads += [
@@ -304,6 +305,8 @@ class AcquisitionRunner:
             now = time.monotonic()
             recent = [t for t in times if now - t <= RATE_WINDOW_S]
             fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
+            if self._state != RunState.RUNNING:
+                fps = 0.0  # nothing is grabbed: no stale rate from the frames before
             return LoopStatus(
                 state=self._state,
                 camera=self.camera,

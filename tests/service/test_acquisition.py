@@ -125,7 +125,10 @@ def test_the_emulator_streams_and_every_cell_is_stored_and_archived(tmp_path, em
                 lambda s: s["sources"].get("camera", 0) >= 40,
             )
             assert set(summary["counts"]) == {"sw480", "sw620"}
-            assert c.get("/ready").status_code == 200
+            ready = c.get("/ready")
+            assert ready.status_code == 200
+            assert (ready.json()["acquisition"], ready.json()["acquiring"]) == ("running", True)
+            assert c.get("/acquisition").json()["frames_per_second"] > 0
             metrics = c.get("/metrics").text
             assert metric(metrics, "topgan_frames_grabbed_total") >= 10
             assert metric(metrics, "topgan_camera_up") == 1
@@ -149,9 +152,15 @@ def test_the_emulator_streams_and_every_cell_is_stored_and_archived(tmp_path, em
             )
             rows = camera_rows(server.db)
             assert len(rows) == counts["cells_stored"]
+            assert status["frames_per_second"] == 0
+            assert c.get("/acquisition").json()["frames_per_second"] == 0
+            # A deliberate stop: the service still serves /classify, so it is ready,
+            # and says it is not acquiring.
             ready = c.get("/ready")
-            assert ready.status_code == 503
-            assert any(r.startswith("camera idle") for r in ready.json()["reasons"])
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["reasons"] == []
+            assert ready.json()["serving"] is True
+            assert (ready.json()["acquisition"], ready.json()["acquiring"]) == ("idle", False)
             assert c.post("/acquisition/stop").status_code == 409
             grabbed = counts["frames_grabbed"]
 
