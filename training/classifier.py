@@ -97,7 +97,9 @@ def train_classifier(
             f"the crops are {crops.opd.shape[1]} px, the network takes {config.network.crop_size}"
         )
     spec = get_method(method)
-    indices = stratified_indices(crops.label, train_size, np.random.default_rng(seed))
+    indices = stratified_indices(
+        crops.label, train_size, np.random.default_rng(seed), crops.class_names
+    )
     features: list[dict[str, Any]] | None = None
     if spec.features:
         fitted, record = fit_features(

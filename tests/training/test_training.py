@@ -95,8 +95,10 @@ def test_training_errors(data, tmp_path):
     config = override(classifier_preset("cpu"), epochs=1, max_steps=1)
     with pytest.raises(ValueError, match="needs --gan"):
         fit("topgan", crops, np.arange(len(crops.label)), config, None, 0)
-    with pytest.raises(ValueError, match="12 crops, 50 needed"):
+    with pytest.raises(ValueError, match=r"^class 0 has 12 crops, 50 needed"):
         stratified_indices(crops.label, 100, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^sw480 has 12 crops, 50 needed"):
+        stratified_indices(crops.label, 100, np.random.default_rng(0), crops.class_names)
     result = subprocess.run(
         [
             str(Path(sys.executable).with_name("topgan")),
@@ -117,6 +119,18 @@ def test_training_errors(data, tmp_path):
     )
     assert result.returncode == 2
     assert "a classifier needs at least two" in result.stderr
+
+
+def test_errors_name_the_classes(data, tmp_path, capsys):
+    out = tmp_path / "m"
+    args = ["train", "classifier", "--method", "knn", "--data", str(data / "cells.h5")]
+    assert main([*args, "--out", str(out), "--train-size", "100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "topgan train classifier: error: sw480 has 12 crops, 50 needed for a balanced "
+        "train size of 100"
+    )
+    assert not out.exists()
 
 
 def test_the_service_never_imports_pytorch():
