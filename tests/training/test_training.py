@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,51 @@ def test_errors_name_the_classes(data, tmp_path, capsys):
         "train size of 100"
     )
     assert not out.exists()
+
+
+def test_train_refuses_to_overwrite_without_force(data, tmp_path, capsys, caplog):
+    def files(folder):
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "manifest.json").write_text("the old manifest")
+    (model / "model.onnx").write_text("the old model")
+    before = files(model)
+    clf = ["train", "classifier", "--method", "knn", "--data", str(data / "cells.h5")]
+    assert main([*clf, "--out", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"topgan train classifier: error: {model} already exists and is not empty: "
+        "--force overwrites its model, or choose another --out\n"
+    )
+    assert files(model) == before
+    assert main([*clf, "--out", str(model), "--force"]) == 0
+    assert json.loads((model / "manifest.json").read_text())["method"] == "knn"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*clf, "--out", str(empty)]) == 0  # an empty folder is no model to lose
+
+    gan = tmp_path / "gan"
+    train = ["-q", "train", "gan", "--data", str(data / "pool.h5"), "--out", str(gan), "--dry-run"]
+    assert main(train) == 0
+    before = files(gan)
+    capsys.readouterr()
+    assert main(train) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--resume continues its training, --force trains afresh into it" in err
+    assert files(gan) == before
+    caplog.set_level(logging.INFO, logger="training.gan")
+    assert main([*train, "--resume"]) == 0  # its own folder: continues
+    assert "resuming from epoch 1, step 2" in caplog.text
+    assert main([*train, "--force"]) == 0
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    assert main([*train[:-2], str(stray), "--dry-run", "--resume"]) == 2
+    assert "it has no checkpoint.pt to resume" in capsys.readouterr().err
+    assert [p.name for p in stray.iterdir()] == ["notes.txt"]
 
 
 def test_the_service_never_imports_pytorch():
