@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +179,40 @@ def test_train_refuses_to_overwrite_without_force(data, tmp_path, capsys, caplog
     assert main([*train[:-2], str(stray), "--dry-run", "--resume"]) == 2
     assert "it has no checkpoint.pt to resume" in capsys.readouterr().err
     assert [p.name for p in stray.iterdir()] == ["notes.txt"]
+
+
+def test_a_real_run_prints_only_the_projects_lines(data, tmp_path):
+    model = tmp_path / "model"
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("topgan")),
+            "train",
+            "classifier",
+            "--method",
+            "cnn",
+            "--data",
+            str(data / "cells.h5"),
+            "--out",
+            str(model),
+            "--dry-run",
+            "--int8",  # the quantiser prints its calibration and logs at INFO
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    ours = re.compile(
+        r"classifier steps: \d+/\d+ \([\d.]+/s\)"
+        r"|\d{4}-\d\d-\d\d [\d:,]+ INFO training\.\w+: .*"
+        rf"|wrote the model directory {re.escape(str(model))}"
+    )
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if not ours.fullmatch(line)] == []
+    assert any("ONNX export matches PyTorch" in line for line in lines)
 
 
 def test_the_service_never_imports_pytorch():
