@@ -178,6 +178,13 @@ def run_train(args: argparse.Namespace) -> None:
                 command=_command_line(),
                 int8=args.int8,
             )
+            from models.manifest import read_model_dir
+
+            from .classifier import result_lines
+
+            manifest, _ = read_model_dir(out)
+            for line in result_lines(manifest, args.int8):
+                print(line, file=sys.stderr)
             print(f"wrote the model directory {out}", file=sys.stderr)
     except (FileNotFoundError, ImportError) as exc:
         # ImportError: an optional training package is missing; the message says which.

@@ -6,14 +6,17 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from models.manifest import read_model_dir
 from models.runtime import ModelRuntime
 from service.cli import main
+from training.classifier import result_lines
 from training.config import classifier_preset, gan_preset, override
 from training.gan import train_gan
 
@@ -181,7 +184,7 @@ def test_train_refuses_to_overwrite_without_force(data, tmp_path, capsys, caplog
     assert [p.name for p in stray.iterdir()] == ["notes.txt"]
 
 
-def test_a_real_run_prints_only_the_projects_lines(data, tmp_path):
+def test_a_real_run_prints_only_the_projects_lines_and_ends_with_its_result(data, tmp_path):
     model = tmp_path / "model"
     result = subprocess.run(
         [
@@ -194,6 +197,8 @@ def test_a_real_run_prints_only_the_projects_lines(data, tmp_path):
             str(data / "cells.h5"),
             "--out",
             str(model),
+            "--train-size",
+            "10",  # a validation split of one crop per class
             "--dry-run",
             "--int8",  # the quantiser prints its calibration and logs at INFO
         ],
@@ -205,14 +210,50 @@ def test_a_real_run_prints_only_the_projects_lines(data, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
-    ours = re.compile(
-        r"classifier steps: \d+/\d+ \([\d.]+/s\)"
-        r"|\d{4}-\d\d-\d\d [\d:,]+ INFO training\.\w+: .*"
-        rf"|wrote the model directory {re.escape(str(model))}"
-    )
     lines = result.stderr.splitlines()
-    assert [line for line in lines if not ours.fullmatch(line)] == []
+    block = [
+        r"validation: accuracy [\d.]+ on 2 crops, loss [\d.]+"
+        r"(, best epoch \d+ \(selection from epoch \d+, \d+ epochs? run\)"
+        r"|; never left the untrained plateau \(1 epoch run: the last model is kept\))",
+        re.escape(
+            "validation on 2 crops cannot mean much: one crop moves the accuracy by 50 points; "
+            "train on more crops for figures that do"
+        ),
+        r"precision: (int8, kept|fp32; int8 refused) \(validation accuracy [\d.]+, fp32 .*\)",
+        r"training: [\d.]+ s on 10 crops",
+        re.escape(f"wrote the model directory {model}"),
+    ]
+    assert len(lines) > len(block)
+    for line, pattern in zip(lines[-len(block) :], block, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    # Before the result: progress and the project's own log lines, nothing else.
+    ours = re.compile(
+        r"classifier steps: \d+/\d+ \([\d.]+/s\)|\d{4}-\d\d-\d\d [\d:,]+ INFO training\.\w+: .*"
+    )
+    assert [line for line in lines[: -len(block)] if not ours.fullmatch(line)] == []
     assert any("ONNX export matches PyTorch" in line for line in lines)
+
+    # The other outcomes, from this model's manifest.
+    manifest, _ = read_model_dir(model)
+    metrics = {
+        **manifest.metrics,
+        "validation_size": 40,
+        "best_epoch": 7,
+        "selection_from_epoch": 3,
+        "epochs_run": 30,
+        "precision": "fp32",
+        "validation_accuracy": 0.9,
+        "validation_accuracy_fp32": 0.9,
+        "validation_accuracy_int8": 0.875,
+    }
+    lines = result_lines(replace(manifest, metrics=metrics), int8=True)
+    assert lines[0].startswith("validation: accuracy 0.9000 on 40 crops, loss ")
+    assert lines[0].endswith(", best epoch 7 (selection from epoch 3, 30 epochs run)")
+    assert lines[1] == (
+        "precision: fp32; int8 refused (validation accuracy 0.8750, fp32 0.9000: "
+        "more than 0.5 points lost)"
+    )
+    assert not any("cannot mean much" in line for line in lines)
 
 
 def test_the_service_never_imports_pytorch():
