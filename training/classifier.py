@@ -29,10 +29,13 @@ from .features import fit_features
 from .fit import fit
 from .imagenet import pretrained_record
 from .knn import train_knn
-from .quantize import check_int8
+from .quantize import INT8_TOLERANCE, check_int8
 from .splits import split_validation, stratified_indices
 
 logger = logging.getLogger(__name__)
+#: A validation split of at most this many crops is said to mean little: one crop
+#: moves its accuracy by a quarter or more.
+TINY_VALIDATION = 4
 
 
 def _int8_if_kept(
@@ -51,12 +54,6 @@ def _int8_if_kept(
     train_pos, val_pos = split_validation(labels, config.val_fraction, np.random.default_rng(seed))
     x = norm.apply(crops.opd[indices])[:, None]
     check = check_int8(onnx_bytes, x[train_pos], x[val_pos], labels[val_pos])
-    logger.info(
-        "int8: validation accuracy %.4f (fp32 %.4f): %s",
-        check.accuracy_int8,
-        check.accuracy_fp32,
-        "kept" if check.kept else "refused, the fp32 model is kept",
-    )
     record = {
         **record,
         "precision": "int8" if check.kept else "fp32",
@@ -97,7 +94,9 @@ def train_classifier(
             f"the crops are {crops.opd.shape[1]} px, the network takes {config.network.crop_size}"
         )
     spec = get_method(method)
-    indices = stratified_indices(crops.label, train_size, np.random.default_rng(seed))
+    indices = stratified_indices(
+        crops.label, train_size, np.random.default_rng(seed), crops.class_names
+    )
     features: list[dict[str, Any]] | None = None
     if spec.features:
         fitted, record = fit_features(
@@ -112,8 +111,6 @@ def train_classifier(
         probe = torch.from_numpy(norm.apply(crops.opd[indices[:16]]))[:, None]
         onnx_bytes = export_onnx(fitted.model, config.network.crop_size, probe)
         record["precision"] = "fp32"
-        if int8:
-            logger.warning("int8: not for the features method, the fp32 model is kept")
     elif not spec.needs_torch:
         labels = crops.label[indices]
         onnx_bytes, norm, record = train_knn(
@@ -160,3 +157,62 @@ def train_classifier(
     )
     write_model_dir(out, onnx_bytes, manifest)
     return out
+
+
+def result_lines(manifest: Manifest, int8: bool) -> list[str]:
+    """What ``topgan train classifier`` says at its end about the model it wrote
+    (``manifest``; ``int8``: whether --int8 was asked): its validation (or, for
+    features, cross-validation) figures, a plain word when they rest on a handful of
+    crops, and its precision and why."""
+    m = manifest.metrics
+    lines = []
+    if manifest.method == "features":
+        crops, what = manifest.training["train_size"], "cross-validation"
+        if m.get("cv_accuracy") is None:
+            lines.append(
+                f"cross-validation: none (a class has fewer than two crops), "
+                f"L2 {m['l2']:g} (the default)"
+            )
+        else:
+            lines.append(
+                f"cross-validation on the {crops} training crops: accuracy "
+                f"{m['cv_accuracy']:.4f}, log-loss {m['cv_log_loss']:.4f}, L2 {m['l2']:g}"
+            )
+    else:
+        crops, what = m["validation_size"], "validation"
+        line = f"validation: accuracy {m['validation_accuracy']:.4f} on {crops} crops"
+        if "validation_loss" in m:
+            line += f", loss {m['validation_loss']:.4f}"
+            runs = f"{m['epochs_run']} epoch{'s' if m['epochs_run'] != 1 else ''} run"
+            if m["selection_from_epoch"]:
+                line += (
+                    f", best epoch {m['best_epoch']} "
+                    f"(selection from epoch {m['selection_from_epoch']}, {runs})"
+                )
+            else:
+                line += f"; never left the untrained plateau ({runs}: the last model is kept)"
+        lines.append(line)
+    if 0 < crops <= TINY_VALIDATION:
+        lines.append(
+            f"{what} on {crops} crops cannot mean much: one crop moves the accuracy by "
+            f"{100 / crops:.0f} points; train on more crops for figures that do"
+        )
+    if "validation_accuracy_int8" in m:
+        fp32, q = m["validation_accuracy_fp32"], m["validation_accuracy_int8"]
+        points = f"{100 * INT8_TOLERANCE:g} points"
+        if m["precision"] == "int8":
+            lines.append(
+                f"precision: int8, kept (validation accuracy {q:.4f}, fp32 {fp32:.4f}: "
+                f"within {points})"
+            )
+        else:
+            lines.append(
+                f"precision: fp32; int8 refused (validation accuracy {q:.4f}, fp32 "
+                f"{fp32:.4f}: more than {points} lost)"
+            )
+    elif int8:
+        lines.append(f"precision: fp32 (--int8 is not for the {manifest.method} method)")
+    else:
+        lines.append("precision: fp32")
+    lines.append(f"training: {m['train_seconds']:g} s on {manifest.training['train_size']} crops")
+    return lines

@@ -68,6 +68,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         k.add_argument("--epochs", type=int, help="override the preset's epochs")
         k.add_argument("--channels", type=int, choices=(1, 3), help=CHANNELS_HELP)
         k.add_argument("--dry-run", action="store_true", help="a couple of steps only (tests)")
+    gan.add_argument(
+        "--force",
+        action="store_true",
+        help="train afresh into a DIR that already holds files (without it: refused, "
+        "unless --resume finds DIR/checkpoint.pt)",
+    )
+    clf.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing model directory (without it: refused)",
+    )
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,8 +125,26 @@ def _configure(config: Any, args: argparse.Namespace, dry_run_batch: int) -> Any
     return override(config, **changes)
 
 
+def _refuse_to_overwrite(out: Path, hint: str) -> None:
+    """A one-line error if ``out`` exists and is not an empty directory, before
+    anything of it is touched."""
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise CommandError(f"{out} already exists and is not empty: {hint}")
+
+
 def run_train(args: argparse.Namespace) -> None:
     _require_torch("training")
+    out = Path(args.out)
+    if args.force:
+        pass
+    elif args.what == "classifier":
+        _refuse_to_overwrite(out, "--force overwrites its model, or choose another --out")
+    elif not (out / "checkpoint.pt").is_file():
+        _refuse_to_overwrite(
+            out, "it has no checkpoint.pt to resume; --force trains afresh into it"
+        )
+    elif not args.resume:
+        _refuse_to_overwrite(out, "--resume continues its training, --force trains afresh into it")
     try:
         if args.what == "gan":
             from .gan import train_gan
@@ -123,7 +152,7 @@ def run_train(args: argparse.Namespace) -> None:
             gan = _configure(gan_preset(args.preset), args, dry_run_batch=8)
             weights = train_gan(
                 args.data,
-                Path(args.out),
+                out,
                 gan,
                 seed=args.seed,
                 resume=args.resume,
@@ -138,7 +167,7 @@ def run_train(args: argparse.Namespace) -> None:
             out = train_classifier(
                 args.method,
                 Path(args.data),
-                Path(args.out),
+                out,
                 clf,
                 args.preset,
                 gan_dir=Path(args.gan) if args.gan else None,
@@ -149,6 +178,13 @@ def run_train(args: argparse.Namespace) -> None:
                 command=_command_line(),
                 int8=args.int8,
             )
+            from models.manifest import read_model_dir
+
+            from .classifier import result_lines
+
+            manifest, _ = read_model_dir(out)
+            for line in result_lines(manifest, args.int8):
+                print(line, file=sys.stderr)
             print(f"wrote the model directory {out}", file=sys.stderr)
     except (FileNotFoundError, ImportError) as exc:
         # ImportError: an optional training package is missing; the message says which.

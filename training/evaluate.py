@@ -141,7 +141,7 @@ def evaluate(
         pool = np.setdiff1d(np.flatnonzero(crops.label >= 0), test)
         for size in train_sizes:
             rng = np.random.default_rng([seed, f, size])
-            train = pool[stratified_indices(crops.label[pool], size, rng)]
+            train = pool[stratified_indices(crops.label[pool], size, rng, crops.class_names)]
             for method in methods:
                 extra: dict[str, float] = {}
                 probabilities, train_s, test_s = scores_for(

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .networks import WithSoftmax
+from .quiet import quiet_third_party
 
 logger = logging.getLogger(__name__)
 #: The largest difference allowed between ONNX Runtime's and PyTorch's probabilities.
@@ -40,16 +41,17 @@ def export_onnx(model: nn.Module, crop_size: int, probe: torch.Tensor | None = N
 
     wrapped = WithSoftmax(model).eval()
     example = torch.zeros(2, 1, crop_size, crop_size)
-    program = torch.onnx.export(
-        wrapped,
-        (example,),
-        dynamo=True,
-        verbose=False,
-        input_names=["x"],
-        output_names=["probabilities"],
-        opset_version=18,
-        dynamic_shapes={"x": {0: torch.export.Dim("N", min=1, max=65536)}},
-    )
+    with quiet_third_party():
+        program = torch.onnx.export(
+            wrapped,
+            (example,),
+            dynamo=True,
+            verbose=False,
+            input_names=["x"],
+            output_names=["probabilities"],
+            opset_version=18,
+            dynamic_shapes={"x": {0: torch.export.Dim("N", min=1, max=65536)}},
+        )
     assert program is not None
     proto = program.model_proto
     proto.ir_version = min(proto.ir_version, 10)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .quiet import quiet_third_party
+
 #: An int8 model is kept only if it loses at most half a point of the float model's
 #: accuracy.
 INT8_TOLERANCE = 0.005
@@ -76,7 +78,7 @@ def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, batch: int = 16) -
 
     import onnx
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_third_party(stdout=True):
         fp32, pre, int8 = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         fp32.write_bytes(onnx_bytes)
         quant_pre_process(str(fp32), str(pre))

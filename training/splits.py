@@ -3,13 +3,19 @@ set, and the protocol's cross-validation folds (NumPy only)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
 def stratified_indices(
-    labels: np.ndarray, size: int | None, rng: np.random.Generator
+    labels: np.ndarray,
+    size: int | None,
+    rng: np.random.Generator,
+    class_names: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """``size`` indices balanced over the classes (all labeled ones when None)."""
+    """``size`` indices balanced over the classes (all labeled ones when None);
+    ``class_names`` (what each label indexes) name the classes in errors."""
     labeled = np.flatnonzero(labels >= 0)
     if size is None:
         return rng.permutation(labeled)
@@ -21,7 +27,11 @@ def stratified_indices(
     for c in classes:
         pool = np.flatnonzero(labels == c)
         if len(pool) < per_class:
-            raise ValueError(f"class {c} has {len(pool)} crops, {per_class} needed")
+            name = class_names[c] if class_names is not None else f"class {c}"
+            raise ValueError(
+                f"{name} has {len(pool)} crops, {per_class} needed for a balanced "
+                f"train size of {size}"
+            )
         picks.append(rng.choice(pool, per_class, replace=False))
     return rng.permutation(np.concatenate(picks))
 

@@ -1,16 +1,22 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from models.manifest import read_model_dir
 from models.runtime import ModelRuntime
 from service.cli import main
+from training.classifier import result_lines
 from training.config import classifier_preset, gan_preset, override
 from training.gan import train_gan
 
@@ -95,8 +101,10 @@ def test_training_errors(data, tmp_path):
     config = override(classifier_preset("cpu"), epochs=1, max_steps=1)
     with pytest.raises(ValueError, match="needs --gan"):
         fit("topgan", crops, np.arange(len(crops.label)), config, None, 0)
-    with pytest.raises(ValueError, match="12 crops, 50 needed"):
+    with pytest.raises(ValueError, match=r"^class 0 has 12 crops, 50 needed"):
         stratified_indices(crops.label, 100, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^sw480 has 12 crops, 50 needed"):
+        stratified_indices(crops.label, 100, np.random.default_rng(0), crops.class_names)
     result = subprocess.run(
         [
             str(Path(sys.executable).with_name("topgan")),
@@ -117,6 +125,135 @@ def test_training_errors(data, tmp_path):
     )
     assert result.returncode == 2
     assert "a classifier needs at least two" in result.stderr
+
+
+def test_errors_name_the_classes(data, tmp_path, capsys):
+    out = tmp_path / "m"
+    args = ["train", "classifier", "--method", "knn", "--data", str(data / "cells.h5")]
+    assert main([*args, "--out", str(out), "--train-size", "100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "topgan train classifier: error: sw480 has 12 crops, 50 needed for a balanced "
+        "train size of 100"
+    )
+    assert not out.exists()
+
+
+def test_train_refuses_to_overwrite_without_force(data, tmp_path, capsys, caplog):
+    def files(folder):
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "manifest.json").write_text("the old manifest")
+    (model / "model.onnx").write_text("the old model")
+    before = files(model)
+    clf = ["train", "classifier", "--method", "knn", "--data", str(data / "cells.h5")]
+    assert main([*clf, "--out", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"topgan train classifier: error: {model} already exists and is not empty: "
+        "--force overwrites its model, or choose another --out\n"
+    )
+    assert files(model) == before
+    assert main([*clf, "--out", str(model), "--force"]) == 0
+    assert json.loads((model / "manifest.json").read_text())["method"] == "knn"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*clf, "--out", str(empty)]) == 0  # an empty folder is no model to lose
+
+    gan = tmp_path / "gan"
+    train = ["-q", "train", "gan", "--data", str(data / "pool.h5"), "--out", str(gan), "--dry-run"]
+    assert main(train) == 0
+    before = files(gan)
+    capsys.readouterr()
+    assert main(train) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--resume continues its training, --force trains afresh into it" in err
+    assert files(gan) == before
+    caplog.set_level(logging.INFO, logger="training.gan")
+    assert main([*train, "--resume"]) == 0  # its own folder: continues
+    assert "resuming from epoch 1, step 2" in caplog.text
+    assert main([*train, "--force"]) == 0
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    assert main([*train[:-2], str(stray), "--dry-run", "--resume"]) == 2
+    assert "it has no checkpoint.pt to resume" in capsys.readouterr().err
+    assert [p.name for p in stray.iterdir()] == ["notes.txt"]
+
+
+def test_a_real_run_prints_only_the_projects_lines_and_ends_with_its_result(data, tmp_path):
+    model = tmp_path / "model"
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("topgan")),
+            "train",
+            "classifier",
+            "--method",
+            "cnn",
+            "--data",
+            str(data / "cells.h5"),
+            "--out",
+            str(model),
+            "--train-size",
+            "10",  # a validation split of one crop per class
+            "--dry-run",
+            "--int8",  # the quantiser prints its calibration and logs at INFO
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    block = [
+        r"validation: accuracy [\d.]+ on 2 crops, loss [\d.]+"
+        r"(, best epoch \d+ \(selection from epoch \d+, \d+ epochs? run\)"
+        r"|; never left the untrained plateau \(1 epoch run: the last model is kept\))",
+        re.escape(
+            "validation on 2 crops cannot mean much: one crop moves the accuracy by 50 points; "
+            "train on more crops for figures that do"
+        ),
+        r"precision: (int8, kept|fp32; int8 refused) \(validation accuracy [\d.]+, fp32 .*\)",
+        r"training: [\d.]+ s on 10 crops",
+        re.escape(f"wrote the model directory {model}"),
+    ]
+    assert len(lines) > len(block)
+    for line, pattern in zip(lines[-len(block) :], block, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    # Before the result: progress and the project's own log lines, nothing else.
+    ours = re.compile(
+        r"classifier steps: \d+/\d+ \([\d.]+/s\)|\d{4}-\d\d-\d\d [\d:,]+ INFO training\.\w+: .*"
+    )
+    assert [line for line in lines[: -len(block)] if not ours.fullmatch(line)] == []
+    assert any("ONNX export matches PyTorch" in line for line in lines)
+
+    # The other outcomes, from this model's manifest.
+    manifest, _ = read_model_dir(model)
+    metrics = {
+        **manifest.metrics,
+        "validation_size": 40,
+        "best_epoch": 7,
+        "selection_from_epoch": 3,
+        "epochs_run": 30,
+        "precision": "fp32",
+        "validation_accuracy": 0.9,
+        "validation_accuracy_fp32": 0.9,
+        "validation_accuracy_int8": 0.875,
+    }
+    lines = result_lines(replace(manifest, metrics=metrics), int8=True)
+    assert lines[0].startswith("validation: accuracy 0.9000 on 40 crops, loss ")
+    assert lines[0].endswith(", best epoch 7 (selection from epoch 3, 30 epochs run)")
+    assert lines[1] == (
+        "precision: fp32; int8 refused (validation accuracy 0.8750, fp32 0.9000: "
+        "more than 0.5 points lost)"
+    )
+    assert not any("cannot mean much" in line for line in lines)
 
 
 def test_the_service_never_imports_pytorch():
