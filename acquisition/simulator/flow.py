@@ -6,9 +6,10 @@ Unlike :meth:`FlowSimulator.frame` (every frame a fresh draw), a
 edge of the sample half at ``cells_per_second`` (Poisson), each in a lane across the
 channel, and move downstream at the speed of a parabolic (Poiseuille) profile, from
 ``wall_speed_fraction`` of the peak at the channel's walls to ``flow_speed_um_s`` in
-its centre; a faster cell overtakes a slower one in another lane. No two cells in
-view share a lane (they would overlap). Everything stationary (optics, reference)
-is the simulator's; frames are deterministic for a seed.
+its centre; a faster cell overtakes a slower one in another lane. A cell follows
+another in an overlapping lane only once that one has cleared the entrance and only
+if it is not faster (it would catch it up): cells never overlap. Everything
+stationary (optics, reference) is the simulator's; frames are deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from .scene import FlowSimulator, Frame, TrueObject
 
 #: Larger than any simulated cell, um (how far past the field a cell may reach).
 MAX_CELL_UM = 40.0
+#: A cell enters a lane behind another once that one is this far clear of the
+#: entrance, pixels (and only if it is not faster: it would catch it up).
+LANE_GAP_PX = 8
 
 
 @dataclass(frozen=True)
@@ -135,8 +139,13 @@ class ContinuousFlow:
             phantom = render_cell(line, rng, pixel)
             radius = phantom.params["extent_um"] / 2 / pixel
             lateral = rng.uniform(radius + 8, self.width_px - radius - 8)
-            if any(abs(c.lateral_px - lateral) < c.radius_px + radius for c in self._cells):
-                continue  # that lane is taken while its cell is in view
+            speed = self._speed(lateral)
+            if any(
+                abs(c.lateral_px - lateral) < c.radius_px + radius  # the lanes overlap
+                and (c.along_px - c.radius_px <= radius + LANE_GAP_PX or speed > c.speed_px)
+                for c in self._cells
+            ):
+                continue  # it would overlap a cell ahead in its lane, or catch it up
             self._tracks += 1
             self._cells.append(
                 _Cell(
@@ -146,7 +155,7 @@ class ContinuousFlow:
                     radius,
                     lateral,
                     -radius,  # just upstream of the field: it enters during its first move
-                    self._speed(lateral),
+                    speed,
                     dict(phantom.params),
                     spin_deg=float(self._spin_rng.uniform(-1, 1)) * cfg.rotation_deg_per_frame,
                 )

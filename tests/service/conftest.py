@@ -159,3 +159,49 @@ def in_process(app: Any) -> Iterator[httpx.Client]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+# -- the camera loop on a replay folder, in this process -------------------------------
+
+
+def emulator_replay_folder(tmp: Path, frames: int, seed: int = 3) -> Path:
+    """Frames of the emulator's simulated SW480/SW620 holograms and their reference,
+    as a replay folder (``reference.tiff`` beside the frames)."""
+    from acquisition.cameras.emulator import prepare_emulator_images
+
+    images = prepare_emulator_images(tmp / "emulator", ["sw480", "sw620"], frames, seed=seed)
+    folder = tmp / "replay"
+    shutil.copytree(images.frames, folder)
+    shutil.copy(images.reference, folder / "reference.tiff")
+    return folder
+
+
+def replay_settings(folder: Path, tmp: Path, **extra: Any) -> Any:
+    """Settings that replay ``folder`` once, as fast as it goes, in worker threads,
+    with the bundled model on the CPU and results in ``tmp``."""
+    from service.settings import DEFAULT_MODEL, Settings
+
+    values: dict[str, Any] = {
+        "camera": f"replay:{folder}",
+        "replay_loop": False,
+        "frame_rate_hz": 0,
+        "worker_processes": False,
+        "array_backend": "numpy",
+        "database_url": f"sqlite:///{tmp}/results.sqlite",
+        "model_dir": DEFAULT_MODEL,
+        "execution_provider": "cpu",
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+def wait_until_replayed(services: Any, timeout: float = 300.0) -> None:
+    """Wait until the camera loop of ``services`` has replayed its folder and stopped."""
+    from service.loop.states import RunState
+
+    camera = services.camera
+    assert camera is not None
+    deadline = time.monotonic() + timeout
+    while not (camera.state == RunState.IDLE and camera.status().detail != "not started"):
+        assert time.monotonic() < deadline, camera.status()
+        time.sleep(0.05)

@@ -23,10 +23,10 @@ from acquisition.simulator.flow import FlowConfig
 from acquisition.simulator.scene import SceneConfig
 from models.views import combine_views
 from service.loop.events import FrameSequencer
-from service.loop.states import Count, RunState
+from service.loop.states import Count
 from service.services import Services
-from service.settings import DEFAULT_MODEL, Settings
-from tests.service.conftest import Server, start_server
+from service.settings import Settings
+from tests.service.conftest import Server, replay_settings, start_server, wait_until_replayed
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = 90
@@ -78,30 +78,17 @@ def true_track_of(folder: Path, rows: list[dict]) -> list[int]:
 
 
 def settings_for(folder: Path, tmp_path: Path, **extra: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        camera=f"replay:{folder}",
-        replay_loop=False,
-        frame_rate_hz=0,
-        worker_processes=False,
+    """Two worker threads (frames finish out of order) and a queue that holds the
+    whole replay (as fast as it goes, nothing drops)."""
+    settings: Settings = replay_settings(
+        folder,
+        tmp_path,
         pipeline_workers=2,
-        frame_queue=2 * FRAMES,  # a replay as fast as it goes drops nothing
-        array_backend="numpy",
-        database_url=f"sqlite:///{tmp_path}/results.sqlite",
-        model_dir=DEFAULT_MODEL,
-        execution_provider="cpu",
+        frame_queue=2 * FRAMES,
         inference_threads=1,
+        **extra,
     )
-    values.update(extra)
-    return Settings(**values)
-
-
-def wait_until_idle(services: Services, timeout: float = 300.0) -> None:
-    camera = services.camera
-    assert camera is not None
-    deadline = time.monotonic() + timeout
-    while not (camera.state == RunState.IDLE and camera.status().detail != "not started"):
-        assert time.monotonic() < deadline, camera.status()
-        time.sleep(0.05)
+    return settings
 
 
 # -- the order of frames ------------------------------------------------------------
@@ -147,7 +134,7 @@ def test_a_failing_release_does_not_stop_the_order():
 def test_each_cell_is_one_event_classified_from_all_its_views(tmp_path, flow_folder):
     services = Services.start(settings_for(flow_folder, tmp_path))
     try:
-        wait_until_idle(services)
+        wait_until_replayed(services)
         store = services.classification.store
         rows = store.list(limit=1000)
         events = store.list_events(limit=1000)
@@ -206,7 +193,7 @@ def test_each_cell_is_one_event_classified_from_all_its_views(tmp_path, flow_fol
 def test_tracking_off_makes_every_detection_an_event(tmp_path, flow_folder):
     services = Services.start(settings_for(flow_folder, tmp_path, tracking=False))
     try:
-        wait_until_idle(services)
+        wait_until_replayed(services)
         store = services.classification.store
         rows = store.list(limit=1000)
         events = store.list_events(limit=1000)

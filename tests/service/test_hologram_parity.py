@@ -4,20 +4,21 @@ and the same reference they give the same cells, labels and probabilities."""
 from __future__ import annotations
 
 import json
-import shutil
-import time
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 import tifffile
 
-from acquisition.cameras.emulator import prepare_emulator_images
 from service.app import create_app
-from service.loop.states import Count, RunState
+from service.loop.states import Count
 from service.services import Services
-from service.settings import DEFAULT_MODEL, Settings
-from tests.service.conftest import in_process
+from tests.service.conftest import (
+    emulator_replay_folder,
+    in_process,
+    replay_settings,
+    wait_until_replayed,
+)
 from tests.service.test_api import NPY, npy
 
 FRAMES = 4
@@ -25,34 +26,16 @@ FRAMES = 4
 
 @pytest.fixture
 def replay_folder(tmp_path):
-    """Frames of the emulator's simulated SW480/SW620 holograms and their reference,
-    as a replay folder (``reference.tiff`` beside the frames)."""
-    images = prepare_emulator_images(tmp_path / "emulator", ["sw480", "sw620"], FRAMES, seed=3)
-    folder = tmp_path / "replay"
-    shutil.copytree(images.frames, folder)
-    shutil.copy(images.reference, folder / "reference.tiff")
-    return folder
+    return emulator_replay_folder(tmp_path, FRAMES)
 
 
 def test_the_hologram_route_and_the_camera_loop_give_the_same_cells(tmp_path, replay_folder):
-    settings = Settings(
-        camera=f"replay:{replay_folder}",
-        replay_loop=False,
-        frame_rate_hz=0,
-        worker_processes=False,
-        array_backend="numpy",
-        database_url=f"sqlite:///{tmp_path}/results.sqlite",
-        model_dir=DEFAULT_MODEL,
-        execution_provider="cpu",
-    )
+    settings = replay_settings(replay_folder, tmp_path)
     services = Services.start(settings)
     try:
         camera = services.camera
         assert camera is not None
-        deadline = time.monotonic() + 120
-        while not (camera.state == RunState.IDLE and camera.status().detail != "not started"):
-            assert time.monotonic() < deadline, camera.status()
-            time.sleep(0.05)
+        wait_until_replayed(services, timeout=120)
         assert camera.status().counts[Count.FRAMES_PROCESSED] == FRAMES
         with services.classification.store.engine.connect() as conn:
             rows = [

@@ -3,20 +3,17 @@ fringes' contrast, the reference's age; a stale reference shows."""
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from acquisition.cameras.emulator import prepare_emulator_images
 from acquisition.io import write_camera_tiff
 from acquisition.simulator.scene import FlowSimulator, SceneConfig
-from service.loop.states import Count, RunState
+from service.loop.states import Count
 from service.services import Services
-from service.settings import DEFAULT_MODEL, Settings
+from tests.service.conftest import emulator_replay_folder, replay_settings, wait_until_replayed
 
 FRAMES = 6
 
@@ -25,10 +22,7 @@ FRAMES = 6
 def replay_folder(tmp_path_factory) -> Path:
     """Simulated SW480/SW620 frames and their own reference, as a replay folder."""
     tmp = tmp_path_factory.mktemp("quality")
-    images = prepare_emulator_images(tmp / "emulator", ["sw480", "sw620"], FRAMES, seed=3)
-    folder = tmp / "replay"
-    shutil.copytree(images.frames, folder)
-    shutil.copy(images.reference, folder / "reference.tiff")
+    folder = emulator_replay_folder(tmp, FRAMES)
     # Another instrument's reference (another seed: other aberrations): a stale one.
     stale = FlowSimulator(SceneConfig(), ["sw480"], seed=99).reference
     write_camera_tiff(tmp / "stale-reference.tiff", stale, SceneConfig().optics.bit_depth)
@@ -36,25 +30,9 @@ def replay_folder(tmp_path_factory) -> Path:
 
 
 def run(folder: Path, tmp_path: Path, **extra: object) -> dict[str, float]:
-    settings = Settings(
-        camera=f"replay:{folder}",
-        replay_loop=False,
-        frame_rate_hz=0,
-        worker_processes=False,
-        array_backend="numpy",
-        database_url=f"sqlite:///{tmp_path}/results.sqlite",
-        model_dir=DEFAULT_MODEL,
-        execution_provider="cpu",
-        **extra,  # type: ignore[arg-type]
-    )
-    services = Services.start(settings)
+    services = Services.start(replay_settings(folder, tmp_path, **extra))
     try:
-        camera = services.camera
-        assert camera is not None
-        deadline = time.monotonic() + 120
-        while not (camera.state == RunState.IDLE and camera.status().detail != "not started"):
-            assert time.monotonic() < deadline, camera.status()
-            time.sleep(0.05)
+        wait_until_replayed(services, timeout=120)
         m = services.metrics
         counts = m.loop_counts()
         background = {
