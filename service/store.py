@@ -8,6 +8,7 @@ are committed, so a result that was acknowledged is on disk.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
@@ -45,6 +46,18 @@ results = sa.Table(
     sa.Column("latency_s", sa.Float, nullable=True),  # grab (or request) to stored
     # The cell (event) this view belongs to; None for crops posted to the API.
     sa.Column("event_id", sa.Integer, nullable=True, index=True),
+)
+#: Counts of the stored rows, kept in the transaction that stores them, so that the
+#: summary never counts a table: per kind ("results" or "events"), source, label and
+#: model version.
+tallies = sa.Table(
+    "tallies",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("source", sa.String(16), primary_key=True),
+    sa.Column("label", sa.String(64), primary_key=True),
+    sa.Column("model_version", sa.String(64), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
 )
 #: One row per cell of the camera loop: its views combined (docs/design.md, "Events").
 events = sa.Table(
@@ -122,6 +135,10 @@ class ResultStore:
         metadata.create_all(self.engine)
         _migrate(self.engine)
         self.started = time.time()
+        # Rows committed since this store started, by (kind, source, label, model
+        # version): the summary's figures, counted as the rows are committed.
+        self._since_start: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+        self._tally_lock = threading.Lock()
         with self.engine.connect() as conn:
             last = max(
                 conn.execute(sa.select(sa.func.max(events.c.id))).scalar() or 0,
@@ -206,11 +223,16 @@ class ResultStore:
         start = time.perf_counter()
         rows = [r for p in pending for r in p.rows if isinstance(r, ResultRow)]
         event_rows = [e for p in pending for e in p.rows if isinstance(e, EventRow)]
+        tally = collections.Counter(
+            [("results", r.source, r.label, r.model_version) for r in rows]
+            + [("events", e.source, e.label, e.model_version) for e in event_rows]
+        )
         try:
             with self.engine.begin() as conn:
                 ids = _insert_results(conn, [_values(r) for r in rows])
                 if event_rows:
                     conn.execute(events.insert(), [_values(e) for e in event_rows])
+                _add_tallies(conn, tally)
         except Exception as exc:
             logger.exception("storing %d result batches failed", len(pending))
             for p in pending:
@@ -218,6 +240,8 @@ class ResultStore:
             return
         seconds = time.perf_counter() - start
         done = time.monotonic()
+        with self._tally_lock:
+            self._since_start.update(tally)
         if self.on_commit:
             self.on_commit(rows, seconds, done)
         if event_rows and self.on_events:
@@ -273,34 +297,35 @@ class ResultStore:
     def summary(
         self, since: float | None = None, flow_rate_ul_min: float | None = None
     ) -> dict[str, Any]:
-        """Detections (every stored view) and events (every cell once) since ``since``
-        (default: the store's start); with the sample's flow rate, the concentration."""
-        since = self.started if since is None else since
+        """Detections (every stored view) and events (every cell once) since ``since``,
+        with the sample's flow rate the concentration. By default since the store
+        started, from counts kept as rows are committed, and ``total_stored`` from the
+        tallies: no table is counted, whatever its size. An explicit ``since``
+        counts the rows created since then (a scan of the rows since then)."""
+        if since is None:
+            since = self.started
+            with self._tally_lock:
+                counted = list(self._since_start.items())
+        else:
+            counted = _count_since(self.engine, since)
         with self.engine.connect() as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one()
-            per_source_label = conn.execute(
-                sa.select(results.c.source, results.c.label, sa.func.count())
-                .where(results.c.created >= since)
-                .group_by(results.c.source, results.c.label)
-            ).all()
-            per_model_label = conn.execute(
-                sa.select(results.c.model_version, results.c.label, sa.func.count())
-                .where(results.c.created >= since)
-                .group_by(results.c.model_version, results.c.label)
-            ).all()
-            events_per_label = conn.execute(
-                sa.select(events.c.label, sa.func.count())
-                .where(events.c.created >= since)
-                .group_by(events.c.label)
-            ).all()
+            total = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(tallies.c.n), 0)).where(
+                    tallies.c.kind == "results"
+                )
+            ).scalar_one()
         elapsed = max(time.time() - since, 1e-9)
+        views = [(s, lab, v, n) for (kind, s, lab, v), n in counted if kind == "results"]
+        cells = [(lab, n) for (kind, _, lab, _), n in counted if kind == "events"]
         counts: dict[str, int] = {}
         sources: dict[str, int] = {}
-        for source, label, n in per_source_label:
-            counts[str(label)] = counts.get(str(label), 0) + int(n)
-            sources[str(source)] = sources.get(str(source), 0) + int(n)
+        for source, label, _, n in views:
+            counts[label] = counts.get(label, 0) + n
+            sources[source] = sources.get(source, 0) + n
         n_since = sum(counts.values())
-        event_counts = {str(label): int(n) for label, n in events_per_label}
+        event_counts: dict[str, int] = {}
+        for label, n in cells:
+            event_counts[label] = event_counts.get(label, 0) + n
         n_events = sum(event_counts.values())
         event_summary: dict[str, Any] = {
             "total": n_events,
@@ -319,18 +344,35 @@ class ResultStore:
             "counts": counts,
             "fractions": {k: v / n_since for k, v in counts.items()} if n_since else {},
             "sources": sources,
-            "by_source": _split(per_source_label),
-            "by_model": _split(per_model_label),
+            "by_source": _split([(s, lab, n) for s, lab, _, n in views]),
+            "by_model": _split([(v, lab, n) for _, lab, v, n in views]),
             "cells_per_second": n_since / elapsed,
             "events": event_summary,
         }
+
+
+def _count_since(engine: sa.Engine, since: float) -> list[tuple[tuple[str, str, str, str], int]]:
+    """Rows created at or after ``since``, by (kind, source, label, model version)."""
+    counted: list[tuple[tuple[str, str, str, str], int]] = []
+    with engine.connect() as conn:
+        for kind, table in (("results", results), ("events", events)):
+            query = (
+                sa.select(table.c.source, table.c.label, table.c.model_version, sa.func.count())
+                .where(table.c.created >= since)
+                .group_by(table.c.source, table.c.label, table.c.model_version)
+            )
+            counted += [
+                ((kind, str(s), str(lab), str(v)), int(n)) for s, lab, v, n in conn.execute(query)
+            ]
+    return counted
 
 
 def _split(rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
     """``(group, label, count)`` rows as ``{group: {"cells", "counts", "fractions"}}``."""
     counts: dict[str, dict[str, int]] = {}
     for group, label, n in rows:
-        counts.setdefault(str(group), {})[str(label)] = int(n)
+        per_label = counts.setdefault(str(group), {})
+        per_label[str(label)] = per_label.get(str(label), 0) + int(n)
     split = {}
     for group, per_label in sorted(counts.items()):
         cells = sum(per_label.values())
@@ -400,6 +442,53 @@ def _migrate(engine: sa.Engine) -> None:
             conn.execute(sa.text("ALTER TABLE results ADD COLUMN event_id INTEGER"))
             conn.execute(sa.text("CREATE INDEX ix_results_event_id ON results (event_id)"))
         logger.info("results table migrated: event_id added")
+    with engine.begin() as conn:
+        if conn.execute(sa.select(tallies.c.n).limit(1)).first() is None:
+            # No tallies yet (a new database, or one from before they existed):
+            # count the rows once, here, and never again.
+            counted: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+            for kind, table in (("results", results), ("events", events)):
+                query = sa.select(
+                    table.c.source, table.c.label, table.c.model_version, sa.func.count()
+                ).group_by(table.c.source, table.c.label, table.c.model_version)
+                for source, label, version, n in conn.execute(query):
+                    counted[(kind, str(source), str(label), str(version))] = int(n)
+            _add_tallies(conn, counted)
+            if counted:
+                logger.info("tallies counted from %d stored rows", sum(counted.values()))
+
+
+def _add_tallies(
+    conn: sa.Connection, tally: collections.Counter[tuple[str, str, str, str]]
+) -> None:
+    """Add ``tally`` ((kind, source, label, model version) -> rows) to the tallies,
+    in the caller's transaction (an upsert on SQLite and PostgreSQL)."""
+    if not tally:
+        return
+    values = [
+        {"kind": k, "source": s, "label": lab, "model_version": v, "n": n}
+        for (k, s, lab, v), n in tally.items()
+    ]
+    key = ["kind", "source", "label", "model_version"]
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+        statement = dialect.insert(tallies)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=key, set_={"n": tallies.c.n + statement.excluded.n}
+            ),
+            values,
+        )
+        return
+    for value in values:  # pragma: no cover - other databases: read, then write
+        where = [tallies.c[k] == value[k] for k in key]
+        updated = conn.execute(
+            tallies.update().where(*where).values(n=tallies.c.n + value["n"])
+        ).rowcount
+        if not updated:
+            conn.execute(tallies.insert(), value)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -130,5 +130,5 @@ async def summary(
     every stored view (also by source and by model version), and of the cells
     (events), each counted once."""
     return Summary(
-        **await run_in_threadpool(classification.store.summary, started, settings.flow_rate_ul_min)
+        **await run_in_threadpool(classification.store.summary, None, settings.flow_rate_ul_min)
     )

@@ -84,6 +84,11 @@ def test_store_on_postgres_keeps_order_and_ids(postgres_url):
         assert [r["id"] for r in listed] == ids
         assert [r["qc"]["area_um2"] for r in listed] == [float(i) for i in range(7)]
         assert store.summary(since=0)["counts"] == {"sw480": 4, "sw620": 3}
+        kept = store.summary()  # from the figures kept as rows are committed
+        assert kept["counts"] == {"sw480": 4, "sw620": 3}
+        with store.engine.connect() as conn:
+            rows_stored = conn.exec_driver_sql("SELECT count(*) FROM results").scalar()
+        assert kept["total_stored"] == rows_stored, "the tallies (upserts) count every row"
     finally:
         store.close()
 
@@ -164,6 +169,8 @@ def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
         assert (listed["id"], listed["views"], listed["speed_um_s"]) == (event_id, 1, 1800.0)
         assert store.list(after_id=before["id"])[0]["event_id"] == event_id
         assert store.summary(since=0)["events"]["counts"] == {"sw620": 1}
+        assert store.summary()["total_stored"] == 2, "the old row counted once, at start"
+        assert store.summary()["events"]["counts"] == {"sw620": 1}
     finally:
         store.close()
     again = ResultStore(url)

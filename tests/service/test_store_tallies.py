@@ -1,0 +1,125 @@
+"""The summary without counting tables: figures kept as rows are committed (since
+the store started) and tallies kept in the same transaction (all time), equal to
+what counting the rows gives."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from service.store import EventRow, ResultRow, ResultStore
+
+KEYS = ("cells", "counts", "sources", "by_source", "by_model")
+
+
+def fill(store: ResultStore) -> int:
+    rows = [
+        ResultRow(source, label, {label: 1.0}, "m", version)
+        for source, label, version, n in (
+            ("camera", "sw480", "1", 5),
+            ("camera", "sw620", "1", 3),
+            ("api", "sw620", "1", 2),
+            ("camera", "sw480", "2", 4),
+        )
+        for _ in range(n)
+    ]
+    store.add(rows[:7]).result(timeout=10)
+    store.add(rows[7:]).result(timeout=10)
+    for label in ("sw480", "sw480", "sw620"):
+        event = EventRow(
+            id=store.new_event_id(),
+            created=time.time(),
+            ended=time.time(),
+            first_frame=1,
+            last_frame=3,
+            views=2,
+            sightings=3,
+            label=label,
+            probabilities={label: 1.0},
+            model_name="m",
+            model_version="1",
+        )
+        store.add_event(event).result(timeout=10)
+    return len(rows)
+
+
+def test_the_kept_figures_equal_the_counted_ones(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path}/r.sqlite")
+    try:
+        n = fill(store)
+        kept = store.summary()
+        counted = store.summary(since=store.started - 60)  # counts the rows instead
+    finally:
+        store.close()
+    for key in KEYS:
+        assert kept[key] == counted[key], key
+    assert kept["events"]["counts"] == counted["events"]["counts"] == {"sw480": 2, "sw620": 1}
+    assert kept["total_stored"] == counted["total_stored"] == n
+    assert kept["by_model"]["2"]["counts"] == {"sw480": 4}
+    assert kept["by_source"]["api"]["cells"] == 2
+
+
+def test_all_time_tallies_survive_a_restart_and_are_counted_once_for_an_old_database(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.sqlite"
+    store = ResultStore(url)
+    n = fill(store)
+    store.close()
+    again = ResultStore(url)
+    try:
+        summary = again.summary()
+        assert summary["total_stored"] == n, "the tallies persist"
+        assert summary["cells"] == 0, "nothing committed since this start"
+        again.add([ResultRow("api", "sw480", {"sw480": 1.0}, "m", "1")]).result(timeout=10)
+        assert again.summary()["total_stored"] == n + 1
+    finally:
+        again.close()
+    # A database from before the tallies: they are counted once, at start.
+    with sqlite3.connect(tmp_path / "r.sqlite") as conn:
+        conn.execute("DROP TABLE tallies")
+    old = ResultStore(url)
+    try:
+        assert old.summary()["total_stored"] == n + 1
+        with old.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT kind, label, SUM(n) FROM tallies GROUP BY kind, label ORDER BY 1, 2"
+            ).all()
+        assert [tuple(r) for r in rows] == [
+            ("events", "sw480", 2),
+            ("events", "sw620", 1),
+            ("results", "sw480", 10),
+            ("results", "sw620", 5),
+        ]
+    finally:
+        old.close()
+
+
+def test_a_failed_commit_counts_nothing(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path}/r.sqlite")
+    try:
+        fill(store)
+        before = store.summary()
+        event_id = store.new_event_id()
+        twice = EventRow(
+            id=event_id,
+            created=1.0,
+            ended=1.0,
+            first_frame=1,
+            last_frame=1,
+            views=1,
+            sightings=1,
+            label="sw480",
+            probabilities={"sw480": 1.0},
+            model_name="m",
+            model_version="1",
+        )
+        store.add_event(twice).result(timeout=10)
+        failed = store.add_event(twice)  # the same id again: the commit fails
+        with pytest.raises(Exception, match=r"(?i)unique"):
+            failed.result(timeout=10)
+        after = store.summary()
+        assert after["events"]["total"] == before["events"]["total"] + 1
+        assert after["total_stored"] == before["total_stored"]
+    finally:
+        store.close()
