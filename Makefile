@@ -61,10 +61,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/store.py
 	$(BIN)/python -m bench.live
 
 # The whole product: the pylon camera emulator streaming simulated SW480/SW620
-# holograms (rendered once into data/emulator), the bundled model, results in
+# cells in flow (holograms rendered once into data/emulator), the bundled model, results in
 # data/results.sqlite, the live page at http://127.0.0.1:8000/.
 serve: $(SERVE_STAMP)
 	$(BIN)/topgan serve
