@@ -98,8 +98,9 @@ class StoredEvent(BaseModel):
     latency_s: float | None = Field(description="grab of the last view to the stored event")
 
 
-class EventsPage(BaseModel):
-    events: list[StoredEvent]
+class Page(BaseModel):
+    """The cursors of a page of /results or /events."""
+
     next_after_id: int = Field(
         description="order=asc: pass as after_id to get the next page; order=desc: the "
         "largest id of this page (after_id for what came after it, in order=asc)"
@@ -109,6 +110,10 @@ class EventsPage(BaseModel):
         description="order=desc: pass as before_id to get the next (older) page; null "
         "when this page is empty, and with order=asc",
     )
+
+
+class EventsPage(Page):
+    events: list[StoredEvent]
 
 
 class EventSummary(BaseModel):
@@ -121,17 +126,8 @@ class EventSummary(BaseModel):
     )
 
 
-class ResultsPage(BaseModel):
+class ResultsPage(Page):
     results: list[StoredResult]
-    next_after_id: int = Field(
-        description="order=asc: pass as after_id to get the next page; order=desc: the "
-        "largest id of this page (after_id for what came after it, in order=asc)"
-    )
-    next_before_id: int | None = Field(
-        None,
-        description="order=desc: pass as before_id to get the next (older) page; null "
-        "when this page is empty, and with order=asc",
-    )
 
 
 class CountSummary(BaseModel):
