@@ -1,7 +1,8 @@
 """Import a lab's own cells into a crop dataset.
 
 Two kinds of folder, each with a labels CSV (columns ``file`` and ``label``; an
-empty label, or ``unlabeled``, marks a cell without class):
+empty label, or ``unlabeled``, marks a cell without class), and dclab's ``.rtdc``
+files (:func:`import_rtdc`):
 
 - OPD maps of single cells (.npy, .tif/.tiff, .mat), all of one size, in nm (or
   um, or radians with the wavelength);
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -217,3 +219,106 @@ def import_holograms(
         f"{reconstruction.sample_half}) and segmented",
         qc=qc_columns(rows, [*QC_FEATURES, "file_index", "frame"]),
     )
+
+
+#: dclab's scalar features kept as QC columns, under the crop datasets' names.
+RTDC_QC = {"area_um": "area_um2", "qpi_dm": "dry_mass_pg"}
+#: The line of topgan's export log that names a score's class.
+_SCORE_LINE = re.compile(r"^ml_score_([a-z0-9]{3}): (.+)$")
+
+
+def import_rtdc(
+    path: Path,
+    label: str | None = None,
+    labels_csv: Path | None = None,
+    classes: list[str] | None = None,
+    wavelength_nm: float | None = None,
+) -> CropDataset:
+    """A dclab ``.rtdc`` file's phase images (``qpi_pha``, rad) as OPD crops (nm).
+
+    Labels: ``label`` for every cell, else a CSV (``file`` holds the event's index in
+    the file, from 0), else ``ml_class`` (the class of the index into the sorted
+    ``ml_score_xxx`` names, named as topgan's export log names them, or by
+    ``classes``), else none. The wavelength is the file's ``[qpi] wavelength`` unless
+    given; the pixel size is its ``[imaging] pixel size``.
+    """
+    import dclab
+
+    if not path.is_file():
+        raise DatasetImportError(f"{path} does not exist")
+    try:
+        dataset = dclab.new_dataset(path)
+    except Exception as exc:  # dclab raises its own, and h5py's, on a bad file
+        raise DatasetImportError(f"{path} is not a readable .rtdc file: {exc}") from None
+    with dataset as ds:
+        if "qpi_pha" not in ds.features:
+            raise DatasetImportError(
+                f"{path} carries no qpi_pha (phase images): nothing to import as OPD crops"
+            )
+        wavelength = wavelength_nm or float(ds.config["qpi"].get("wavelength", 0) or 0)
+        if not wavelength > 0:
+            raise DatasetImportError(
+                f"{path} does not say its wavelength ([qpi] wavelength): give --wavelength-nm"
+            )
+        pixel = float(ds.config["imaging"].get("pixel size", 0) or 0)
+        if not pixel > 0:
+            raise DatasetImportError(f"{path} does not say its pixel size ([imaging] pixel size)")
+        phase = np.asarray(ds["qpi_pha"][:], dtype=np.float64)
+        if phase.ndim != 3 or not len(phase):
+            raise DatasetImportError(f"{path}: qpi_pha holds no images (shape {phase.shape})")
+        opd = (phase * (wavelength / (2 * math.pi))).astype(np.float32)
+        n = len(opd)
+        qc = {
+            ours: np.asarray(ds[name], dtype=np.float64)
+            for name, ours in RTDC_QC.items()
+            if name in ds.features
+        }
+        qc["event_index"] = np.arange(n, dtype=np.int32)
+        if label is not None:
+            names, labels = [label], np.zeros(n, dtype=np.int16)
+        elif labels_csv is not None:
+            by_index = read_labels(labels_csv)
+            names = class_names_for(by_index, classes)
+            labels = np.full(n, -1, dtype=np.int16)
+            for key, value in by_index.items():
+                if not key.isdigit() or int(key) >= n:
+                    raise DatasetImportError(
+                        f"labels file {labels_csv}: {key!r} is not an event index of {path} "
+                        f"(0 to {n - 1})"
+                    )
+                labels[int(key)] = names.index(value) if value else -1
+        elif "ml_class" in ds.features:
+            codes = sorted(
+                f.removeprefix("ml_score_") for f in ds.features if f.startswith("ml_score_")
+            )
+            named = _score_classes(ds.logs)
+            names = classes or [named.get(code, code) for code in codes]
+            if len(names) != len(codes):
+                raise DatasetImportError(
+                    f"{path} scores {len(codes)} classes ({', '.join(codes)}); --classes names "
+                    f"{len(names)}"
+                )
+            labels = np.asarray(ds["ml_class"], dtype=np.int16)
+        else:
+            names, labels = [], np.full(n, -1, dtype=np.int16)
+        source = f"imported from {path.name} (qpi_pha at {wavelength:g} nm)"
+    return CropDataset(
+        opd=opd,
+        label=labels,
+        class_names=names,
+        pixel_size_um=pixel,
+        wavelength_nm=wavelength,
+        source=source,
+        qc=qc,
+    )
+
+
+def _score_classes(logs: Any) -> dict[str, str]:
+    """score code -> class name, from topgan's export log (when the file has it)."""
+    named: dict[str, str] = {}
+    lines = logs["topgan-export"] if logs is not None and "topgan-export" in logs else []
+    for line in lines:
+        match = _SCORE_LINE.match(str(line).strip())
+        if match:
+            named[match.group(1)] = match.group(2).strip()
+    return named

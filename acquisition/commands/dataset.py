@@ -23,7 +23,7 @@ from ..commandline import (
 )
 from ..cropfile import CropDataset, read_crop_dataset, write_crop_dataset
 from ..frames import FrameProcessor
-from ..importer import OPDUnit, import_holograms, import_opd_maps
+from ..importer import OPDUnit, import_holograms, import_opd_maps, import_rtdc
 from ..io import read_hologram
 from ..reconstruction import ReconstructionConfig, SampleHalf
 from ..segmentation import SegmentationConfig
@@ -40,16 +40,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     info.add_argument("--json", action="store_true", help="print JSON")
     imp = actions.add_parser(
         "import",
-        help="a folder of OPD maps or holograms plus a labels CSV -> a crop dataset",
-        description="Import single-cell OPD maps (--maps: .npy, .tif, .mat, one size) or raw "
-        "holograms (--holograms: reconstructed and segmented here). The labels CSV has the "
-        "columns 'file' and 'label' (empty label: unlabeled).",
+        help="OPD maps, holograms or a dclab .rtdc file (plus labels) -> a crop dataset",
+        description="Import single-cell OPD maps (--maps: .npy, .tif, .mat, one size), raw "
+        "holograms (--holograms: reconstructed and segmented here) or a dclab .rtdc file "
+        "with phase images (--rtdc: qpi_pha). The labels CSV has the columns 'file' and "
+        "'label' (empty label: unlabeled; for --rtdc, 'file' is the event's index, from "
+        "0); --rtdc also takes --label for the whole file, else its ml_class.",
     )
     add_common_options(imp)
     src = imp.add_mutually_exclusive_group(required=True)
     src.add_argument("--maps", metavar="DIR")
     src.add_argument("--holograms", metavar="DIR")
-    imp.add_argument("--labels", required=True, metavar="CSV")
+    src.add_argument("--rtdc", metavar="FILE.rtdc")
+    imp.add_argument("--labels", metavar="CSV")
+    imp.add_argument("--label", metavar="NAME", help="--rtdc: one label for every cell")
     imp.add_argument("--out", required=True, metavar="FILE.h5")
     imp.add_argument(
         "--classes",
@@ -84,6 +88,20 @@ def run(args: argparse.Namespace) -> None:
     if args.action == "info":
         print_info(Path(args.file), args.json)
         return
+    if args.rtdc:
+        import_rtdc_dataset(
+            Path(args.rtdc),
+            Path(args.out),
+            label=args.label,
+            labels=Path(args.labels) if args.labels else None,
+            classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
+            wavelength_nm=args.wavelength_nm if _given(args.wavelength_nm) else None,
+        )
+        return
+    if args.label is not None:
+        raise CommandError("--label goes with --rtdc; --maps and --holograms take --labels CSV")
+    if args.labels is None:
+        raise CommandError("--labels CSV is required with --maps and --holograms")
     import_dataset(
         out=Path(args.out),
         labels=Path(args.labels),
@@ -97,6 +115,29 @@ def run(args: argparse.Namespace) -> None:
         reference=Path(args.reference) if args.reference else None,
         crop_pixel_size_um=args.crop_pixel_size_um,
         backend=args.backend,
+    )
+
+
+def _given(wavelength_nm: float) -> bool:
+    return wavelength_nm != DEFAULTS.wavelength_nm
+
+
+def import_rtdc_dataset(
+    rtdc: Path,
+    out: Path,
+    label: str | None,
+    labels: Path | None,
+    classes: list[str] | None,
+    wavelength_nm: float | None,
+) -> None:
+    """``topgan dataset import --rtdc``: a dclab file's phase images as crops."""
+    if label is not None and labels is not None:
+        raise CommandError("give --label or --labels, not both")
+    data = import_rtdc(rtdc, label, labels, classes, wavelength_nm)
+    write_crop_dataset(out, data)
+    print(
+        f"wrote {len(data)} crops ({', '.join(data.class_names) or 'unlabeled'}) to {out}",
+        file=sys.stderr,
     )
 
 

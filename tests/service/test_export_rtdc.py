@@ -163,6 +163,37 @@ def test_a_served_run_exports_one_row_per_cell_that_dclab_reads_and_verifies(
     assert checked.returncode in (0, 1), checked.stdout + checked.stderr  # alerts at most
     assert "Check Complete: 0 violations" in checked.stdout
 
+    # ... and back: topgan dataset import --rtdc, labels from ml_class (named by the
+    # export's log), one label for the file, or a CSV of event indices
+    from acquisition.commands.dataset import COMMAND as DATASET
+    from acquisition.cropfile import read_crop_dataset
+
+    def dataset(*argv: str) -> int:
+        args = build_parser([DATASET]).parse_args(["dataset", "import", *argv])
+        return run_command(args.run, args, args.command_prog)
+
+    back = tmp_path / "back.h5"
+    assert dataset("--rtdc", str(out), "--out", str(back)) == 0
+    imported = read_crop_dataset(back)
+    assert imported.class_names == ["sw480", "sw620"]
+    assert [imported.class_names[i] for i in imported.label] == [e["label"] for e in events]
+    assert (imported.pixel_size_um, imported.wavelength_nm) == (0.25, WAVELENGTH_NM)
+    for i, v in enumerate(middles):
+        np.testing.assert_allclose(imported.opd[i], crops[v["id"]], atol=1e-3)  # nm
+    np.testing.assert_allclose(
+        imported.qc["dry_mass_pg"], [e["qc"]["dry_mass_pg"] for e in events], rtol=1e-6
+    )
+    assert dataset("--rtdc", str(out), "--label", "sw620", "--out", str(back)) == 0
+    assert read_crop_dataset(back).class_names == ["sw620"]
+    assert (read_crop_dataset(back).label == 0).all()
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,label\n0,sw480\n2,sw620\n")
+    assert dataset("--rtdc", str(out), "--labels", str(csv), "--out", str(back)) == 0
+    some = read_crop_dataset(back)
+    assert some.label[0] == some.class_names.index("sw480")
+    assert some.label[2] == some.class_names.index("sw620")
+    assert (some.label[[1, *range(3, len(events))]] == -1).all()
+
     # the database alone: the same cells, without images
     monkeypatch.delenv("TOPGAN_CROP_ARCHIVE", raising=False)
     db_out = tmp_path / "db-only.rtdc"
@@ -171,6 +202,9 @@ def test_a_served_run_exports_one_row_per_cell_that_dclab_reads_and_verifies(
         assert len(ds) == len(events)
         assert "qpi_pha" not in ds.features_innate
         np.testing.assert_array_equal(ds["userdef1"], [e["id"] for e in events])
+    # a file without phase images cannot be imported: one line, exit 2
+    assert dataset("--rtdc", str(db_out), "--out", str(tmp_path / "none.h5")) == 2
+    assert not (tmp_path / "none.h5").exists()
     assert "Check Complete: 0 violations" in verify(db_out).stdout
     future = ("--since", "2999-01-01T00:00")
     assert export("rtdc", "--out", str(db_out), "--db", f"sqlite:///{server.db}", *future) == 2
