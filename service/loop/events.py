@@ -233,13 +233,10 @@ class EventBook:
                         self._by_id[event.id] = event
                     event.pending += 1
                     ids.append(event.id)
-            if self.tracker is None:
+            paths = [(self._open[t].id, list(self._paths[t])) for t in tracks]
+            if self.tracker is None:  # each detection an event of its own: it ends now
                 for track in tracks:
                     to_store += self._end(track)
-            paths = [
-                (self._open[t].id if t in self._open else None, list(self._paths.get(t, [])))
-                for t in tracks
-            ]
         self._store(to_store)
         return TrackedFrame(frame, processed, ids, paths)
 

@@ -200,3 +200,8 @@ def test_tracking_off_makes_each_detection_an_event(services):
     events = wait_stored(services, 3)
     assert len(set(tracked.event_ids)) == 2
     assert [e["views"] for e in events] == [1, 1, 1]
+    # the live view still sees where each one is, with its id
+    assert [(e, p) for e, p in tracked.paths] == [
+        (tracked.event_ids[0], [(100.0, 50.0)]),
+        (tracked.event_ids[1], [(400.0, 50.0)]),
+    ]
