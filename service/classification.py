@@ -85,7 +85,12 @@ class Classification:
             metrics.stage_seconds.labels("classify").observe(seconds)
 
         batcher = MicroBatcher(holder, settings.batch_size, settings.batch_wait_ms / 1000, on_batch)
-        store = ResultStore(settings.database_url)
+        retention = settings.results_retention_days
+        store = ResultStore(
+            settings.database_url,
+            retention_s=retention * 86400 if retention is not None else None,
+            max_rows=settings.results_max_rows,
+        )
 
         def on_commit(rows: list[ResultRow], seconds: float, done: float) -> None:
             metrics.stage_seconds.labels("store").observe(seconds)

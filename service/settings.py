@@ -151,6 +151,15 @@ class Settings(BaseSettings):
 
     # -- storage --
     database_url: str = Field("sqlite:///data/results.sqlite", description="SQLAlchemy URL")
+    results_retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="stored views and events older than this are deleted "
+        "(checked every minute); none: kept",
+    )
+    results_max_rows: int | None = Field(
+        None, ge=1, description="at most this many stored views (the oldest go); none: no bound"
+    )
     crop_archive: Path | None = Field(
         None, description="folder where every crop of the camera loop is archived (HDF5); none: off"
     )

@@ -27,6 +27,9 @@ import sqlalchemy as sa
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL_S = 1.0
+#: How often the retention settings are applied, and rows deleted per transaction.
+PRUNE_INTERVAL_S = 60.0
+PRUNE_CHUNK = 10_000
 
 metadata = sa.MetaData()
 results = sa.Table(
@@ -123,8 +126,16 @@ class EventRow:
 class ResultStore:
     """Results in a database; thread-safe; :meth:`add` returns a future of the ids."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, retention_s: float | None = None, max_rows: int | None = None
+    ) -> None:
+        if retention_s is not None and not retention_s > 0:
+            raise ValueError(f"retention_s must be positive, got {retention_s}")
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.url = url
+        self.retention_s = retention_s
+        self.max_rows = max_rows
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(
                 parents=True, exist_ok=True
@@ -157,6 +168,11 @@ class ResultStore:
                 target=self._checkpoint_loop, name="results-checkpoint", daemon=True
             )
             self._checkpointer.start()
+        if retention_s is not None or max_rows is not None:
+            self._pruner = threading.Thread(
+                target=self._prune_loop, name="results-retention", daemon=True
+            )
+            self._pruner.start()
         self.on_commit: Any = None  # called with (rows, seconds, done) after each commit
         self.on_events: Any = None  # called with (event rows, done) after each commit
 
@@ -190,6 +206,58 @@ class ResultStore:
         self._writer.join(timeout)
         self._stop.set()
         self.engine.dispose()
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete the rows the retention settings no longer keep: results and events
+        created more than ``retention_s`` before ``now``, and the oldest results
+        beyond ``max_rows``; the tallies follow in the same transactions. Deletes in
+        chunks, so the writer never waits long. Returns the rows deleted."""
+        now = time.time() if now is None else now
+        deleted = 0
+        for kind, table in (("results", results), ("events", events)):
+            conditions: list[sa.ColumnElement[bool]] = []
+            if self.retention_s is not None:
+                conditions.append(table.c.created < now - self.retention_s)
+            if self.max_rows is not None and kind == "results":
+                with self.engine.connect() as conn:
+                    top = conn.execute(sa.select(sa.func.max(table.c.id))).scalar() or 0
+                conditions.append(table.c.id <= top - self.max_rows)
+            if not conditions:
+                continue
+            while True:
+                chunk = (
+                    sa.select(table.c.id)
+                    .where(sa.or_(*conditions))
+                    .order_by(table.c.id)
+                    .limit(PRUNE_CHUNK)
+                    .scalar_subquery()
+                )
+                with self.engine.begin() as conn:
+                    counted = conn.execute(
+                        sa.select(
+                            table.c.source, table.c.label, table.c.model_version, sa.func.count()
+                        )
+                        .where(table.c.id.in_(chunk))
+                        .group_by(table.c.source, table.c.label, table.c.model_version)
+                    ).all()
+                    if not counted:
+                        break
+                    conn.execute(table.delete().where(table.c.id.in_(chunk)))
+                    gone = collections.Counter(
+                        {(kind, str(s), str(lab), str(v)): -int(n) for s, lab, v, n in counted}
+                    )
+                    _add_tallies(conn, gone)
+                deleted -= sum(gone.values())
+        if deleted:
+            logger.info("retention: %d stored rows deleted", deleted)
+        return deleted
+
+    def _prune_loop(self) -> None:
+        while not self._stop.wait(PRUNE_INTERVAL_S):
+            try:
+                self.prune()
+            except Exception:  # a busy database: try again next time
+                logger.warning("retention pass failed; trying again later", exc_info=True)
 
     def _checkpoint_loop(self) -> None:
         while not self._stop.wait(CHECKPOINT_INTERVAL_S):

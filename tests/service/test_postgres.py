@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -173,8 +174,13 @@ def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
         assert store.summary()["events"]["counts"] == {"sw620": 1}
     finally:
         store.close()
-    again = ResultStore(url)
+    again = ResultStore(url, retention_s=60)
     try:
         assert again.new_event_id() == event_id + 1
+        # retention: every row is older than a minute an hour from now
+        assert again.prune(time.time() + 3600) == 3
+        assert again.summary()["total_stored"] == 0
+        assert again.list() == []
+        assert again.list_events() == []
     finally:
         again.close()

@@ -123,3 +123,62 @@ def test_a_failed_commit_counts_nothing(tmp_path):
         assert after["total_stored"] == before["total_stored"]
     finally:
         store.close()
+
+
+def _counted(store: ResultStore) -> dict[str, int]:
+    with store.engine.connect() as conn:
+        return {
+            table: int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar() or 0)
+            for table in ("results", "events")
+        }
+
+
+def test_retention_deletes_old_rows_and_the_tallies_follow(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path}/r.sqlite", retention_s=3600)
+    try:
+        now = time.time()
+        old = [ResultRow("camera", "sw480", {"sw480": 1.0}, "m", "1", created=now - 7200)] * 5
+        new = [ResultRow("camera", "sw620", {"sw620": 1.0}, "m", "1", created=now)] * 3
+        store.add(old + new).result(timeout=10)
+        for created in (now - 7200, now):
+            event = EventRow(
+                id=store.new_event_id(),
+                created=created,
+                ended=created,
+                first_frame=1,
+                last_frame=1,
+                views=1,
+                sightings=1,
+                label="sw480",
+                probabilities={"sw480": 1.0},
+                model_name="m",
+                model_version="1",
+            )
+            store.add_event(event).result(timeout=10)
+        assert store.prune(now) == 5 + 1
+        assert _counted(store) == {"results": 3, "events": 1}
+        assert store.summary()["total_stored"] == 3, "the tallies follow the deletions"
+        assert [r["label"] for r in store.list()] == ["sw620"] * 3
+        assert store.prune(now) == 0, "nothing more to delete"
+    finally:
+        store.close()
+
+
+def test_at_most_max_rows_views_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr("service.store.PRUNE_CHUNK", 4)  # several chunks
+    store = ResultStore(f"sqlite:///{tmp_path}/r.sqlite", max_rows=5)
+    try:
+        rows = [ResultRow("api", f"c{i % 2}", {"c0": 0.5, "c1": 0.5}, "m", "1") for i in range(13)]
+        ids = store.add(rows).result(timeout=10)
+        assert store.prune() == 8
+        assert [r["id"] for r in store.list()] == ids[-5:], "the newest stay"
+        assert store.summary()["total_stored"] == _counted(store)["results"] == 5
+    finally:
+        store.close()
+
+
+def test_retention_settings_are_checked():
+    with pytest.raises(ValueError, match="retention_s"):
+        ResultStore("sqlite:///:memory:", retention_s=0)
+    with pytest.raises(ValueError, match="max_rows"):
+        ResultStore("sqlite:///:memory:", max_rows=0)
