@@ -233,21 +233,12 @@ class ResultStore:
                     .scalar_subquery()
                 )
                 with self.engine.begin() as conn:
-                    counted = conn.execute(
-                        sa.select(
-                            table.c.source, table.c.label, table.c.model_version, sa.func.count()
-                        )
-                        .where(table.c.id.in_(chunk))
-                        .group_by(table.c.source, table.c.label, table.c.model_version)
-                    ).all()
+                    counted = _tally_rows(conn, kind, table, table.c.id.in_(chunk))
                     if not counted:
                         break
                     conn.execute(table.delete().where(table.c.id.in_(chunk)))
-                    gone = collections.Counter(
-                        {(kind, str(s), str(lab), str(v)): -int(n) for s, lab, v, n in counted}
-                    )
-                    _add_tallies(conn, gone)
-                deleted -= sum(gone.values())
+                    _add_tallies(conn, collections.Counter({k: -n for k, n in counted.items()}))
+                deleted += sum(counted.values())
         if deleted:
             logger.info("retention: %d stored rows deleted", deleted)
         return deleted
@@ -419,20 +410,30 @@ class ResultStore:
         }
 
 
+def _tally_rows(
+    conn: sa.Connection,
+    kind: str,
+    table: sa.Table,
+    where: sa.ColumnElement[bool] | None = None,
+) -> collections.Counter[tuple[str, str, str, str]]:
+    """``table``'s rows (those matching ``where``) counted by (kind, source, label,
+    model version): the tallies' key."""
+    query = sa.select(table.c.source, table.c.label, table.c.model_version, sa.func.count())
+    if where is not None:
+        query = query.where(where)
+    query = query.group_by(table.c.source, table.c.label, table.c.model_version)
+    return collections.Counter(
+        {(kind, str(s), str(lab), str(v)): int(n) for s, lab, v, n in conn.execute(query)}
+    )
+
+
 def _count_since(engine: sa.Engine, since: float) -> list[tuple[tuple[str, str, str, str], int]]:
     """Rows created at or after ``since``, by (kind, source, label, model version)."""
-    counted: list[tuple[tuple[str, str, str, str], int]] = []
+    counted: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
     with engine.connect() as conn:
         for kind, table in (("results", results), ("events", events)):
-            query = (
-                sa.select(table.c.source, table.c.label, table.c.model_version, sa.func.count())
-                .where(table.c.created >= since)
-                .group_by(table.c.source, table.c.label, table.c.model_version)
-            )
-            counted += [
-                ((kind, str(s), str(lab), str(v)), int(n)) for s, lab, v, n in conn.execute(query)
-            ]
-    return counted
+            counted += _tally_rows(conn, kind, table, table.c.created >= since)
+    return list(counted.items())
 
 
 def _split(rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
@@ -516,11 +517,7 @@ def _migrate(engine: sa.Engine) -> None:
             # count the rows once, here, and never again.
             counted: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
             for kind, table in (("results", results), ("events", events)):
-                query = sa.select(
-                    table.c.source, table.c.label, table.c.model_version, sa.func.count()
-                ).group_by(table.c.source, table.c.label, table.c.model_version)
-                for source, label, version, n in conn.execute(query):
-                    counted[(kind, str(source), str(label), str(version))] = int(n)
+                counted += _tally_rows(conn, kind, table)
             _add_tallies(conn, counted)
             if counted:
                 logger.info("tallies counted from %d stored rows", sum(counted.values()))
