@@ -28,21 +28,25 @@ def fill(store: ResultStore) -> int:
     store.add(rows[:7]).result(timeout=10)
     store.add(rows[7:]).result(timeout=10)
     for label in ("sw480", "sw480", "sw620"):
-        event = EventRow(
-            id=store.new_event_id(),
-            created=time.time(),
-            ended=time.time(),
-            first_frame=1,
-            last_frame=3,
-            views=2,
-            sightings=3,
-            label=label,
-            probabilities={label: 1.0},
-            model_name="m",
-            model_version="1",
-        )
-        store.add_event(event).result(timeout=10)
+        store.add_event(event(store.new_event_id(), label, time.time())).result(timeout=10)
     return len(rows)
+
+
+def event(event_id: int, label: str, created: float) -> EventRow:
+    """A cell of one view, seen in one frame, of model version 1."""
+    return EventRow(
+        id=event_id,
+        created=created,
+        ended=created,
+        first_frame=1,
+        last_frame=1,
+        views=1,
+        sightings=1,
+        label=label,
+        probabilities={label: 1.0},
+        model_name="m",
+        model_version="1",
+    )
 
 
 def test_the_kept_figures_equal_the_counted_ones(tmp_path):
@@ -100,20 +104,7 @@ def test_a_failed_commit_counts_nothing(tmp_path):
     try:
         fill(store)
         before = store.summary()
-        event_id = store.new_event_id()
-        twice = EventRow(
-            id=event_id,
-            created=1.0,
-            ended=1.0,
-            first_frame=1,
-            last_frame=1,
-            views=1,
-            sightings=1,
-            label="sw480",
-            probabilities={"sw480": 1.0},
-            model_name="m",
-            model_version="1",
-        )
+        twice = event(store.new_event_id(), "sw480", 1.0)
         store.add_event(twice).result(timeout=10)
         failed = store.add_event(twice)  # the same id again: the commit fails
         with pytest.raises(Exception, match=r"(?i)unique"):
@@ -141,20 +132,7 @@ def test_retention_deletes_old_rows_and_the_tallies_follow(tmp_path):
         new = [ResultRow("camera", "sw620", {"sw620": 1.0}, "m", "1", created=now)] * 3
         store.add(old + new).result(timeout=10)
         for created in (now - 7200, now):
-            event = EventRow(
-                id=store.new_event_id(),
-                created=created,
-                ended=created,
-                first_frame=1,
-                last_frame=1,
-                views=1,
-                sightings=1,
-                label="sw480",
-                probabilities={"sw480": 1.0},
-                model_name="m",
-                model_version="1",
-            )
-            store.add_event(event).result(timeout=10)
+            store.add_event(event(store.new_event_id(), "sw480", created)).result(timeout=10)
         assert store.prune(now) == 5 + 1
         assert _counted(store) == {"results": 3, "events": 1}
         assert store.summary()["total_stored"] == 3, "the tallies follow the deletions"
