@@ -88,10 +88,12 @@ class Settings(BaseSettings):
         "in several frames (else every frame is a fresh draw)",
     )
     simulated_flow_speed_um_s: float = Field(
-        2000.0, gt=0, description="their flow speed in the channel's centre, um/s"
+        FlowConfig.flow_speed_um_s,
+        gt=0,
+        description="their flow speed in the channel's centre, um/s",
     )
     simulated_cells_per_second: float = Field(
-        40.0, ge=0, description="cells entering their field per second"
+        FlowConfig.cells_per_second, ge=0, description="cells entering their field per second"
     )
     replay_loop: bool = Field(True, description="replay: start again after the last frame")
 
