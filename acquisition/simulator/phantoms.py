@@ -221,6 +221,61 @@ CELL_LINES: dict[str, CellLine] = {
             **_SHARED_SOURCES,
         },
     ),
+    # The held-out pair: chosen for the third evaluation task before any result on it was
+    # seen, and never used for a choice (docs/evaluation/README.md). Unlike the other two
+    # pairs, the cancer line here is the LESS dense one, with a larger, more textured nucleus.
+    "mcf10a": CellLine(
+        name="mcf10a",
+        description="MCF-10A: non-tumorigenic breast epithelial cells "
+        "(the healthy class of the held-out pair)",
+        diameter_um=Range(15.2, 1.6, 11.0, 20.0),
+        aspect=Range(1.06, 0.04, 1.0, 1.25),
+        height_ratio=Range(0.94, 0.03, 0.85, 1.0),
+        delta_n_cytoplasm=Range(0.0310, 0.0035, 0.021, 0.042),
+        nucleus_ratio=Range(0.50, 0.05, 0.36, 0.64),
+        delta_n_nucleus=Range(0.004, 0.002, 0.0, 0.010),
+        nucleus_offset=Range(0.14, 0.06, 0.0, 0.35),
+        nucleoli=1.6,
+        nucleolus_um=Range(1.2, 0.25, 0.7, 1.9),
+        delta_n_nucleolus=Range(0.012, 0.003, 0.005, 0.02),
+        texture_nm=Range(0.9, 0.25, 0.3, 1.7),
+        texture_um=Range(0.95, 0.12, 0.7, 1.3),
+        irregularity=Range(0.028, 0.010, 0.0, 0.06),
+        blebs=0.6,
+        bleb_um=Range(1.7, 0.4, 1.0, 2.8),
+        source={
+            "diameter_um": "suspended MCF-10A about 13-18 um: assumption",
+            "delta_n_cytoplasm": "non-tumorigenic breast cells denser than MCF-7 in QPI and "
+            "mechanics studies (cancer cells softer, lower mass density): assumption of the "
+            "direction, not of the size",
+            **_SHARED_SOURCES,
+        },
+    ),
+    "mcf7": CellLine(
+        name="mcf7",
+        description="MCF-7: breast adenocarcinoma cells (the cancer class of the held-out pair)",
+        diameter_um=Range(15.8, 1.9, 11.0, 22.0),
+        aspect=Range(1.05, 0.04, 1.0, 1.25),
+        height_ratio=Range(0.95, 0.03, 0.85, 1.0),
+        delta_n_cytoplasm=Range(0.0280, 0.0035, 0.019, 0.040),
+        nucleus_ratio=Range(0.58, 0.06, 0.42, 0.74),
+        delta_n_nucleus=Range(0.005, 0.002, 0.0, 0.011),
+        nucleus_offset=Range(0.12, 0.06, 0.0, 0.33),
+        nucleoli=2.6,
+        nucleolus_um=Range(1.5, 0.3, 0.8, 2.4),
+        delta_n_nucleolus=Range(0.014, 0.003, 0.007, 0.022),
+        texture_nm=Range(1.2, 0.3, 0.5, 2.2),
+        texture_um=Range(0.85, 0.12, 0.6, 1.2),
+        irregularity=Range(0.040, 0.014, 0.0, 0.085),
+        blebs=1.3,
+        bleb_um=Range(1.9, 0.45, 1.0, 3.1),
+        source={
+            "diameter_um": "MCF-7 in suspension about 13-20 um, overlapping MCF-10A on purpose",
+            "nucleus_ratio": "a higher nucleus-to-cytoplasm ratio and more, larger nucleoli in "
+            "the malignant line (standard cytopathology criteria)",
+            **_SHARED_SOURCES,
+        },
+    ),
 }
 
 #: Sperm parameters (human, WHO laboratory manual 2010, chapter 2.15: head 4.1 um

@@ -25,7 +25,7 @@ def test_suspended_lines_overlap_in_size_but_differ_on_average():
         line: [render_cell(line, rng, 0.5).params["diameter_um"] for _ in range(60)]
         for line in CELL_LINES
     }
-    for a, b in (("hs895-sk", "hs895-t"), ("sw480", "sw620")):
+    for a, b in (("hs895-sk", "hs895-t"), ("sw480", "sw620"), ("mcf7", "mcf10a")):
         # Size alone must not separate a pair: the ranges overlap widely...
         assert min(diam[a]) < np.median(diam[b]) < max(diam[a])
         # ...though the means differ, as the lines do.
