@@ -153,6 +153,7 @@ class CameraLoop:
             stored.labels,
             probabilities,
             stored.event_ids,
+            [c.qc for c in stored.cells],
         )
 
     def _archive_cells(self, stored: StoredCells) -> None:

@@ -113,6 +113,8 @@ class _Crop:
     peak_opd_nm: float
     opd_nm: np.ndarray
     event_id: int | None = None
+    #: The cell's QC features (segmentation's QC_FEATURES), when known.
+    qc: tuple[tuple[str, float | bool], ...] = ()
 
 
 class LiveView:
@@ -123,15 +125,26 @@ class LiveView:
     max_crops : how many of the latest classified crops to keep
     display_interval_s : a displayed frame stays at least this long before a newer
         one replaces it (0: always the latest)
+    opd_range_nm : (low, high) nm of the OPD colour scale of every map and crop image,
+        so that their brightness compares; None: each image spans its own range
     """
 
-    def __init__(self, max_crops: int = 24, *, display_interval_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        max_crops: int = 24,
+        *,
+        display_interval_s: float = 0.2,
+        opd_range_nm: tuple[float, float] | None = None,
+    ) -> None:
         if max_crops < 1:
             raise ValueError(f"max_crops must be at least 1, got {max_crops}")
         if not display_interval_s >= 0:
             raise ValueError(f"display_interval_s must be >= 0, got {display_interval_s}")
+        if opd_range_nm is not None and not opd_range_nm[0] < opd_range_nm[1]:
+            raise ValueError(f"opd_range_nm must be (low, high), low < high, got {opd_range_nm}")
         self.max_crops = max_crops
         self.display_interval_s = display_interval_s
+        self.opd_range_nm = opd_range_nm
         #: Changes when the process restarts: sequences and result ids start over.
         self.instance = secrets.token_hex(4)
         self._lock = threading.Lock()
@@ -217,10 +230,11 @@ class LiveView:
         labels: Sequence[str],
         probabilities: Sequence[Mapping[str, float]],
         event_ids: Sequence[int] | None = None,
+        qc: Sequence[Mapping[str, float | bool]] | None = None,
     ) -> None:
         """Hand over classified crops: (N, 128, 128) float32 OPD in nm, with their stored
-        result ids, labels, class probabilities and (camera) event ids. Only the last
-        ``max_crops`` stay."""
+        result ids, labels, class probabilities, (camera) event ids and QC features.
+        Only the last ``max_crops`` stay."""
         n = len(result_ids)
         if crops.ndim != 3 or not len(crops) == len(labels) == len(probabilities) == n:
             raise ValueError(
@@ -237,6 +251,7 @@ class LiveView:
                 peak_opd_nm=max(float(crops[i].max()), 0.0),
                 opd_nm=crops[i],
                 event_id=int(event_ids[i]) if event_ids else None,
+                qc=tuple(qc[i].items()) if qc else (),
             )
             for i in keep
         ]
@@ -284,7 +299,7 @@ class LiveView:
         recent = [t for t in arrivals if now - t <= RATE_WINDOW_S]
         frame = None
         if shown is not None:
-            lo, hi = _opd_range(shown)
+            lo, hi = self.opd_range_nm or _opd_range(shown)
             frame = {
                 "frame_id": shown.frame_id,
                 "grabbed_at": shown.grabbed_at,
@@ -327,9 +342,12 @@ class LiveView:
                     "probabilities": c.probabilities,
                     "peak_opd_nm": c.peak_opd_nm,
                     "event_id": c.event_id,
+                    "qc": {k: _plain(v) for k, v in c.qc},
                 }
                 for c in reversed(crops)
             ],
+            "opd_scale": "auto" if self.opd_range_nm is None else "fixed",
+            "crop_opd_range_nm": list(self.opd_range_nm) if self.opd_range_nm else None,
             "colours": {
                 "accepted": "#{:02x}{:02x}{:02x}".format(*ACCEPTED_RGB),
                 "rejected": "#{:02x}{:02x}{:02x}".format(*REJECTED_RGB),
@@ -343,13 +361,15 @@ class LiveView:
         return self._render("hologram", _render_hologram, sequence)
 
     def opd_png(self, sequence: int | None = None) -> bytes | None:
-        """The displayed OPD map, colour-mapped over :func:`_opd_range`, with accepted
+        """The displayed OPD map, colour-mapped over ``opd_range_nm`` (or, without one,
+        :func:`_opd_range`), with accepted
         cells outlined in :data:`ACCEPTED_RGB` and rejected objects in
         :data:`REJECTED_RGB`; scaled by a whole factor towards :data:`MAX_DISPLAY_PX`."""
-        return self._render("opd", _render_opd, sequence)
+        return self._render("opd", lambda f: _render_opd(f, self.opd_range_nm), sequence)
 
     def crop_png(self, result_id: int) -> bytes | None:
-        """A kept crop as a colour PNG (0 nm to its peak); None when it is not kept."""
+        """A kept crop as a colour PNG over ``opd_range_nm`` (without one: 0 nm to its
+        peak); None when it is not kept."""
         with self._lock:
             crop = next((c for c in self._fetchable() if c.result_id == result_id), None)
         if crop is None:
@@ -359,7 +379,7 @@ class LiveView:
             with self._render_locks["crop"]:
                 png = self._crop_pngs.get(result_id)
                 if png is None:
-                    png = _render_crop(crop)
+                    png = _render_crop(crop, self.opd_range_nm)
                     with self._lock:
                         kept = {c.result_id for c in self._fetchable()}
                     pngs = {k: v for k, v in self._crop_pngs.items() if k in kept}
@@ -494,8 +514,8 @@ def _outlines(labels: np.ndarray, width: int) -> np.ndarray:
     return edge & (labels > 0)
 
 
-def _render_opd(frame: _Frame) -> bytes:
-    lo, hi = _opd_range(frame)
+def _render_opd(frame: _Frame, fixed: tuple[float, float] | None = None) -> bytes:
+    lo, hi = fixed or _opd_range(frame)
     up, down = _display_scale(frame.opd_nm.shape)
     opd, labels = frame.opd_nm, frame.labels
     if down > 1:
@@ -518,6 +538,14 @@ def _render_opd(frame: _Frame) -> bytes:
     return _png(_palette_image(indices))
 
 
-def _render_crop(crop: _Crop) -> bytes:
-    peak = max(crop.peak_opd_nm, MIN_CROP_PEAK_NM)
-    return _png(_palette_image(_to_uint8(crop.opd_nm, 0.0, peak, LEVELS)))
+def _render_crop(crop: _Crop, fixed: tuple[float, float] | None = None) -> bytes:
+    lo, hi = fixed or (0.0, max(crop.peak_opd_nm, MIN_CROP_PEAK_NM))
+    return _png(_palette_image(_to_uint8(crop.opd_nm, lo, hi, LEVELS)))
+
+
+def _plain(value: float | bool) -> float | bool | None:
+    """A QC value as JSON takes it (NaN: null)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    number = float(value)
+    return number if math.isfinite(number) else None

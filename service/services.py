@@ -5,6 +5,7 @@ each (``service/api/deps.py``):
 
 - :class:`Classification`: the model, the shared micro-batcher, the results store;
 - :class:`LiveView`: what the operator's page shows;
+- :class:`History`: the last minutes second by second, sampled from the metrics;
 - :class:`CameraLoop`: the camera loop and its observers (None without a camera);
 - :class:`HologramPath`: holograms posted to the API, reconstructed as the loop does.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .camera import CameraLoop
 from .classification import Classification
+from .history import History
 from .holograms import HologramPath
 from .live import LiveView
 from .metrics import Metrics
@@ -29,6 +31,7 @@ class Services:
     classification: Classification
     live: LiveView
     holograms: HologramPath
+    history: History
     camera: CameraLoop | None = None
     started: float = field(default_factory=time.time)
 
@@ -39,12 +42,14 @@ class Services:
         spec = settings.camera_spec()
         metrics.camera_enabled.set(spec is not None)
         classification = Classification.start(settings, metrics)
-        live = LiveView()
+        live = LiveView(opd_range_nm=settings.live_opd_range_nm)
+        history = History(metrics, settings.live_history_seconds)
         camera = None
         if spec is not None:
             camera = CameraLoop.build(settings, spec, classification, metrics, live)
         holograms = HologramPath(settings, metrics, live, camera)
-        services = cls(settings, metrics, classification, live, holograms, camera)
+        services = cls(settings, metrics, classification, live, holograms, history, camera)
+        history.start()
         if camera is not None:
             camera.start()
         return services
@@ -52,6 +57,7 @@ class Services:
     def close(self) -> None:
         """Stop the camera loop (its queued frames are processed), close the archive,
         drain the batcher, then commit every queued result."""
+        self.history.stop()
         if self.camera is not None:
             self.camera.close()
         self.classification.close()

@@ -170,6 +170,35 @@ class Settings(BaseSettings):
     )
     crop_archive_file_crops: int = Field(4096, ge=1, description="crops per archive file")
 
+    # -- the operator's live page --
+    live_opd_range_nm: tuple[float, float] | None = Field(
+        (0.0, 800.0),
+        description="the fixed OPD colour scale of the live page's map and cell images, "
+        "(low, high) nm; none: each image spans its own range",
+    )
+    live_history_seconds: int = Field(
+        600, ge=10, le=86400, description="per-second figures the live page can plot"
+    )
+    quality_background_max_nm: float = Field(
+        10.0,
+        gt=0,
+        description="the background OPD spread (median over 5 min) above which the reference "
+        "is stale; the page's threshold and alert TopganBackgroundDrift",
+    )
+    quality_fringe_contrast_min: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="the fringe contrast below which alignment is lost; the page's threshold "
+        "and alert TopganFringeContrastLow",
+    )
+    latency_p99_max_s: float = Field(
+        0.1,
+        gt=0,
+        description="the p99 grab-to-stored latency above which the loop falls behind; the "
+        "page's threshold and alert TopganLatencyHigh",
+    )
+
     # -- HTTP --
     api_key: str | None = Field(None, description="when set, every POST needs X-API-Key")
     host: str = Field("127.0.0.1", description="listen address")
@@ -181,6 +210,13 @@ class Settings(BaseSettings):
     @classmethod
     def _simulated_lines(cls, value: str) -> str:
         return ",".join(parse_lines(value))
+
+    @field_validator("live_opd_range_nm")
+    @classmethod
+    def _live_opd_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"live_opd_range_nm must be (low, high) with low < high, got {value}")
+        return value
 
     @field_validator("camera")
     @classmethod

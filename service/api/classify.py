@@ -204,7 +204,7 @@ async def classify_hologram(
         raise HTTPException(503, NO_MODEL) from None
     classes = result.manifest.classes
     probabilities = [dict(zip(classes, p.tolist(), strict=True)) for p in result.probabilities]
-    live.results(frame_id, crops, result.ids, result.labels, probabilities)
+    live.results(frame_id, crops, result.ids, result.labels, probabilities, qc=qc)
     return _response(result, qc, positions, rejected, used)
 
 

@@ -14,6 +14,7 @@ from fastapi import Depends, Header, HTTPException, Request
 
 from ..camera import CameraLoop
 from ..classification import Classification
+from ..history import History
 from ..holograms import HologramPath
 from ..live import LiveView
 from ..metrics import Metrics
@@ -51,6 +52,10 @@ async def get_holograms(request: Request) -> HologramPath:
     return services_of(request).holograms
 
 
+async def get_history(request: Request) -> History:
+    return services_of(request).history
+
+
 async def get_started(request: Request) -> float:
     return services_of(request).started
 
@@ -61,6 +66,7 @@ ClassificationDep = Annotated[Classification, Depends(get_classification)]
 LiveDep = Annotated[LiveView, Depends(get_live)]
 CameraDep = Annotated[CameraLoop | None, Depends(get_camera)]
 HologramsDep = Annotated[HologramPath, Depends(get_holograms)]
+HistoryDep = Annotated[History, Depends(get_history)]
 StartedDep = Annotated[float, Depends(get_started)]
 
 

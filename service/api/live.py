@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from functools import cache
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
-from .deps import LiveDep
+from .deps import HistoryDep, LiveDep, SettingsDep
 from .schemas import ErrorResponse
 
 router = APIRouter(tags=["live"])
@@ -59,8 +59,17 @@ class LiveCrop(BaseModel):
     frame_id: int
     label: str
     probabilities: dict[str, float]
-    peak_opd_nm: float = Field(description="the crop image spans 0 nm to this")
+    peak_opd_nm: float = Field(
+        description="the crop's peak OPD, nm; its image spans 0 nm to this unless the scale "
+        "is fixed (crop_opd_range_nm)"
+    )
     event_id: int | None = Field(None, description="the cell this view is of (camera crops)")
+    qc: dict[str, float | bool | None] = Field(
+        default_factory=dict,
+        description="the cell's QC features (area_um2, dry_mass_pg, mean_opd_nm, peak_opd_nm, "
+        "circularity, solidity, amplitude_std, clipped, touching, out_of_focus); null: not "
+        "measurable",
+    )
 
 
 class LiveColours(BaseModel):
@@ -77,7 +86,54 @@ class LiveState(BaseModel):
     frame: LiveFrame | None = Field(description="the displayed frame; null before any")
     crops_sequence: int = Field(description="changes when new crops arrive")
     crops: list[LiveCrop] = Field(description="the latest classified cells, newest first")
+    opd_scale: Literal["fixed", "auto"] = Field(
+        description="fixed: every map and crop image spans the same OPD range "
+        "(TOPGAN_LIVE_OPD_RANGE_NM); auto: each image its own"
+    )
+    crop_opd_range_nm: list[float] | None = Field(
+        description="the crop images' OPD range, nm, when the scale is fixed"
+    )
     colours: LiveColours
+
+
+class LiveThresholds(BaseModel):
+    background_opd_nm: float = Field(
+        description="background spread above which the reference is stale (TOPGAN_QUALITY_"
+        "BACKGROUND_MAX_NM; alert TopganBackgroundDrift)"
+    )
+    fringe_contrast: float = Field(
+        description="fringe contrast below which alignment is lost (TOPGAN_QUALITY_FRINGE_"
+        "CONTRAST_MIN; alert TopganFringeContrastLow)"
+    )
+    latency_p99_s: float = Field(
+        description="p99 grab-to-stored latency above which the loop falls behind "
+        "(TOPGAN_LATENCY_P99_MAX_S; alert TopganLatencyHigh)"
+    )
+
+
+class LiveHistory(BaseModel):
+    """The last minutes, one entry per second in every list (null: no such figure that
+    second), oldest first; sampled from the same metrics /metrics serves."""
+
+    t: list[float] = Field(description="Unix time at the end of each second")
+    frames_per_s: list[float | None] = Field(description="camera frames grabbed per second")
+    dropped_per_s: list[float | None] = Field(description="frames dropped (queue full) per s")
+    views_per_s: list[float | None] = Field(description="camera views classified per second")
+    cells_per_s: list[float | None] = Field(description="cells counted once (events) per s")
+    errors_per_s: list[float | None] = Field(description="frames that failed per second")
+    queue_depth: list[float | None] = Field(description="frames waiting for the workers")
+    latency_p50_s: list[float | None] = Field(
+        description="median grab-to-stored latency of the second's camera cells"
+    )
+    latency_p99_s: list[float | None] = Field(description="its 99th percentile")
+    background_opd_nm: list[float | None] = Field(
+        description="median background OPD spread of the second's frames, nm"
+    )
+    fringe_contrast: list[float | None] = Field(description="the last frame's fringe contrast")
+    cells_by_class: dict[str, list[int]] = Field(
+        description="cells counted once in each second, by class"
+    )
+    thresholds: LiveThresholds
 
 
 PNG_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -112,6 +168,25 @@ async def live_state(live: LiveDep) -> LiveState:
     return LiveState.model_validate(live.snapshot())
 
 
+@router.get("/live/history", response_model=LiveHistory, summary="The last minutes, per second")
+async def live_history(
+    history: HistoryDep,
+    settings: SettingsDep,
+    seconds: Annotated[
+        int | None, Query(ge=1, description="only the last this many seconds; default all kept")
+    ] = None,
+) -> LiveHistory:
+    """Rates, latency, class counts and hologram quality second by second, for the
+    page's charts (at most ``TOPGAN_LIVE_HISTORY_SECONDS``), with the thresholds the
+    alerts use."""
+    thresholds = LiveThresholds(
+        background_opd_nm=settings.quality_background_max_nm,
+        fringe_contrast=settings.quality_fringe_contrast_min,
+        latency_p99_s=settings.latency_p99_max_s,
+    )
+    return LiveHistory(**history.series(seconds), thresholds=thresholds)
+
+
 def _png(png: bytes | None, missing: str) -> Response:
     if png is None:
         raise HTTPException(404, missing)
@@ -133,7 +208,8 @@ async def opd_png(live: LiveDep, seq: FrameSequence = None) -> Response:
 
 @router.get("/live/crops/{result_id}.png", response_class=Response, responses=PNG_RESPONSES)
 async def crop_png(live: LiveDep, result_id: int) -> Response:
-    """One of the latest crops, coloured from 0 nm to its peak OPD."""
+    """One of the latest crops, coloured over the fixed OPD scale (crop_opd_range_nm of
+    /live/state) or, without one, from 0 nm to its peak OPD."""
     png = await run_in_threadpool(live.crop_png, result_id)
     kept = live.max_crops
     return _png(

@@ -236,3 +236,22 @@ def test_prometheus_scrapes_the_service(tmp_path, service):
     finally:
         process.terminate()
         process.wait(30)
+
+
+@pytest.mark.parametrize(
+    ("alert", "setting"),
+    [
+        ("TopganBackgroundDrift", "quality_background_max_nm"),
+        ("TopganFringeContrastLow", "quality_fringe_contrast_min"),
+        ("TopganLatencyHigh", "latency_p99_max_s"),
+    ],
+)
+def test_the_live_pages_thresholds_are_the_alerts(alert, setting):
+    """The page draws each threshold from the settings; the alert rule must fire at the
+    same value, or the operator sees green while Prometheus pages someone."""
+    from service.settings import Settings
+
+    rules = yaml.safe_load(ALERTS.read_text())
+    expr = next(r["expr"] for g in rules["groups"] for r in g["rules"] if r.get("alert") == alert)
+    threshold = float(re.search(r"[<>]\s*([0-9.]+)(?:\s+and\b|\s*$)", expr).group(1))
+    assert threshold == Settings.model_fields[setting].default, expr

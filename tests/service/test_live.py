@@ -303,6 +303,7 @@ def test_crops_ring_buffer(real_frames):
         "probabilities": {"sw480": 0.25, "sw620": 0.75},
         "peak_opd_nm": pytest.approx(float(batch[2].max())),
         "event_id": 9,
+        "qc": {},
     }
     assert state["crops"][-1]["event_id"] is None, "crops without an event (posted ones)"
     assert state["crops_sequence"] == 1, "one selection of crops shown so far"
@@ -316,6 +317,37 @@ def test_crops_ring_buffer(real_frames):
     assert [c["result_id"] for c in view.snapshot()["crops"]] == [26, 25, 24, 23, 22]
     with pytest.raises(ValueError, match="same N crops"):
         view.results(4, batch, [1, 2], ["a", "b"], probs[:2])
+
+
+def test_a_fixed_opd_scale_colours_every_image_alike(real_frames):
+    """With a fixed scale the same OPD is the same colour in the map and in every crop,
+    whatever each one's own peak; the page is told the scale and each crop's QC."""
+    frame = real_frames["hl60_hologram_with_bg.npz"]
+    cell = frame.segmentation.cells[0]
+    view = LiveView(display_interval_s=0, opd_range_nm=(0.0, 800.0))
+    feed(view, frame)
+    crops = np.stack([cell.crop_nm, cell.crop_nm * 0.5])
+    probs = [{"sw480": 0.5, "sw620": 0.5}] * 2
+    view.results(7, crops, [1, 2], ["sw480"] * 2, probs, qc=[cell.qc, {"clipped": True}])
+    state = view.snapshot()
+    assert state["opd_scale"] == "fixed"
+    assert state["crop_opd_range_nm"] == [0.0, 800.0]
+    assert state["frame"]["opd_range_nm"] == [0.0, 800.0]
+    by_id = {c["result_id"]: c for c in state["crops"]}
+    assert by_id[1]["qc"]["area_um2"] == pytest.approx(cell.qc["area_um2"])
+    assert by_id[2]["qc"] == {"clipped": True}
+    full, half = (np.asarray(decode(view.crop_png(i))) for i in (1, 2))
+    # Half the OPD, half the colour level: the level is OPD / 800 nm of the map's 254.
+    peak = np.unravel_index(np.argmax(cell.crop_nm), cell.crop_nm.shape)
+    assert abs(int(full[peak]) - round(cell.crop_nm[peak] / 800 * 253)) <= 1
+    assert abs(int(half[peak]) - round(cell.crop_nm[peak] / 2 / 800 * 253)) <= 1
+    auto = LiveView(display_interval_s=0)
+    auto.results(7, crops, [1, 2], ["sw480"] * 2, probs)
+    assert auto.snapshot()["opd_scale"] == "auto"
+    own = (np.asarray(decode(auto.crop_png(i))) for i in (1, 2))
+    assert all(int(image[peak]) == 253 for image in own), "auto: each crop to its own peak"
+    with pytest.raises(ValueError, match="opd_range_nm"):
+        LiveView(opd_range_nm=(10.0, 10.0))
 
 
 def test_bad_frames_are_refused():
