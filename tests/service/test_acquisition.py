@@ -435,6 +435,31 @@ def test_live_page_in_chromium_follows_the_camera(tmp_path, flow_images, browser
         wait.until(lambda d: int(page_text(d, "#total-cells")) > 0)
         assert page_text(driver, "#cells-kind") == "cells (each counted once)"
         assert not driver.find_element(By.ID, "banner").is_displayed()
+
+        # The last minutes: rates, class fractions and quality, second by second.
+        points = "return document.querySelector(arguments[0])?.getAttribute('points') || ''"
+        line = '#chart-frames polyline[data-series="frames_per_s"]'
+        wait.until(lambda d: len(d.execute_script(points, line).split()) >= 2)
+        wait.until(lambda d: float(page_text(d, "#chart-frames .now")) > 0)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-fractions rect"))
+        assert driver.find_elements(By.CSS_SELECTOR, "#chart-background line.threshold")
+        assert page_text(driver, "#opd-lo") == "0"
+        assert page_text(driver, "#opd-hi") == "800"
+        # A cell's QC: click its card.
+        driver.find_element(By.CSS_SELECTOR, ".crop").click()
+        area = '#selected-qc tr[data-key="area_um2"] .value'
+        wait.until(lambda d: page_text(d, area).endswith("µm²"))
+        assert float(page_text(driver, area).split()[0]) > 20
+
+        # Stop and start from the page.
+        driver.find_element(By.ID, "acq-stop").click()
+        wait.until(lambda d: page_text(d, "#acq-state").lower() == "idle")
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert c.get("/acquisition").json()["state"] == "idle"
+        wait.until(lambda d: d.find_element(By.ID, "acq-start").is_enabled())
+        driver.find_element(By.ID, "acq-start").click()
+        wait.until(lambda d: page_text(d, "#acq-state").lower() == "running")
+        assert not driver.find_element(By.ID, "banner").is_displayed()
     finally:
         driver.quit()
         stopped_cleanly(server)
