@@ -60,11 +60,18 @@ class ProcessedFrames:
 
     def quality(self, index: int = 0) -> dict[str, float]:
         """Hologram quality of frame ``index``: the background OPD spread over its
-        cell-free pixels (nm) and its fringe contrast (NaN when not measured)."""
-        contrast = self.maps.fringe_contrast
+        cell-free pixels (nm), its fringe contrast, how far its carrier has drifted
+        from the reference's (cycles per camera pixel) and its phase residues (NaN
+        when not measured)."""
+        maps, nan = self.maps, float("nan")
+        contrast, drift, residues = maps.fringe_contrast, maps.carrier_drift, maps.unwrap_residues
         return {
             "background_opd_nm": self.segmentations[index].background_rms_nm,
-            "fringe_contrast": float(contrast[index]) if contrast is not None else float("nan"),
+            "fringe_contrast": float(contrast[index]) if contrast is not None else nan,
+            "carrier_drift_cycles_per_px": (
+                float(np.hypot(*drift[index])) if drift is not None else nan
+            ),
+            "unwrap_residues": float(residues[index]) if residues is not None else nan,
         }
 
     def crops(self) -> np.ndarray:

@@ -143,6 +143,11 @@ class OPDMaps:
     fringe_contrast : (N,) the fringes' modulation depth in the sample region,
         sideband amplitude over the mean intensity (the interferometer's visibility
         for equal beams; it drops when the module loses alignment or focus)
+    carrier_drift : (N, 2) (ky, kx) cycles per camera pixel by which each frame's
+        carrier has moved from the reference's (without a reference: from the
+        spectrum bin the geometry was built on); the phase gradient of the sample
+        region's field, which the background fit then removes from the OPD
+    unwrap_residues : (N,) phase residues in each frame's wrapped sample region
     """
 
     opd_nm: np.ndarray
@@ -154,6 +159,8 @@ class OPDMaps:
     sign: int
     wavelength_nm: float
     fringe_contrast: np.ndarray | None = None
+    carrier_drift: np.ndarray | None = None
+    unwrap_residues: np.ndarray | None = None
 
     def to_camera_px(self, y: float, x: float) -> tuple[float, float]:
         """Camera pixel coordinates of map position (y, x)."""
@@ -542,7 +549,11 @@ class Reconstructor:
         else:
             order = cfg.background_order
         fields = fields[(slice(None), *geometry.region)]
-        phase = geometry.unwrapper(xp.angle(fields))
+        h, w = shape
+        my, mx = geometry.out_shape
+        scale = (h / my, w / mx)
+        drift = self._carrier_drift(fields, scale)
+        phase, residues = geometry.unwrapper.unwrap(xp.angle(fields), residues=True)
         amplitude = xp.abs(fields)
         phase_np = b.to_numpy(phase)
         amplitude_np = b.to_numpy(amplitude).astype(np.float32, copy=False)
@@ -552,9 +563,6 @@ class Reconstructor:
         sign = self._sign(geometry, phase_np)
         opd_nm = (phase_np * (sign * cfg.wavelength_nm / (2 * math.pi))).astype(np.float32)
 
-        h, w = shape
-        my, mx = geometry.out_shape
-        scale = (h / my, w / mx)
         ry = geometry.region[0].indices(my)[0]
         rx = geometry.region[1].indices(mx)[0]
         return OPDMaps(
@@ -567,7 +575,27 @@ class Reconstructor:
             sign=sign,
             wavelength_nm=cfg.wavelength_nm,
             fringe_contrast=contrast,
+            carrier_drift=drift,
+            unwrap_residues=b.to_numpy(residues).astype(np.int64),
         )
+
+    def _carrier_drift(self, fields: Any, scale: tuple[float, float]) -> np.ndarray:
+        """(N, 2) (ky, kx) cycles per camera pixel: along each axis, the phase of the
+        mean product of neighbouring map pixels' unit phasors in every line (a carrier
+        shift makes every step the same), the median over the lines (a cell cut by
+        the window adds a net step to the few lines that cross it), over 2 pi and the
+        ``scale`` camera pixels a map pixel spans. An eighth of the region on each
+        side is left out: the inverse transform is periodic, and a tilted field rings
+        where the window wraps. One arctangent per line: cheap."""
+        xp = self.backend.xp
+        m, n = fields.shape[-2:]
+        inner = fields[:, m // 8 : m - m // 8, n // 8 : n - n // 8]
+        unit = inner * (1 / xp.maximum(xp.abs(inner), 1e-30))
+        by_column = (unit[:, 1:, :] * xp.conj(unit[:, :-1, :])).sum(axis=-2)
+        by_row = (unit[:, :, 1:] * xp.conj(unit[:, :, :-1])).sum(axis=-1)
+        to_numpy = self.backend.to_numpy
+        steps = [np.median(to_numpy(xp.angle(a)), axis=-1) for a in (by_column, by_row)]
+        return (np.stack(steps, axis=-1) / (2 * math.pi) / np.asarray(scale)).astype(np.float64)
 
     def _fringe_contrast(self, frames: np.ndarray, fields: Any, geometry: _Geometry) -> np.ndarray:
         """(N,) modulation depth: for I = A (1 + V cos(carrier phase)) the sideband's

@@ -51,6 +51,16 @@ class LeastSquaresUnwrapper:
         map holds no inconsistency (no residues), this equals the true phase up to
         a constant.
         """
+        return self.unwrap(wrapped)[0]
+
+    def unwrap(self, wrapped: Any, residues: bool = False) -> tuple[Any, Any]:
+        """(:meth:`__call__`'s phase, each map's residue count or None).
+
+        A residue is a 2x2 pixel loop whose wrapped differences do not sum to zero:
+        a phase singularity (noise, a dark speckle, an undersampled steep edge) that no
+        unwrapping can make consistent; least squares spreads each over its
+        neighbourhood. Counting them reuses the differences the solve computes anyway.
+        """
         xp = self.backend.xp
         fft = self.backend.fft
         if tuple(wrapped.shape[-2:]) != self.shape:
@@ -60,6 +70,12 @@ class LeastSquaresUnwrapper:
         psi = xp.asarray(wrapped, dtype=self.dtype)
         dy = wrap(xp.diff(psi, axis=-2), xp)
         dx = wrap(xp.diff(psi, axis=-1), xp)
+        counts = None
+        if residues:
+            # Around each loop: right along the top, down the right side, back along
+            # the bottom and up the left side; the sum is 0 or +-2 pi.
+            loop = dx[..., :-1, :] + dy[..., :, 1:] - dx[..., 1:, :] - dy[..., :, :-1]
+            counts = (xp.abs(loop) > math.pi).sum(axis=(-2, -1))
         # Divergence with Neumann boundaries: the differences beyond the edges are zero.
         rho = xp.zeros_like(psi)
         rho[..., :-1, :] += dy
@@ -69,4 +85,4 @@ class LeastSquaresUnwrapper:
         kw = self.backend.fft_kwargs(rho.size)
         spectrum = fft.dctn(rho, type=2, axes=(-2, -1), norm="ortho", **kw)
         spectrum *= self._inv_eig
-        return fft.idctn(spectrum, type=2, axes=(-2, -1), norm="ortho", **kw)
+        return fft.idctn(spectrum, type=2, axes=(-2, -1), norm="ortho", **kw), counts

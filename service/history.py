@@ -6,7 +6,8 @@ disagree) and keeps what changed in that second: frames grabbed and dropped, vie
 classified, cells counted once (events) by class, frame errors, the queue depth, the
 grab-to-stored latency of that second's camera cells (p50 and p99, interpolated in
 the histogram's buckets as Prometheus's ``histogram_quantile`` does), the median
-background OPD spread of that second's frames and the fringe contrast. A ring of
+background OPD spread and phase residues of that second's frames, the fringe contrast
+and the carrier's drift. A ring of
 ``seconds`` such records is all it holds: a few hundred kilobytes at most.
 """
 
@@ -36,6 +37,8 @@ SERIES: tuple[str, ...] = (
     "latency_p99_s",
     "background_opd_nm",
     "fringe_contrast",
+    "carrier_drift_cycles_per_px",
+    "unwrap_residues",
 )
 
 
@@ -113,6 +116,7 @@ class _Totals:
     errors: float
     latency: dict[float, float]
     background: dict[float, float]
+    residues: dict[float, float]
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ class History:
             errors=counter_total(m.frame_errors),
             latency=buckets(m.cell_latency, source="camera"),
             background=buckets(m.background_opd),
+            residues=buckets(m.unwrap_residues),
         )
 
     def sample(self) -> Second | None:
@@ -171,6 +176,7 @@ class History:
         now = self._totals()
         queue = gauge_value(self.metrics.queue_depth)
         contrast = gauge_value(self.metrics.fringe_contrast)
+        drift = gauge_value(self.metrics.carrier_drift)
         with self._lock:
             before, self._last = self._last, now
             if before is None:
@@ -192,6 +198,8 @@ class History:
                         0.5, _delta(now.background, before.background)
                     ),
                     "fringe_contrast": contrast if math.isfinite(contrast) else None,
+                    "carrier_drift_cycles_per_px": drift if math.isfinite(drift) else None,
+                    "unwrap_residues": bucket_quantile(0.5, _delta(now.residues, before.residues)),
                 },
                 cells_by_class={
                     k: round(v - before.events.get(k, 0.0)) for k, v in now.events.items()

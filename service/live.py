@@ -98,7 +98,7 @@ class _Frame:
     #: Each tracked cell in view: its event id (None before it is classified) and its
     #: recent path, (y, x) in OPD-map pixels, oldest first.
     tracks: tuple[tuple[int | None, tuple[tuple[float, float], ...]], ...] = ()
-    #: The frame's hologram quality (background_opd_nm, fringe_contrast).
+    #: The frame's hologram quality (ProcessedFrames.quality()).
     quality: tuple[tuple[str, float], ...] = ()
     #: Renderings and derived numbers of this frame, filled on first request.
     cache: dict[str, Any] = field(default_factory=dict)

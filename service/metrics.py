@@ -25,6 +25,8 @@ STAGES = ("reconstruct", "segment", "track", "classify", "store")
 VIEW_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 #: Background OPD spread, nm: a fresh reference leaves 1-3 nm, a stale one tens.
 BACKGROUND_BUCKETS = (0.5, 1, 2, 3, 5, 8, 12, 20, 35, 60, 100)
+#: Phase residues per frame's sample region.
+RESIDUE_BUCKETS = (0, 1, 3, 10, 30, 100, 300, 1000, 3000)
 
 
 class Metrics:
@@ -59,6 +61,19 @@ class Metrics:
         self.fringe_contrast = Gauge(
             "topgan_fringe_contrast",
             "Fringe modulation depth of the last frame's sample region (0 to 1)",
+            registry=r,
+        )
+        self.carrier_drift = Gauge(
+            "topgan_carrier_drift_cycles_per_px",
+            "How far the last frame's fringe carrier has moved from the reference's, "
+            "cycles per camera pixel (a misaligned module; a stale reference)",
+            registry=r,
+        )
+        self.unwrap_residues = Histogram(
+            "topgan_unwrap_residues",
+            "Phase residues in each frame's wrapped sample region (noise, dark speckles, "
+            "undersampled edges that no unwrapping makes consistent)",
+            buckets=RESIDUE_BUCKETS,
             registry=r,
         )
         self.reference_age = Gauge(

@@ -192,6 +192,12 @@ class Settings(BaseSettings):
         description="the fringe contrast below which alignment is lost; the page's threshold "
         "and alert TopganFringeContrastLow",
     )
+    quality_carrier_drift_max: float = Field(
+        0.002,
+        gt=0,
+        description="the carrier drift from the reference's, cycles/px, above which the "
+        "module is misaligned; the page's threshold and alert TopganCarrierDrift",
+    )
     latency_p99_max_s: float = Field(
         0.1,
         gt=0,

@@ -47,7 +47,8 @@ class LiveFrame(BaseModel):
     quality: dict[str, float | None] = Field(
         default_factory=dict,
         description="the frame's hologram quality: background_opd_nm (spread over its "
-        "cell-free pixels; a fresh reference leaves 1-3 nm), fringe_contrast (0 to 1)",
+        "cell-free pixels; a fresh reference leaves 1-3 nm), fringe_contrast (0 to 1), "
+        "carrier_drift_cycles_per_px (from the reference's), unwrap_residues",
     )
     tracks: list[LiveTrack] = Field(
         default_factory=list, description="the cells followed across frames, in view now"
@@ -105,6 +106,10 @@ class LiveThresholds(BaseModel):
         description="fringe contrast below which alignment is lost (TOPGAN_QUALITY_FRINGE_"
         "CONTRAST_MIN; alert TopganFringeContrastLow)"
     )
+    carrier_drift_cycles_per_px: float = Field(
+        description="carrier drift above which the module is misaligned (TOPGAN_QUALITY_"
+        "CARRIER_DRIFT_MAX; alert TopganCarrierDrift)"
+    )
     latency_p99_s: float = Field(
         description="p99 grab-to-stored latency above which the loop falls behind "
         "(TOPGAN_LATENCY_P99_MAX_S; alert TopganLatencyHigh)"
@@ -130,6 +135,12 @@ class LiveHistory(BaseModel):
         description="median background OPD spread of the second's frames, nm"
     )
     fringe_contrast: list[float | None] = Field(description="the last frame's fringe contrast")
+    carrier_drift_cycles_per_px: list[float | None] = Field(
+        description="the last frame's carrier drift from the reference's, cycles/px"
+    )
+    unwrap_residues: list[float | None] = Field(
+        description="median phase residues of the second's frames"
+    )
     cells_by_class: dict[str, list[int]] = Field(
         description="cells counted once in each second, by class"
     )
@@ -182,6 +193,7 @@ async def live_history(
     thresholds = LiveThresholds(
         background_opd_nm=settings.quality_background_max_nm,
         fringe_contrast=settings.quality_fringe_contrast_min,
+        carrier_drift_cycles_per_px=settings.quality_carrier_drift_max,
         latency_p99_s=settings.latency_p99_max_s,
     )
     return LiveHistory(**history.series(seconds), thresholds=thresholds)

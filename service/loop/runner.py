@@ -144,6 +144,8 @@ class LoopMetrics(Protocol):
     camera_up: Gauge
     background_opd: Histogram
     fringe_contrast: Gauge
+    carrier_drift: Gauge
+    unwrap_residues: Histogram
     reference_age: Gauge
 
     def count(self, what: Count, n: int = 1) -> None: ...
@@ -502,6 +504,10 @@ class AcquisitionRunner:
             self.metrics.background_opd.observe(quality["background_opd_nm"])
         if math.isfinite(quality["fringe_contrast"]):
             self.metrics.fringe_contrast.set(quality["fringe_contrast"])
+        if math.isfinite(quality["carrier_drift_cycles_per_px"]):
+            self.metrics.carrier_drift.set(quality["carrier_drift_cycles_per_px"])
+        if math.isfinite(quality["unwrap_residues"]):
+            self.metrics.unwrap_residues.observe(quality["unwrap_residues"])
         result = FrameResult(frame, processed)
         for observer in self.on_frame:
             observer(result)

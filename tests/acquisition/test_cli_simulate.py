@@ -163,7 +163,7 @@ def test_simulate_and_dataset_errors(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "topgan simulate cells: error: unknown cell line 'hela'; known lines: "
-        "sperm, hs895-sk, hs895-t, sw480, sw620"
+        "sperm, hs895-sk, hs895-t, sw480, sw620, mcf10a, mcf7"
     )
     result = run_cli(
         "simulate", "holograms", "--cell-line", "sw480", "--frames", "0", "--out", str(tmp_path)

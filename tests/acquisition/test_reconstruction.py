@@ -352,3 +352,41 @@ def test_fringe_contrast_is_the_fringes_modulation_depth(visibility):
     contrast = reconstructor.reconstruct(np.stack([hologram, hologram // 2])).fringe_contrast
     assert contrast is not None
     np.testing.assert_allclose(contrast, visibility, atol=0.02)
+
+
+@pytest.mark.parametrize("drift", [(0.0, 0.0), (0.002, -0.003), (-0.001, 0.0015)])
+def test_carrier_drift_is_measured_against_the_reference(drift):
+    """The reference's fringes at (0.2, 0.25) cycles/px, the frame's moved by ``drift``:
+    the measured drift is the move, to a few 1e-5 cycles/px."""
+    from acquisition.backend import get_backend
+
+    y, x = np.mgrid[0:512, 0:640]
+
+    def hologram(ky: float, kx: float, seed: int) -> np.ndarray:
+        mean = 100 * (1 + 0.6 * np.cos(2 * np.pi * (ky * y + kx * x)))
+        return np.random.default_rng(seed).poisson(mean).astype(np.uint16)
+
+    reference = hologram(0.2, 0.25, 0)
+    config = ReconstructionConfig(sample_half="left")
+    reconstructor = Reconstructor(config, get_backend("numpy"), reference)
+    maps = reconstructor.reconstruct(hologram(0.2 + drift[0], 0.25 + drift[1], 1))
+    assert maps.carrier_drift is not None
+    np.testing.assert_allclose(maps.carrier_drift[0], drift, atol=3e-5)
+    assert maps.unwrap_residues is not None
+    assert maps.unwrap_residues.tolist() == [0], "plain fringes leave no phase residue"
+
+
+def test_phase_residues_are_counted_where_the_phase_has_a_vortex(backend):
+    from acquisition.unwrap import LeastSquaresUnwrapper
+
+    y, x = np.mgrid[0:64, 0:80].astype(np.float64)
+    smooth = 0.05 * x + 0.02 * y
+    vortices = np.angle((x - 20.3) + 1j * (y - 30.6)) - np.angle((x - 55.7) + 1j * (y - 10.2))
+    stack = np.stack([np.angle(np.exp(1j * smooth)), np.angle(np.exp(1j * (smooth + vortices)))])
+    unwrapper = LeastSquaresUnwrapper((64, 80), backend)
+    phase, residues = unwrapper.unwrap(backend.asarray(stack), residues=True)
+    assert backend.to_numpy(residues).tolist() == [0, 2]
+    np.testing.assert_allclose(
+        backend.to_numpy(phase), backend.to_numpy(unwrapper(backend.asarray(stack))), atol=1e-6
+    )
+    assert unwrapper.unwrap(backend.asarray(stack))[1] is None

@@ -49,6 +49,13 @@ def run(folder: Path, tmp_path: Path, **extra: object) -> dict[str, float]:
             "background_mean": background["topgan_background_opd_nm_sum"]
             / background["topgan_background_opd_nm_count"],
             "contrast": _value(m.fringe_contrast),
+            "drift": _value(m.carrier_drift),
+            "residue_frames": next(
+                s.value
+                for metric in m.unwrap_residues.collect()
+                for s in metric.samples
+                if s.name.endswith("_count")
+            ),
             "reference_age": _value(m.reference_age),
         }
     finally:
@@ -66,6 +73,8 @@ def test_every_frame_is_measured(replay_folder, tmp_path):
     assert got["background_mean"] < 5, "the frames' own reference leaves a flat background"
     visibility = SceneConfig().optics.visibility
     assert got["contrast"] == pytest.approx(visibility, abs=0.05)
+    assert 0 <= got["drift"] < 1e-4, "the frames' own reference: the carrier has not moved"
+    assert got["residue_frames"] == FRAMES
     assert got["reference_age"] >= 0
     assert got["without_cells"] <= got["frames"]
     assert got["cells"] > 0
