@@ -15,8 +15,8 @@ How a training loop divides the work (the ``training.gan`` loop is the model):
   gradients, which is the gradient of the whole batch's mean loss (exactly when the
   number of processes divides the batch; otherwise shares differ by one crop and
   weigh a little differently). So the learning rate, the steps per epoch and the
-  number of epochs do not change with the number of processes: more processes make
-  each step cheaper, not the optimisation different.
+  number of epochs do not change with the number of processes: more processes divide
+  each step's work, they do not change the optimisation (batch norm aside, below).
 - **One random stream.** Every process holds the whole data tensor and draws, from
   the same seeded generator, the same epoch permutation and the same augmentation and
   noise for the whole batch, then keeps its share. The generators stay in step, the
@@ -26,9 +26,11 @@ How a training loop divides the work (the ``training.gan`` loop is the model):
   statistics (PyTorch's SyncBatchNorm refuses CPU modules, torch 2.13: "SyncBatchNorm
   layers only work with GPU modules"; and one behaviour on every device is easier to
   reason about). A DCGAN already normalises its real and generated batches
-  separately; shares of 16 or more crops (the paper's batch of 64 on up to 4
-  processes) keep those statistics sound. DDP copies rank 0's running statistics to
-  the others at each forward pass, so the saved ones are rank 0's.
+  separately; the statistics get noisier as shares shrink (the paper's batch of 64
+  leaves 16 crops to each of 4 processes), so keep shares from getting small. DDP
+  copies rank 0's running statistics to the others at each forward pass, so the
+  saved ones are rank 0's. Without batch norm, N processes train what one does, to
+  rounding.
 - **Rank 0 writes.** Only it saves checkpoints, weights, sample grids and the
   training record, and reports progress; the saved weights are the unwrapped
   modules' ``state_dict`` (no ``module.`` prefix), which a single-process resume and
