@@ -15,10 +15,14 @@ from typing import Any
 from acquisition.commandline import Command, CommandError, ProgressPrinter, add_common_options
 from models.methods import METHOD_NAMES
 
-from .config import PRESETS, classifier_preset, gan_preset, override
+from .config import DEVICES, PRESETS, classifier_preset, gan_preset, override
 
 DRY_RUN_STEPS = 2
 
+DEVICE_HELP = (
+    "auto: CUDA when PyTorch sees a device, else the CPU (default); under torchrun "
+    "each process takes the GPU of its LOCAL_RANK"
+)
 CHANNELS_HELP = (
     "1: the OPD map (default); 3: the paper's colour encoding (a jet colour map of the "
     "normalised OPD, inside the networks)"
@@ -38,6 +42,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     gan.add_argument("--out", required=True, metavar="DIR")
     gan.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    gan.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     clf = what.add_parser("classifier", help="one classifier, exported to ONNX")
     add_common_options(clf)
     clf.add_argument(
@@ -147,19 +152,25 @@ def run_train(args: argparse.Namespace) -> None:
         _refuse_to_overwrite(out, "--resume continues its training, --force trains afresh into it")
     try:
         if args.what == "gan":
+            from .distributed import launched
             from .gan import train_gan
 
             gan = _configure(gan_preset(args.preset), args, dry_run_batch=8)
-            weights = train_gan(
-                args.data,
-                out,
-                gan,
-                seed=args.seed,
-                resume=args.resume,
-                progress=ProgressPrinter("GAN steps"),
-                command=_command_line(),
-            )
-            print(f"wrote {weights}", file=sys.stderr)
+            # Under torchrun every process checked --out above, and joining waits for
+            # all of them: none writes before all have checked.
+            with launched(args.device) as ddp:
+                weights = train_gan(
+                    args.data,
+                    out,
+                    gan,
+                    seed=args.seed,
+                    resume=args.resume,
+                    progress=ProgressPrinter("GAN steps"),
+                    command=_command_line(),
+                    ddp=ddp,
+                )
+            if ddp.is_main:
+                print(f"wrote {weights}", file=sys.stderr)
         else:
             from .classifier import train_classifier
 

@@ -10,9 +10,12 @@ the network), half the channels, fewer epochs, a larger classifier learning rate
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 PRESETS = ("paper", "cpu")
+DeviceName = Literal["auto", "cpu", "cuda"]
+#: Where training runs: auto is CUDA when PyTorch sees a device, else the CPU.
+DEVICES: tuple[DeviceName, ...] = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)

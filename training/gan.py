@@ -4,6 +4,7 @@ The output folder holds ``checkpoint.pt`` (everything needed to resume: both
 networks, both optimizers, the config, epoch, step, normalisation, seed),
 ``gan.pt`` (weights only, what the classifier starts from), ``gan.json`` (how it
 was made) and a grid of generated cells per epoch (``samples-epoch-NNN.png``).
+Under torchrun the processes share each batch (:mod:`training.distributed`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from models.provenance import portable_command, portable_path
 
 from .config import GanConfig, NetworkConfig
 from .data import dihedral, load_crops
+from .distributed import Distributed
 from .networks import Discriminator, Generator, colour_encode, init_weights
 
 logger = logging.getLogger(__name__)
@@ -55,8 +57,14 @@ def train_gan(
     resume: bool = False,
     progress: Progress | None = None,
     command: str = "",
+    ddp: Distributed | None = None,
 ) -> Path:
-    """Train (or resume) a DCGAN on the crops in ``data``; return ``out/gan.pt``."""
+    """Train (or resume) a DCGAN on the crops in ``data``; return ``out/gan.pt``.
+
+    ``ddp``: this process's place in a distributed launch (default: alone, on the
+    CPU); every process returns once rank 0 has written the outputs."""
+    ddp = ddp or Distributed()
+    device = ddp.device
     torch.manual_seed(seed)
     generator_rng = torch.Generator().manual_seed(seed)
     crops = load_crops(data)
@@ -65,10 +73,11 @@ def train_gan(
         raise ValueError(
             f"the crops are {crops.opd.shape[1]} px, the network takes {net.crop_size}"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.pt"
 
-    g, d = Generator(net), Discriminator(net)
+    g, d = Generator(net).to(device), Discriminator(net).to(device)
     g.apply(init_weights)
     d.apply(init_weights)
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
@@ -76,7 +85,7 @@ def train_gan(
     epoch0, step = 0, 0
     norm = Normalization.fit(crops.opd)
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if state["network"] != asdict(net):
             raise ValueError(
                 f"{checkpoint_path} was trained with another network: {state['network']}"
@@ -87,8 +96,12 @@ def train_gan(
         opt_d.load_state_dict(state["opt_d"])
         epoch0, step = state["epoch"], state["step"]
         norm = Normalization.from_dict(state["normalization"])
-        generator_rng.set_state(state["rng"])
-        logger.info("resuming from epoch %d, step %d", epoch0, step)
+        generator_rng.set_state(state["rng"].cpu())
+        if ddp.is_main:
+            logger.info("resuming from epoch %d, step %d", epoch0, step)
+    ddp.agree(step, "the step to resume from")
+    # What trains: wrapped for several processes; g and d themselves are saved.
+    train_g, train_d = ddp.wrap(g), ddp.wrap(d)
 
     factor = net.crop_size // net.input_size
     x_all = torch.from_numpy(norm.apply(crops.opd))[:, None]
@@ -101,18 +114,19 @@ def train_gan(
         total = min(total, config.max_steps)
     loss = nn.BCEWithLogitsLoss()
     fixed_noise = torch.randn(64, net.latent, generator=torch.Generator().manual_seed(seed + 1))
-    logger.info(
-        "GAN: %d crops, %d steps per epoch, seed %d, normalisation %s",
-        n,
-        steps_per_epoch,
-        seed,
-        norm.to_dict(),
-    )
+    if ddp.is_main:
+        logger.info(
+            "GAN: %d crops, %d steps per epoch, seed %d, normalisation %s",
+            n,
+            steps_per_epoch,
+            seed,
+            norm.to_dict(),
+        )
     started = time.monotonic()
     epoch = epoch0
     while step < total:
-        g.train()
-        d.train()
+        train_g.train()
+        train_d.train()
         order = torch.randperm(n, generator=generator_rng)
         for b in range(steps_per_epoch):
             if step >= total:
@@ -120,76 +134,87 @@ def train_gan(
             real = x_all[order[b * config.batch_size : (b + 1) * config.batch_size]]
             if config.dihedral:
                 real = dihedral(real, generator_rng)
+            z = torch.randn(len(real), net.latent, generator=generator_rng)
+            # Every process draws the whole batch (the generators stay in step) and
+            # trains on its share.
+            mine = ddp.share(len(real))
+            real, z = real[mine].to(device), z[mine].to(device)
             if net.channels == 3:
                 real = colour_encode(real)
-            z = torch.randn(len(real), net.latent, generator=generator_rng)
-            fake = g(z)
+            ones = torch.ones(len(real), device=device)
+            fake = train_g(z)
             opt_d.zero_grad()
-            loss_d = loss(d(real), torch.ones(len(real))) + loss(
-                d(fake.detach()), torch.zeros(len(real))
+            loss_d = loss(train_d(real), ones) + loss(
+                train_d(fake.detach()), torch.zeros_like(ones)
             )
             loss_d.backward()
             opt_d.step()
             opt_g.zero_grad()
-            loss_g = loss(d(fake), torch.ones(len(real)))
+            loss_g = loss(train_d(fake), ones)
             loss_g.backward()
             opt_g.step()
             step += 1
-            if progress:
+            if progress and ddp.is_main:
                 progress(step, total)
         epoch += 1
-        g.eval()
-        with torch.no_grad():
-            _grid(g(fixed_noise), out / f"samples-epoch-{epoch:03d}.png")
+        losses = {"d": ddp.mean(loss_d.item()), "g": ddp.mean(loss_g.item())}
+        if ddp.is_main:  # only rank 0 writes
+            g.eval()
+            with torch.no_grad():
+                _grid(g(fixed_noise.to(device)).cpu(), out / f"samples-epoch-{epoch:03d}.png")
+            torch.save(
+                {
+                    "generator": g.state_dict(),
+                    "discriminator": d.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "network": asdict(net),
+                    "config": asdict(config),
+                    "epoch": epoch,
+                    "step": step,
+                    "normalization": norm.to_dict(),
+                    "seed": seed,
+                    "rng": generator_rng.get_state(),
+                    "last_losses": losses,
+                },
+                checkpoint_path,
+            )
+            logger.info(
+                "epoch %d: step %d, loss D %.3f, loss G %.3f", epoch, step, *losses.values()
+            )
+
+    weights = out / "gan.pt"
+    if ddp.is_main:
         torch.save(
             {
                 "generator": g.state_dict(),
                 "discriminator": d.state_dict(),
-                "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(),
                 "network": asdict(net),
-                "config": asdict(config),
+                "normalization": norm.to_dict(),
                 "epoch": epoch,
                 "step": step,
-                "normalization": norm.to_dict(),
                 "seed": seed,
-                "rng": generator_rng.get_state(),
-                "last_losses": {"d": loss_d.item(), "g": loss_g.item()},
             },
-            checkpoint_path,
+            weights,
         )
-        logger.info(
-            "epoch %d: step %d, loss D %.3f, loss G %.3f", epoch, step, loss_d.item(), loss_g.item()
-        )
-
-    weights = out / "gan.pt"
-    torch.save(
-        {
-            "generator": g.state_dict(),
-            "discriminator": d.state_dict(),
+        info: dict[str, Any] = {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "network": asdict(net),
+            "config": asdict(config),
             "normalization": norm.to_dict(),
-            "epoch": epoch,
-            "step": step,
+            "data": [{"file": portable_path(f, out), "sha256": sha256_of(f)} for f in crops.files],
+            "crops": n,
             "seed": seed,
-        },
-        weights,
-    )
-    info: dict[str, Any] = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "network": asdict(net),
-        "config": asdict(config),
-        "normalization": norm.to_dict(),
-        "data": [{"file": portable_path(f, out), "sha256": sha256_of(f)} for f in crops.files],
-        "crops": n,
-        "seed": seed,
-        "epochs": epoch,
-        "steps": step,
-        "seconds": round(time.monotonic() - started, 1),
-        "command": portable_command(command),
-        "weights_sha256": sha256_of(weights),
-    }
-    (out / "gan.json").write_text(json.dumps(info, indent=2) + "\n")
+            "epochs": epoch,
+            "steps": step,
+            "processes": ddp.world_size,
+            "device": device.type,
+            "seconds": round(time.monotonic() - started, 1),
+            "command": portable_command(command),
+            "weights_sha256": sha256_of(weights),
+        }
+        (out / "gan.json").write_text(json.dumps(info, indent=2) + "\n")
+    ddp.barrier()
     return weights
 
 
@@ -198,7 +223,7 @@ def load_gan(directory: Path) -> tuple[dict[str, Any], NetworkConfig]:
     path = directory / "gan.pt"
     if not path.is_file():
         raise ValueError(f"{directory} holds no gan.pt: train one with 'topgan train gan'")
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)
     return state, NetworkConfig(**state["network"])
 
 
