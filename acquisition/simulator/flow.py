@@ -205,7 +205,7 @@ class ContinuousFlow:
         if self.config.focus_drift_um:
             phase = 2 * math.pi * index / self.config.focus_period_frames
             defocus = self.config.focus_drift_um * math.sin(phase)
-        return Frame(sim.render(opd, rng, defocus), opd, objects, defocus)
+        return Frame(sim.render(opd, rng, defocus, index), opd, objects, defocus)
 
     def drain_frames(self) -> int:
         """Frames after which every cell in view has left: the slowest lane's

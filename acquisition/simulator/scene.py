@@ -41,6 +41,9 @@ class SceneConfig:
     frame_noise_rms_rad : coherent noise that changes from frame to frame
         (vibration, flow), unlike the stationary part it survives the reference
     illumination_nonuniformity : Gaussian beam fall-off across the frame
+    aberration_drift_rad_per_frame : the wavefront error drifts by this much RMS per
+        frame (a second smooth aberration, growing linearly with the frame index:
+        thermal drift), so a reference recorded at frame 0 goes stale
     """
 
     shape: tuple[int, int] = (1024, 1280)
@@ -54,6 +57,7 @@ class SceneConfig:
     speckle_rms_rad: float = 0.15
     frame_noise_rms_rad: float = 0.01
     illumination_nonuniformity: float = 0.6
+    aberration_drift_rad_per_frame: float = 0.0
 
     def __post_init__(self) -> None:
         h, w = self.shape
@@ -71,6 +75,11 @@ class SceneConfig:
             )
         if self.cells_per_frame < 0 or self.debris_per_frame < 0:
             raise ValueError("cells_per_frame and debris_per_frame must not be negative")
+        if self.aberration_drift_rad_per_frame < 0:
+            raise ValueError(
+                "aberration_drift_rad_per_frame must not be negative, got "
+                f"{self.aberration_drift_rad_per_frame}"
+            )
 
     @property
     def region(self) -> tuple[slice, slice]:
@@ -127,6 +136,10 @@ class FlowSimulator:
         amplitude = illumination(config.shape, rng, config.illumination_nonuniformity)
         amplitude = amplitude * (1 + 0.02 * ndi.gaussian_filter(rng.normal(size=config.shape), 1.5))
         self._stationary = (amplitude * np.exp(1j * (aberration + speckle))).astype(np.complex64)
+        # The drift's shape: drawn after everything else, so a drift-free instrument of
+        # this seed is the same as before drift existed.
+        drift = smooth_aberration(config.shape, rng, 1.0)
+        self._drift = (drift / max(float(drift.std()), 1e-12)).astype(np.float32)
         self.reference = record_hologram(
             band_limit(self._stationary, config.optics.cutoff_cycles_per_px), config.optics, rng
         )
@@ -184,16 +197,22 @@ class FlowSimulator:
                     False,
                 )
             )
-        return Frame(self.render(opd, rng), opd, objects)
+        return Frame(self.render(opd, rng, index=index), opd, objects)
 
     def render(
-        self, opd: np.ndarray, rng: np.random.Generator, defocus_um: float = 0.0
+        self,
+        opd: np.ndarray,
+        rng: np.random.Generator,
+        defocus_um: float = 0.0,
+        index: int = 0,
     ) -> np.ndarray:
-        """The camera counts of a frame whose sample plane holds ``opd`` : (H, W) nm,
-        ``defocus_um`` out of focus."""
+        """The camera counts of frame ``index`` whose sample plane holds ``opd`` :
+        (H, W) nm, ``defocus_um`` out of focus."""
         cfg = self.config
         phase = (2 * math.pi / cfg.optics.wavelength_nm) * opd
         phase += self._frame_noise(rng)
+        if cfg.aberration_drift_rad_per_frame:
+            phase += (cfg.aberration_drift_rad_per_frame * index) * self._drift
         phasor = np.empty(cfg.shape, dtype=np.complex64)
         phasor.real = np.cos(phase)
         phasor.imag = np.sin(phase)
