@@ -1,9 +1,16 @@
 """DCGAN pretraining on unlabeled crops (the sperm pool), with checkpoints and resume.
 
 The output folder holds ``checkpoint.pt`` (everything needed to resume: both
-networks, both optimizers, the config, epoch, step, normalisation, seed),
-``gan.pt`` (weights only, what the classifier starts from), ``gan.json`` (how it
-was made) and a grid of generated cells per epoch (``samples-epoch-NNN.png``).
+networks, both optimizers, the config, epoch, step, normalisation, seed, and the
+runs so far with the data files each saw), ``gan.pt`` (weights only, what the
+classifier starts from), ``gan.json`` (how it was made) and a grid of generated
+cells per epoch (``samples-epoch-NNN.png``).
+
+Resuming trains until the run has done ``config.epochs`` epochs in all (a total,
+counted from the first run), on the data given now: a crop archive that grew since
+is read whole, each epoch one pass over it; the normalisation stays the
+checkpoint's, so the trunk sees OPD on one scale throughout. A checkpoint that has
+already reached ``config.epochs`` is refused rather than resumed to no effect.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ def train_gan(
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     epoch0, step = 0, 0
+    runs: list[dict[str, Any]] = []
     norm = Normalization.fit(crops.opd)
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
@@ -86,9 +94,25 @@ def train_gan(
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         epoch0, step = state["epoch"], state["step"]
+        if epoch0 >= config.epochs:
+            raise ValueError(
+                f"{checkpoint_path} has already trained {epoch0} epochs, as many as --epochs "
+                f"{config.epochs} asks for in all: give --epochs above {epoch0} (a total) "
+                "to keep pretraining"
+            )
         norm = Normalization.from_dict(state["normalization"])
         generator_rng.set_state(state["rng"])
-        logger.info("resuming from epoch %d, step %d", epoch0, step)
+        runs = list(state.get("runs", []))
+        seen = runs[-1]["crops"] if runs else "?"
+        logger.info(
+            "resuming from epoch %d, step %d, on %d crops (the last run's: %s); normalisation "
+            "kept from the checkpoint",
+            epoch0,
+            step,
+            len(crops.opd),
+            seen,
+        )
+    data_files = [{"file": portable_path(f, out), "sha256": sha256_of(f)} for f in crops.files]
 
     factor = net.crop_size // net.input_size
     x_all = torch.from_numpy(norm.apply(crops.opd))[:, None]
@@ -96,9 +120,11 @@ def train_gan(
         x_all = nn.functional.avg_pool2d(x_all, factor)
     n = len(x_all)
     steps_per_epoch = max(1, n // config.batch_size)
-    total = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    total = step + (config.epochs - epoch0) * steps_per_epoch
+    if config.max_steps is not None:  # a cap on this run's steps
+        total = min(total, step + config.max_steps)
+    run = {"from_epoch": epoch0, "to_epoch": epoch0, "crops": n, "data": data_files}
+    runs.append(run)
     loss = nn.BCEWithLogitsLoss()
     fixed_noise = torch.randn(64, net.latent, generator=torch.Generator().manual_seed(seed + 1))
     logger.info(
@@ -138,6 +164,7 @@ def train_gan(
             if progress:
                 progress(step, total)
         epoch += 1
+        run["to_epoch"] = epoch
         g.eval()
         with torch.no_grad():
             _grid(g(fixed_noise), out / f"samples-epoch-{epoch:03d}.png")
@@ -155,6 +182,7 @@ def train_gan(
                 "seed": seed,
                 "rng": generator_rng.get_state(),
                 "last_losses": {"d": loss_d.item(), "g": loss_g.item()},
+                "runs": runs,
             },
             checkpoint_path,
         )
@@ -180,8 +208,9 @@ def train_gan(
         "network": asdict(net),
         "config": asdict(config),
         "normalization": norm.to_dict(),
-        "data": [{"file": portable_path(f, out), "sha256": sha256_of(f)} for f in crops.files],
+        "data": data_files,
         "crops": n,
+        "runs": runs,
         "seed": seed,
         "epochs": epoch,
         "steps": step,
