@@ -23,7 +23,7 @@ from models.manifest import Manifest, ModelError
 from models.runtime import MicroBatcher, ModelHolder, ModelRuntime, Prediction
 
 from .metrics import Metrics
-from .served import ServedModelFile
+from .reloads import ServedModelFile
 from .settings import Settings
 from .store import EventRow, ResultRow, ResultStore
 
@@ -73,7 +73,7 @@ class Classification:
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> Classification:
         """Load the model (the one a reload left, else the configured one,
-        :mod:`service.served`) and start the batcher and the store."""
+        :mod:`service.reloads`) and start the batcher and the store."""
         holder = ModelHolder(settings.execution_provider, settings.inference_threads)
         served = ServedModelFile.of(settings)
         remembered = served.recall()

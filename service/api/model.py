@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from models.manifest import ModelError
 
 from ..classification import Classification
-from ..served import ModelPathError, model_roots, resolve_model_path
+from ..reloads import ModelPathError, model_roots, resolve_model_path
 from .deps import ApiKey, ClassificationDep, SettingsDep
 from .schemas import ErrorResponse, ModelInfo, ReloadRequest
 
@@ -41,7 +41,7 @@ async def reload_model(
 ) -> ModelInfo:
     """Load another model directory (under the models root, or a bundled model)
     atomically: on any failure the current model keeps serving. A restart serves it
-    again (:mod:`service.served`)."""
+    again (:mod:`service.reloads`)."""
     try:
         directory = resolve_model_path(request.path, model_roots(settings))
     except ModelPathError as exc:

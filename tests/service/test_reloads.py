@@ -1,5 +1,5 @@
 """Where POST /model/reload may load from, and the reloaded model across restarts
-(service/served.py), on real model directories and the service's own start."""
+(service/reloads.py), on real model directories and the service's own start."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from service.classification import Classification
 from service.metrics import Metrics
-from service.served import ModelPathError, ServedModelFile, model_roots, resolve_model_path
+from service.reloads import ModelPathError, ServedModelFile, model_roots, resolve_model_path
 from service.settings import BUNDLED_MODELS, Settings
 
 
@@ -76,7 +76,7 @@ def test_a_restart_serves_the_reloaded_model_until_the_configuration_changes(
     assert served_directory(settings) == (root / "m2").resolve(), "the reload survives"
 
     # The configuration names another model since: it is the newer decision.
-    caplog.set_level(logging.INFO, logger="service.served")
+    caplog.set_level(logging.INFO, logger="service.reloads")
     other = settings_for(tmp_path, root, BUNDLED_MODELS / "hs895")
     assert served_directory(other) == BUNDLED_MODELS / "hs895"
     assert "serving the configured model" in caplog.text
