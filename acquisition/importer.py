@@ -343,8 +343,8 @@ class ArchiveSelection:
     files: int  # complete archive files that hold crops of the selection
     unfinished: int  # files still being written (.part), never read
     crops: int  # archived crops grabbed in the time window
-    flagged: dict[str, int]  # crops left out, by QC flag (a crop may have several)
-    flagged_crops: int  # crops left out for a QC flag
+    flagged: dict[str, int]  # crops in the window with each QC flag (a crop may have several)
+    flagged_crops: int  # crops in the window with a QC flag (left out unless kept)
     other_views: int  # crops left out: another view of the same cell was kept
     kept: int
 
