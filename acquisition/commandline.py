@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .backend import ArrayBackend, BackendName, BackendUnavailableError, get_backend
@@ -99,6 +100,24 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def parse_time(text: str, option: str) -> float:
+    """An option's time as Unix seconds, given as Unix seconds or an ISO 8601 date and
+    time (UTC unless it names its zone)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(
+            f"{option}: expected Unix seconds or an ISO 8601 time, got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 def carrier(text: str) -> tuple[float, float]:

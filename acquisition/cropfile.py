@@ -7,8 +7,8 @@
 
 A file may also carry a classifier's results (:class:`Classified`; the crop archive's
 files, :mod:`service.archive`): one value per crop of ``result_id``, ``predicted``,
-``probability``, ``frame_id`` and ``grabbed_at``, and the attributes ``model_name``
-and ``model_version``.
+``probability``, ``frame_id``, ``grabbed_at`` and ``event_id``, and the attributes
+``model_name`` and ``model_version`` (:func:`read_classified` reads them back).
 
 This module is the one place that lays the format out in HDF5. :class:`CropWriter`
 writes a file row by row (:func:`write_crop_dataset` writes a whole set through it)
@@ -86,6 +86,9 @@ class Classified:
     probability: np.ndarray  # float32 (N, n_classes), in the order of ``class_names``
     frame_id: np.ndarray  # int64: the camera frame
     grabbed_at: np.ndarray  # float64: the frame's grab time, Unix seconds
+    # int64: the cell (event) the crop is a view of; -1: none. Empty: -1 for every crop
+    # (and for files written before the column existed, see read_classified).
+    event_id: np.ndarray = field(default_factory=lambda: np.empty(0, "<i8"))
 
     def __post_init__(self) -> None:
         self.result_id = np.asarray(self.result_id, dtype="<i8")
@@ -94,6 +97,9 @@ class Classified:
         self.frame_id = np.asarray(self.frame_id, dtype="<i8")
         self.grabbed_at = np.asarray(self.grabbed_at, dtype="<f8")
         n = len(self.result_id)
+        self.event_id = np.asarray(self.event_id, dtype="<i8")
+        if not len(self.event_id):
+            self.event_id = np.full(n, -1, dtype="<i8")
         for name, values in self.columns().items():
             if len(values) != n:
                 raise ValueError(f"{name} has {len(values)} values, result_id {n}")
@@ -339,22 +345,45 @@ def write_crop_dataset(path: str | Path, data: CropDataset) -> None:
         writer.append(data.opd, data.label, data.qc)
 
 
-def read_crop_dataset(path: str | Path) -> CropDataset:
-    """Read a crop dataset written by :func:`write_crop_dataset` (or by a lab)."""
+def read_crop_dataset(path: str | Path, rows: np.ndarray | None = None) -> CropDataset:
+    """Read a crop dataset written by :func:`write_crop_dataset` (or by a lab); only
+    the ``rows`` given (increasing indices, at least one) when given."""
     import h5py
 
+    pick: Any = () if rows is None else np.asarray(rows, dtype=np.int64)
     with h5py.File(path, "r") as h5:
-        qc = {name: h5["qc"][name][()] for name in h5["qc"]} if "qc" in h5 else {}
+        qc = {name: h5["qc"][name][pick] for name in h5["qc"]} if "qc" in h5 else {}
         names = h5.attrs.get("class_names", [])
         return CropDataset(
-            opd=h5["opd"][()],
-            label=h5["label"][()],
+            opd=h5["opd"][pick],
+            label=h5["label"][pick],
             class_names=[n.decode() if isinstance(n, bytes) else str(n) for n in names],
             pixel_size_um=float(h5.attrs["pixel_size_um"]),
             wavelength_nm=float(h5.attrs["wavelength_nm"]),
             source=str(h5.attrs.get("source", "")),
             qc=qc,
         )
+
+
+def read_qc(path: str | Path) -> dict[str, np.ndarray]:
+    """A crop file's ``qc/*`` columns alone (without reading its crops)."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        return {name: h5["qc"][name][()] for name in h5["qc"]} if "qc" in h5 else {}
+
+
+def read_classified(path: str | Path) -> tuple[Classified, tuple[str, str]] | None:
+    """A crop file's classifier results and the (name, version) of its model; None when
+    the file carries none. Files written before ``event_id`` existed read as -1."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        if "result_id" not in h5:
+            return None
+        columns = {name: h5[name][()] for name in _CLASSIFIED if name in h5}
+        model = (str(h5.attrs.get("model_name", "")), str(h5.attrs.get("model_version", "")))
+    return Classified(**columns), model
 
 
 def qc_columns(

@@ -1,13 +1,17 @@
 """Import a lab's own cells into a crop dataset.
 
 Two kinds of folder, each with a labels CSV (columns ``file`` and ``label``; an
-empty label, or ``unlabeled``, marks a cell without class), and dclab's ``.rtdc``
-files (:func:`import_rtdc`):
+empty label, or ``unlabeled``, marks a cell without class), dclab's ``.rtdc``
+files (:func:`import_rtdc`) and the service's crop archive (:func:`import_archive`):
 
 - OPD maps of single cells (.npy, .tif/.tiff, .mat), all of one size, in nm (or
   um, or radians with the wavelength);
 - raw holograms, reconstructed and segmented here; every cell cut from a
-  hologram takes that hologram's label.
+  hologram takes that hologram's label;
+- a crop archive's run of one pure cell line: one label for every cell of it.
+
+:func:`merge_datasets` joins such imports (one per cell line, say) into one
+labelled training file.
 """
 
 from __future__ import annotations
@@ -15,17 +19,25 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from .cropfile import CropDataset, qc_columns
+from .cropfile import (
+    HDF5_ERRORS,
+    CropDataset,
+    qc_columns,
+    read_classified,
+    read_crop_dataset,
+    read_qc,
+)
 from .errors import UnreadableFileError
 from .frames import FrameProcessor
 from .io import HOLOGRAM_SUFFIXES, read_hologram
-from .segmentation import QC_FEATURES
+from .segmentation import QC_FEATURES, QC_FLAGS
 
 MAP_SUFFIXES: tuple[str, ...] = (".npy", ".tif", ".tiff", ".mat")
 #: The units OPD maps may come in (radians need the wavelength).
@@ -322,3 +334,259 @@ def _score_classes(logs: Any) -> dict[str, str]:
         if match:
             named[match.group(1)] = match.group(2).strip()
     return named
+
+
+@dataclass(frozen=True)
+class ArchiveSelection:
+    """What :func:`import_archive` took from the archive and what it left out, and why."""
+
+    files: int  # complete archive files that hold crops of the selection
+    unfinished: int  # files still being written (.part), never read
+    crops: int  # archived crops grabbed in the time window
+    flagged: dict[str, int]  # crops in the window with each QC flag (a crop may have several)
+    flagged_crops: int  # crops in the window with a QC flag (left out unless kept)
+    other_views: int  # crops left out: another view of the same cell was kept
+    kept: int
+
+
+@dataclass
+class _ArchiveFile:
+    """An archive file's selected rows (increasing) and their results' columns."""
+
+    path: Path
+    rows: np.ndarray
+    result_id: np.ndarray
+    event_id: np.ndarray
+    frame_id: np.ndarray
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.rows, self.result_id = self.rows[mask], self.result_id[mask]
+        self.event_id, self.frame_id = self.event_id[mask], self.frame_id[mask]
+
+
+def import_archive(
+    folder: Path,
+    label: str,
+    since: float | None = None,
+    until: float | None = None,
+    all_views: bool = False,
+    keep_flagged: bool = False,
+) -> tuple[CropDataset, ArchiveSelection]:
+    """The crops of a crop archive grabbed in [``since``, ``until``) (Unix s), all
+    labelled ``label``: a run of one pure cell line.
+
+    Only complete files (``*.h5``) are read; one still being written (``.h5.part``)
+    is left out, and counted. Crops with a QC flag (:data:`QC_FLAGS`: clipped,
+    touching, out of focus) are left out unless ``keep_flagged``. A cell in flow is
+    archived once per frame it was classified in (its views share an ``event_id``):
+    one view per cell is kept, the middle one by frame (the lower middle for an even
+    count), unless ``all_views``; views of one cell are nearly the same image, and a
+    training set that holds several of them counts one cell several times and lets
+    them straddle the validation split. Crops without an event (-1: archives from
+    before events were recorded) are each kept.
+    """
+    if not label.strip():
+        raise DatasetImportError("--label must name the run's cell line")
+    if not folder.is_dir():
+        raise DatasetImportError(f"--archive {folder}: no such folder")
+    if since is not None and until is not None and until <= since:
+        raise DatasetImportError(f"--until ({until:.0f}) must come after --since ({since:.0f})")
+    files = sorted(folder.glob("*.h5"))
+    unfinished = len(list(folder.glob("*.h5.part")))
+    if not files:
+        still = f"; {unfinished} still being written (.part)" if unfinished else ""
+        raise DatasetImportError(f"{folder} holds no complete archive files (*.h5){still}")
+    chosen: list[_ArchiveFile] = []
+    crops = 0
+    flagged = dict.fromkeys(QC_FLAGS, 0)
+    flagged_crops = 0
+    for path in files:
+        try:
+            found = read_classified(path)
+            qc = read_qc(path) if found is not None else {}
+        except (*HDF5_ERRORS, KeyError, TypeError, ValueError) as exc:
+            raise DatasetImportError(f"{path} is not a crop archive file: {exc}") from None
+        if found is None:
+            raise DatasetImportError(
+                f"{path} is not a crop archive file (it carries no result_id); a labelled "
+                "crop dataset joins others with 'topgan dataset merge'"
+            )
+        results = found[0]
+        keep = np.ones(len(results), dtype=bool)
+        if since is not None:
+            keep &= results.grabbed_at >= since
+        if until is not None:
+            keep &= results.grabbed_at < until
+        crops += int(keep.sum())
+        bad = np.zeros_like(keep)
+        for flag in QC_FLAGS:
+            if flag in qc:
+                hit = keep & (np.asarray(qc[flag]) != 0)
+                flagged[flag] += int(hit.sum())
+                bad |= hit
+        flagged_crops += int(bad.sum())
+        if not keep_flagged:
+            keep &= ~bad
+        rows = np.flatnonzero(keep)
+        if len(rows):
+            chosen.append(
+                _ArchiveFile(
+                    path,
+                    rows,
+                    results.result_id[rows],
+                    results.event_id[rows],
+                    results.frame_id[rows],
+                )
+            )
+    other_views = 0
+    if not all_views:
+        other_views = _one_view_per_event(chosen)
+    chosen = [f for f in chosen if len(f.rows)]
+    kept = sum(len(f.rows) for f in chosen)
+    selection = ArchiveSelection(
+        len(chosen), unfinished, crops, flagged, flagged_crops, other_views, kept
+    )
+    if not kept:
+        window = _window(since, until)
+        raise DatasetImportError(
+            f"no crops to import from {folder}{window}: {crops} archived"
+            + (f", {flagged_crops} of them QC-flagged (--keep-flagged keeps them)" if crops else "")
+        )
+    sets = [read_crop_dataset(f.path, f.rows) for f in chosen]
+    _check_alike([(f.path, d) for f, d in zip(chosen, sets, strict=True)])
+    names = set.intersection(*(set(d.qc) for d in sets))
+    qc_out = {name: np.concatenate([d.qc[name] for d in sets]) for name in sorted(names)}
+    for name in ("result_id", "event_id", "frame_id"):
+        qc_out[name] = np.concatenate([getattr(f, name) for f in chosen])
+    opd = np.concatenate([d.opd for d in sets])
+    how = [
+        "all views" if all_views else "one view per cell",
+        "QC-flagged crops kept" if keep_flagged else "QC-flagged crops left out",
+    ]
+    return (
+        CropDataset(
+            opd=opd,
+            label=np.zeros(len(opd), dtype=np.int16),
+            class_names=[label],
+            pixel_size_um=sets[0].pixel_size_um,
+            wavelength_nm=sets[0].wavelength_nm,
+            source=f"crop archive {folder}{_window(since, until)}, labelled {label}: "
+            f"{kept} of {crops} crops from {len(chosen)} file(s), {', '.join(how)}",
+            qc=qc_out,
+        ),
+        selection,
+    )
+
+
+def _one_view_per_event(files: Sequence[_ArchiveFile]) -> int:
+    """Keep one view of each event (the middle one by frame, then result id) across
+    ``files``, in place; crops without an event (-1) are all kept. Returns how many
+    views were left out."""
+    if not files:
+        return 0
+    owner = np.concatenate([np.full(len(f.rows), i) for i, f in enumerate(files)])
+    event = np.concatenate([f.event_id for f in files])
+    frame = np.concatenate([f.frame_id for f in files])
+    result = np.concatenate([f.result_id for f in files])
+    keep = event < 0
+    order = np.lexsort((result, frame, event))  # by event, then frame, then result id
+    grouped = event[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    counts = np.diff(np.r_[starts, len(order)])
+    middle = order[starts + (counts - 1) // 2]
+    keep[middle[event[middle] >= 0]] = True
+    for i, f in enumerate(files):
+        f.keep(keep[owner == i])
+    return int((~keep).sum())
+
+
+def _window(since: float | None, until: float | None) -> str:
+    """The time window in words, for messages."""
+    from datetime import UTC, datetime
+
+    def when(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+    parts = ([f"from {when(since)}"] if since is not None else []) + (
+        [f"until {when(until)}"] if until is not None else []
+    )
+    return f" ({' '.join(parts)})" if parts else ""
+
+
+def _check_alike(parts: Sequence[tuple[Path, CropDataset]]) -> None:
+    """One crop size, pixel size and wavelength for every part, else a one-line error."""
+    first, ref = parts[0]
+    for path, data in parts[1:]:
+        if data.opd.shape[1:] != ref.opd.shape[1:]:
+            (h, w), (h0, w0) = data.opd.shape[1:], ref.opd.shape[1:]
+            raise DatasetImportError(
+                f"{path} holds crops of {h}x{w} px, {first} of {h0}x{w0} px: "
+                "every file must have one crop size"
+            )
+        if not math.isclose(data.pixel_size_um, ref.pixel_size_um, rel_tol=1e-6):
+            raise DatasetImportError(
+                f"{path} has crops at {data.pixel_size_um:g} um per pixel, {first} at "
+                f"{ref.pixel_size_um:g} um: every file must have one pixel size"
+            )
+        if not math.isclose(data.wavelength_nm, ref.wavelength_nm, rel_tol=1e-6):
+            raise DatasetImportError(
+                f"{path} was recorded at {data.wavelength_nm:g} nm, {first} at "
+                f"{ref.wavelength_nm:g} nm: every file must have one wavelength"
+            )
+
+
+def merge_datasets(
+    parts: Sequence[tuple[Path, CropDataset]], classes: list[str] | None = None
+) -> tuple[CropDataset, list[str]]:
+    """Join crop datasets (one import per pure cell line, say) into one labelled set.
+
+    Every part must have the same crop size, pixel size and wavelength. The classes
+    are those the parts' crops are labelled with, sorted by name (so the order does
+    not depend on the order of the files), or ``classes`` (which must hold every
+    label used); a class that two parts share is one class. Unlabeled crops stay
+    unlabeled. Only the ``qc`` columns that every part has are kept; returns the set
+    and the names of the columns left out.
+    """
+    if not parts:
+        raise DatasetImportError("nothing to merge: name at least one crop dataset")
+    _check_alike(parts)
+    used = {
+        data.class_names[i]: path
+        for path, data in parts
+        for i in np.unique(data.label[data.label >= 0])
+    }
+    if classes is None:
+        names = sorted(used)
+    else:
+        names = list(classes)
+        unknown = sorted(set(used) - set(names))
+        if unknown:
+            raise DatasetImportError(
+                f"{used[unknown[0]]} has crops labelled {unknown[0]!r}, which --classes "
+                f"({', '.join(names)}) does not name"
+            )
+    labels = []
+    for _path, data in parts:
+        mapping = np.asarray([names.index(n) if n in used else -1 for n in data.class_names])
+        labels.append(
+            np.where(data.label >= 0, mapping[np.maximum(data.label, 0)], -1)
+            if len(mapping)
+            else np.full(len(data), -1)
+        )
+    common = set.intersection(*(set(data.qc) for _, data in parts))
+    left_out = sorted(set().union(*(set(data.qc) for _, data in parts)) - common)
+    counts = []
+    for path, data in parts:
+        named = [data.class_names[i] for i in data.label[data.label >= 0]]
+        tally = ", ".join(f"{n} {named.count(n)}" for n in sorted(set(named))) or "unlabeled"
+        counts.append(f"{path} ({len(data)} crops: {tally})")
+    merged = CropDataset(
+        opd=np.concatenate([data.opd for _, data in parts]),
+        label=np.concatenate(labels),
+        class_names=names,
+        pixel_size_um=parts[0][1].pixel_size_um,
+        wavelength_nm=parts[0][1].wavelength_nm,
+        source="merged from " + "; ".join(counts),
+        qc={name: np.concatenate([data.qc[name] for _, data in parts]) for name in sorted(common)},
+    )
+    return merged, left_out

@@ -37,6 +37,8 @@ QC_FEATURES: tuple[str, ...] = (
     "touching",
     "out_of_focus",
 )
+#: The QC features that are flags (stored as uint8, 1: the crop is suspect).
+QC_FLAGS: tuple[str, ...] = ("clipped", "touching", "out_of_focus")
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ Each file is a crop dataset (docs/design.md, "Files (contract)") that carries it
 classifier's results, written by :class:`acquisition.cropfile.CropWriter` (which
 owns the layout), so ``topgan train gan --data FOLDER`` reads the folder as it is.
 Its crops are unlabeled (``label`` -1: a prediction is not ground truth); beside
-them, one value per crop of
-``result_id`` (the results store's id), ``predicted``, ``probability``, ``frame_id``
-and ``grabbed_at`` (:class:`~acquisition.cropfile.Classified`), and the model's name
-and version; ``qc/<feature>`` holds the segmentation's
+them, one value per crop of ``result_id`` (the results store's id), ``predicted``,
+``probability``, ``frame_id``, ``grabbed_at`` and ``event_id`` (the cell each crop is
+a view of; :class:`~acquisition.cropfile.Classified`), and the model's name and
+version; ``qc/<feature>`` holds the segmentation's
 :data:`~acquisition.segmentation.QC_FEATURES`.
 
 A file being written is ``crops-YYYYmmdd-HHMMSS-<seq>.h5.part`` (UTC time of its first
@@ -172,6 +172,7 @@ class CropArchive:
         model_version: str,
         *,
         class_names: Sequence[str] | None = None,
+        event_ids: Sequence[int] | None = None,
     ) -> None:
         """Archive the classified crops of one frame.
 
@@ -185,6 +186,7 @@ class CropArchive:
         frame_id, grabbed_at : the frame and its grab time, Unix seconds
         model_name, model_version : the model that classified them
         class_names : the model's classes; default: the archive's ``class_names``
+        event_ids : the event (cell) of each crop; default (or empty): -1, none
 
         Raises ValueError on inconsistent input (nothing is written) and
         :class:`ArchiveError` when the disk is nearly full or writing fails.
@@ -196,7 +198,11 @@ class CropArchive:
         names = tuple(self.class_names if class_names is None else class_names)
         if class_names is not None:
             _check_class_names(names)
-        for what, values in (("result_ids", result_ids), ("predicted", predicted), ("qc", qc)):
+        checked = [("result_ids", result_ids), ("predicted", predicted), ("qc", qc)]
+        event_ids = [] if event_ids is None else event_ids
+        if len(event_ids):
+            checked.append(("event_ids", event_ids))
+        for what, values in checked:
             if len(values) != n:
                 raise ValueError(f"{what} has {len(values)} entries for {n} crops")
         probabilities = np.asarray(probabilities, dtype=np.float32)
@@ -221,6 +227,7 @@ class CropArchive:
             probability=probabilities,
             frame_id=np.full(n, frame_id),
             grabbed_at=np.full(n, grabbed_at, dtype=np.float64),
+            event_id=np.asarray(event_ids, dtype=np.int64),
         )
         columns = qc_columns(qc, QC_FEATURES)
         key = _FileKey(names, model_name, model_version, crops.shape[1:])
@@ -255,6 +262,13 @@ class CropArchive:
                 except HDF5_ERRORS as exc:
                     self._abandon(writing)
                     raise ArchiveError(writing.path, f"flush failed: {exc}") from exc
+
+    def complete_file(self) -> None:
+        """Complete the file being written now (the next :meth:`add` starts another), so
+        that readers of the folder see every crop archived so far."""
+        with self._one_caller("complete_file"):
+            if self._writing is not None:
+                self._finish()
 
     def close(self) -> None:
         """Complete the file being written and release the folder; calling again does nothing."""
@@ -519,6 +533,20 @@ class ArchiveWriter:
             "bytes": archive.bytes if archive else 0,
         }
 
+    def complete_file(self, timeout: float = 30.0) -> None:
+        """Archive what is queued, then complete the current file (the acquisition
+        stopped: its crops are then all in complete files); waits at most ``timeout``."""
+        import queue
+
+        done = threading.Event()
+        try:
+            self._queue.put((done,), timeout=timeout)
+        except queue.Full:
+            logger.error("crop archive: its queue stayed full, the file is not completed")
+            return
+        if not done.wait(timeout):
+            logger.error("crop archive: the file was not completed within %.0f s", timeout)
+
     def close(self, timeout: float = 30.0) -> None:
         """Archive what is queued, complete the current file, stop the thread."""
         self._queue.put(None)
@@ -538,7 +566,12 @@ class ArchiveWriter:
             try:
                 if self._archive is None:
                     self._archive = self._make_archive()
-                if item:
+                if len(item) == 1:  # complete_file's request
+                    try:
+                        self._archive.complete_file()
+                    finally:
+                        item[0].set()
+                elif item:
                     args, kwargs = item
                     self._archive.add(*args, **kwargs)
                     self.archived += len(args[0])

@@ -109,7 +109,11 @@ class CameraLoop:
         self.runner.start()
 
     def stop(self) -> None:
+        """Stop the loop; its crops then all lie in complete archive files (a run of one
+        sample is ready for ``topgan dataset import --archive``)."""
         self.runner.stop()
+        if self.archive is not None:
+            self.archive.complete_file()
 
     def close(self) -> None:
         """Stop the loop (its queued frames are processed), then close the archive."""
@@ -170,6 +174,7 @@ class CameraLoop:
             manifest.name,
             manifest.version,
             class_names=manifest.classes,
+            event_ids=stored.event_ids,
         )
 
 

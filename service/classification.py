@@ -23,6 +23,7 @@ from models.manifest import Manifest, ModelError
 from models.runtime import MicroBatcher, ModelHolder, ModelRuntime, Prediction
 
 from .metrics import Metrics
+from .reloads import ServedModelFile
 from .settings import Settings
 from .store import EventRow, ResultRow, ResultStore
 
@@ -50,6 +51,7 @@ class Classification:
     store : where every result is committed
     metrics : the model info metric and the per-label cell counts
     crop_pixel_size_um : the crop pixel size while no model is loaded
+    served : where a reloaded model is remembered for the next start (None: nowhere)
     """
 
     def __init__(
@@ -59,23 +61,37 @@ class Classification:
         store: ResultStore,
         metrics: Metrics,
         crop_pixel_size_um: float = 0.25,
+        served: ServedModelFile | None = None,
     ) -> None:
         self.holder = holder
         self.batcher = batcher
         self.store = store
         self.metrics = metrics
         self.crop_pixel_size_um = crop_pixel_size_um
+        self.served = served
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> Classification:
-        """Load the configured model and start the batcher and the store."""
+        """Load the model (the one a reload left, else the configured one,
+        :mod:`service.reloads`) and start the batcher and the store."""
         holder = ModelHolder(settings.execution_provider, settings.inference_threads)
-        if settings.model_dir is not None:
+        served = ServedModelFile.of(settings)
+        remembered = served.recall()
+        if remembered is not None:
+            try:
+                _show_model(metrics, holder.load(remembered))
+            except ModelError as exc:
+                logger.error(
+                    "the reloaded model %s does not load, serving the configured one: %s",
+                    remembered,
+                    exc,
+                )
+        if holder.current is None and settings.model_dir is not None:
             try:
                 _show_model(metrics, holder.load(settings.model_dir))
             except ModelError as exc:
                 logger.error("no model loaded: %s", exc)
-        else:
+        elif holder.current is None:
             logger.warning(
                 "no model directory configured: /classify answers 503 until one is loaded"
             )
@@ -109,7 +125,7 @@ class Classification:
         store.on_commit = on_commit
         store.on_events = on_events
         logger.info("results stored in %s", _safe_url(settings.database_url))
-        return cls(holder, batcher, store, metrics, settings.crop_pixel_size_um)
+        return cls(holder, batcher, store, metrics, settings.crop_pixel_size_um, served)
 
     @property
     def runtime(self) -> ModelRuntime | None:
@@ -117,9 +133,12 @@ class Classification:
         return self.holder.current
 
     def reload_model(self, directory: Path) -> Manifest:
-        """Load ``directory`` atomically (on failure the current model keeps serving)."""
+        """Load ``directory`` atomically (on failure the current model keeps serving),
+        and remember it for the next start."""
         runtime = self.holder.load(directory)
         _show_model(self.metrics, runtime)
+        if self.served is not None:
+            self.served.remember(directory, runtime.manifest)
         return runtime.manifest
 
     def crop_geometry(self) -> CropGeometry:

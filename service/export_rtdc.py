@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from acquisition.commandline import Command, CommandError, add_common_options, positive_float
+from acquisition.commandline import (
+    Command,
+    CommandError,
+    add_common_options,
+    parse_time,
+    positive_float,
+)
 
 #: The QC features with a dclab name: topgan's name -> (dclab's, conversion).
 QC_FEATURES: dict[str, tuple[str, str]] = {
@@ -476,23 +482,6 @@ def _version() -> str:
         return "unknown"
 
 
-def parse_since(text: str) -> float:
-    """Unix seconds, or an ISO 8601 date and time (UTC unless it names its zone)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise CommandError(
-            f"--since: expected Unix seconds or an ISO 8601 time, got {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     rtdc = formats.add_parser(
@@ -528,7 +517,7 @@ def run(args: argparse.Namespace) -> None:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CommandError(f"setting {where}: {first['msg']}") from None
-    since = parse_since(args.since) if args.since is not None else None
+    since = parse_time(args.since, "--since") if args.since is not None else None
     out = Path(args.out)
     if out.suffix != ".rtdc":
         raise CommandError(f"--out {out}: the file name must end in .rtdc")

@@ -31,7 +31,10 @@ from acquisition.tracking import TrackerConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The settings file of the current :func:`load_settings` call (else $TOPGAN_CONFIG).
 _CONFIG_FILE: ContextVar[str | None] = ContextVar("topgan_config_file", default=None)
-DEFAULT_MODEL = REPO_ROOT / "models" / "sw480-sw620"
+#: The models bundled with the package; POST /model/reload may load them besides the
+#: models root's.
+BUNDLED_MODELS = REPO_ROOT / "models"
+DEFAULT_MODEL = BUNDLED_MODELS / "sw480-sw620"
 
 
 class Settings(BaseSettings):
@@ -140,7 +143,14 @@ class Settings(BaseSettings):
     # -- model and inference --
     model_dir: Path | None = Field(DEFAULT_MODEL, description="model directory to serve")
     models_root: Path = Field(
-        REPO_ROOT / "models", description="POST /model/reload only loads directories under here"
+        Path("data/models"),
+        description="where trained models go: POST /model/reload loads directories under "
+        "here, or among the bundled models (models/ in the repository)",
+    )
+    served_model_file: Path = Field(
+        Path("data/served-model.json"),
+        description="remembers the model POST /model/reload loaded: a restart serves it "
+        "again while model_dir names the same model as at the reload",
     )
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="ONNX Runtime provider: auto takes CUDA when its libraries load"

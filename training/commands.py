@@ -41,7 +41,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="crop files, or folders of them (e.g. a crop archive)",
     )
     gan.add_argument("--out", required=True, metavar="DIR")
-    gan.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    gan.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from DIR/checkpoint.pt, on the data given now, until --epochs "
+        "(a total, counted from the first run; default the preset's) are done",
+    )
     gan.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     clf = what.add_parser("classifier", help="one classifier, exported to ONNX")
     add_common_options(clf)
@@ -124,7 +129,9 @@ def _configure(config: Any, args: argparse.Namespace, dry_run_batch: int) -> Any
     """The preset's ``config`` with --epochs, or a couple of small steps for --dry-run."""
     changes = {"epochs": args.epochs}
     if args.dry_run:
-        changes.update(epochs=1, max_steps=DRY_RUN_STEPS, batch_size=dry_run_batch)
+        changes.update(max_steps=DRY_RUN_STEPS, batch_size=dry_run_batch)
+        if not getattr(args, "resume", False):  # resumed: a couple of steps more
+            changes["epochs"] = 1
     if getattr(args, "channels", None):
         changes["network"] = override(config.network, channels=args.channels)
     return override(config, **changes)

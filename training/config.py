@@ -58,7 +58,7 @@ class GanConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     dihedral: bool = True
-    max_steps: int | None = None  # a cap for dry runs
+    max_steps: int | None = None  # a cap on one run's steps (dry runs), resumed runs too
 
 
 @dataclass(frozen=True)

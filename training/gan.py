@@ -1,10 +1,17 @@
 """DCGAN pretraining on unlabeled crops (the sperm pool), with checkpoints and resume.
 
 The output folder holds ``checkpoint.pt`` (everything needed to resume: both
-networks, both optimizers, the config, epoch, step, normalisation, seed),
-``gan.pt`` (weights only, what the classifier starts from), ``gan.json`` (how it
-was made) and a grid of generated cells per epoch (``samples-epoch-NNN.png``).
-Under torchrun the processes share each batch (:mod:`training.distributed`).
+networks, both optimizers, the config, epoch, step, normalisation, seed, and the
+runs so far with the data files each saw), ``gan.pt`` (weights only, what the
+classifier starts from), ``gan.json`` (how it was made) and a grid of generated
+cells per epoch (``samples-epoch-NNN.png``). Under torchrun the processes share
+each batch (:mod:`training.distributed`).
+
+Resuming trains until the run has done ``config.epochs`` epochs in all (a total,
+counted from the first run), on the data given now: a crop archive that grew since
+is read whole, each epoch one pass over it; the normalisation stays the
+checkpoint's, so the trunk sees OPD on one scale throughout. A checkpoint that has
+already reached ``config.epochs`` is refused rather than resumed to no effect.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ def train_gan(
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     epoch0, step = 0, 0
+    runs: list[dict[str, Any]] = []
     norm = Normalization.fit(crops.opd)
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -95,11 +103,27 @@ def train_gan(
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         epoch0, step = state["epoch"], state["step"]
+        if epoch0 >= config.epochs:
+            raise ValueError(
+                f"{checkpoint_path} has already trained {epoch0} epochs, as many as --epochs "
+                f"{config.epochs} asks for in all: give --epochs above {epoch0} (a total) "
+                "to keep pretraining"
+            )
         norm = Normalization.from_dict(state["normalization"])
         generator_rng.set_state(state["rng"].cpu())
+        runs = list(state.get("runs", []))
         if ddp.is_main:
-            logger.info("resuming from epoch %d, step %d", epoch0, step)
+            seen = runs[-1]["crops"] if runs else "?"
+            logger.info(
+                "resuming from epoch %d, step %d, on %d crops (the last run's: %s); "
+                "normalisation kept from the checkpoint",
+                epoch0,
+                step,
+                len(crops.opd),
+                seen,
+            )
     ddp.agree(step, "the step to resume from")
+    data_files = [{"file": portable_path(f, out), "sha256": sha256_of(f)} for f in crops.files]
     # What trains: wrapped for several processes; g and d themselves are saved.
     train_g, train_d = ddp.wrap(g), ddp.wrap(d)
 
@@ -109,9 +133,11 @@ def train_gan(
         x_all = nn.functional.avg_pool2d(x_all, factor)
     n = len(x_all)
     steps_per_epoch = max(1, n // config.batch_size)
-    total = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    total = step + (config.epochs - epoch0) * steps_per_epoch
+    if config.max_steps is not None:  # a cap on this run's steps
+        total = min(total, step + config.max_steps)
+    run = {"from_epoch": epoch0, "to_epoch": epoch0, "crops": n, "data": data_files}
+    runs.append(run)
     loss = nn.BCEWithLogitsLoss()
     fixed_noise = torch.randn(64, net.latent, generator=torch.Generator().manual_seed(seed + 1))
     if ddp.is_main:
@@ -157,6 +183,7 @@ def train_gan(
             if progress and ddp.is_main:
                 progress(step, total)
         epoch += 1
+        run["to_epoch"] = epoch
         losses = {"d": ddp.mean(loss_d.item()), "g": ddp.mean(loss_g.item())}
         if ddp.is_main:  # only rank 0 writes
             g.eval()
@@ -176,6 +203,7 @@ def train_gan(
                     "seed": seed,
                     "rng": generator_rng.get_state(),
                     "last_losses": losses,
+                    "runs": runs,
                 },
                 checkpoint_path,
             )
@@ -202,8 +230,9 @@ def train_gan(
             "network": asdict(net),
             "config": asdict(config),
             "normalization": norm.to_dict(),
-            "data": [{"file": portable_path(f, out), "sha256": sha256_of(f)} for f in crops.files],
+            "data": data_files,
             "crops": n,
+            "runs": runs,
             "seed": seed,
             "epochs": epoch,
             "steps": step,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
 from models.manifest import ModelError
 
 from ..classification import Classification
+from ..reloads import ModelPathError, model_roots, resolve_model_path
 from .deps import ApiKey, ClassificationDep, SettingsDep
 from .schemas import ErrorResponse, ModelInfo, ReloadRequest
 
@@ -40,18 +39,13 @@ async def model(classification: ClassificationDep) -> ModelInfo:
 async def reload_model(
     request: ReloadRequest, classification: ClassificationDep, settings: SettingsDep
 ) -> ModelInfo:
-    """Load another model directory (under the models root) atomically: on any failure
-    the current model keeps serving."""
-    root = settings.models_root.resolve()
-    raw = Path(request.path)
+    """Load another model directory (under the models root, or a bundled model)
+    atomically: on any failure the current model keeps serving. A restart serves it
+    again (:mod:`service.reloads`)."""
     try:
-        directory = (raw if raw.is_absolute() else root / raw).resolve()
-    except (OSError, ValueError) as exc:
-        raise HTTPException(422, f"invalid path {request.path!r}: {exc}") from None
-    if not directory.is_relative_to(root):
-        raise HTTPException(403, f"{request.path!r} is outside the models root {root}")
-    if not directory.is_dir():
-        raise HTTPException(404, f"model directory {request.path!r} does not exist under {root}")
+        directory = resolve_model_path(request.path, model_roots(settings))
+    except ModelPathError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
     try:
         await run_in_threadpool(classification.reload_model, directory)
     except ModelError as exc:

@@ -20,6 +20,14 @@ import httpx
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _served_model_file(tmp_path, monkeypatch):
+    """Each test remembers a reloaded model in its own folder, never in the working
+    tree's ``data/served-model.json`` (a developer's reload would change what the
+    tests' services serve)."""
+    monkeypatch.setenv("TOPGAN_SERVED_MODEL_FILE", str(tmp_path / "served-model.json"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,6 +62,7 @@ def start_server(
         **os.environ,
         "TOPGAN_CAMERA": "none",
         "TOPGAN_MODELS_ROOT": str(models_root),
+        "TOPGAN_SERVED_MODEL_FILE": str(tmp / "served-model.json"),
         "TOPGAN_DATABASE_URL": f"sqlite:///{db}",
         "TOPGAN_PORT": str(port),
         "TOPGAN_EXECUTION_PROVIDER": "cpu",

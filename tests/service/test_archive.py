@@ -419,6 +419,39 @@ def test_add_validates_its_input(crops, tmp_path):
     assert complete(tmp_path) == []
 
 
+def test_the_writer_completes_its_file_on_request_and_records_each_crops_event(crops, tmp_path):
+    from acquisition.cropfile import read_classified
+    from service.archive import ArchiveWriter
+
+    writer = ArchiveWriter(lambda: make_archive(tmp_path))
+    try:
+        for frame, events in ((1, [5, 6]), (2, [5, 7])):
+            writer.submit(
+                crops[:2],
+                [10 * frame, 10 * frame + 1],
+                CLASSES,
+                np.full((2, 2), 0.5),
+                qc_rows(2),
+                frame,
+                1.7e9 + frame,
+                "sw480-sw620",
+                "1",
+                event_ids=events,
+            )
+        writer.complete_file()  # what stopping the acquisition does
+        assert not parts(tmp_path), "every crop so far is in a complete file"
+        (done,) = complete(tmp_path)
+        found = read_classified(done)
+        assert found is not None
+        assert found[0].event_id.tolist() == [5, 6, 5, 7]
+        assert found[0].result_id.tolist() == [10, 11, 20, 21]
+        writer.complete_file()  # nothing being written: nothing happens
+        assert complete(tmp_path) == [done]
+    finally:
+        writer.close()
+    assert writer.status()["errors"] == 0
+
+
 def test_training_loads_every_crop_of_the_archive(crops, tmp_path):
     from training.data import load_crops
 

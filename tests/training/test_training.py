@@ -37,8 +37,21 @@ def test_gan_checkpoints_and_resumes(data, tmp_path):
     info = json.loads((tmp_path / "gan.json").read_text())
     assert info["crops"] == 24
     assert len(info["data"][0]["sha256"]) == 64
+    # A finished run resumed is refused (it would train nothing), and nothing changes.
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"already trained 1 epochs.*--epochs above 1"):
+        train_gan([data], tmp_path, config, seed=5, resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    # Keep pretraining on grown data (the folder: pool.h5 and cells.h5, 48 crops):
+    # --epochs is the total, max_steps caps this run's steps.
     train_gan([data], tmp_path, override(config, epochs=2, max_steps=4), seed=5, resume=True)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert (state["epoch"], state["step"]) == (2, 6)
+    runs = json.loads((tmp_path / "gan.json").read_text())["runs"]
+    assert runs == state["runs"]
+    assert [(r["from_epoch"], r["to_epoch"], r["crops"]) for r in runs] == [(0, 1, 24), (1, 2, 48)]
+    assert [len(r["data"]) for r in runs] == [1, 2]
+    assert runs[0]["data"][0] == info["data"][0]
     # The same seed trains the same weights.
     again = tmp_path / "again"
     train_gan([data / "pool.h5"], again, config, seed=5)
