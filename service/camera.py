@@ -88,6 +88,7 @@ class CameraLoop:
             reconnect_max_s=settings.reconnect_max_s,
             trigger=settings.trigger,
             tracking=settings.tracker_config(),
+            reference_refresh=settings.refresh_config(),
         )
         archive = _archive_writer(settings, classification) if settings.crop_archive else None
         return cls(runner, live, archive)

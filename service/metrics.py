@@ -91,6 +91,12 @@ class Metrics:
             "Cells cut from camera frames that could not be classified or stored",
             registry=r,
         )
+        self.reference_refreshes = Counter(
+            "topgan_reference_refreshes_total",
+            "Reference holograms recorded anew because the background had grown "
+            "(TOPGAN_REFERENCE_REFRESH)",
+            registry=r,
+        )
         self.camera_reconnects = Counter(
             "topgan_camera_reconnects_total", "Times a lost camera was opened again", registry=r
         )
@@ -185,6 +191,7 @@ class Metrics:
             Count.EVENTS_LOST: self.events_lost,
             Count.EDGE_ONLY_TRACKS: self.edge_only_tracks,
             Count.RECONNECTS: self.camera_reconnects,
+            Count.REFERENCE_REFRESHES: self.reference_refreshes,
         }
 
     def count(self, what: Count, n: int = 1) -> None:

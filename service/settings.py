@@ -28,6 +28,8 @@ from acquisition.simulator.flow import FlowConfig
 from acquisition.simulator.phantoms import parse_lines
 from acquisition.tracking import TrackerConfig
 
+from .loop.reference import RefreshConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The settings file of the current :func:`load_settings` call (else $TOPGAN_CONFIG).
 _CONFIG_FILE: ContextVar[str | None] = ContextVar("topgan_config_file", default=None)
@@ -110,6 +112,24 @@ class Settings(BaseSettings):
         None, description="(ky, kx) of the +1 sideband in cycles/pixel; None: found automatically"
     )
     reference: Path | None = Field(None, description="hologram recorded without cells")
+    reference_refresh: bool = Field(
+        False,
+        description="record a new reference from frames without any object when the "
+        "background spread grows past TOPGAN_REFERENCE_REFRESH_NM",
+    )
+    reference_refresh_nm: float | None = Field(
+        None,
+        gt=0,
+        description="median background spread (nm) over the last TOPGAN_REFERENCE_REFRESH_"
+        "WINDOW frames above which the reference is refreshed; none: "
+        "TOPGAN_QUALITY_BACKGROUND_MAX_NM",
+    )
+    reference_refresh_window: int = Field(
+        25, ge=1, le=10000, description="frames the background spread's median is taken over"
+    )
+    reference_refresh_frames: int = Field(
+        9, ge=1, le=1000, description="frames without a cell whose median is the new reference"
+    )
     array_backend: Literal["auto", "numpy", "cupy"] = Field(
         "auto", description="reconstruction backend"
     )
@@ -289,6 +309,16 @@ class Settings(BaseSettings):
             pixel_size_um=self.pixel_size_um,
             sample_half=self.sample_half,
             carrier=self.carrier,
+        )
+
+    def refresh_config(self) -> RefreshConfig | None:
+        """When the camera loop records a new reference (None: never)."""
+        if not self.reference_refresh:
+            return None
+        return RefreshConfig(
+            threshold_nm=self.reference_refresh_nm or self.quality_background_max_nm,
+            window_frames=self.reference_refresh_window,
+            record_frames=self.reference_refresh_frames,
         )
 
     def tracker_config(self) -> TrackerConfig | None:

@@ -206,12 +206,17 @@ class AcquisitionStatus(BaseModel):
     )
     queue_depth: int = Field(0, description="frames waiting for the workers")
     queue_size: int = Field(0, description="the queue's bound; a full queue drops the oldest")
+    reference_id: str | None = Field(
+        None,
+        description="the reference hologram in use: 16 hex digits of its SHA-256 (null: none, "
+        "a background surface is fitted instead); changes when it is refreshed",
+    )
     counts: dict[Count, int] = Field(
         default_factory=dict,
         description="frames_grabbed, frames_dropped, frames_processed, cells_cut, "
         "cells_stored, cells_lost, events_stored (cells counted once), events_lost, "
-        "edge_only_tracks (only ever seen clipped by the border), reconnects (since the "
-        "service started)",
+        "edge_only_tracks (only ever seen clipped by the border), reconnects, "
+        "reference_refreshes (since the service started)",
     )
     errors: dict[ErrorReason, int] = Field(
         default_factory=dict, description="errors by reason (those that occurred)"

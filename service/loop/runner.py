@@ -64,6 +64,7 @@ from models.runtime import Prediction
 from ..store import EventRow
 from .events import EventBook, FrameSequencer, TrackedFrame
 from .frame_queue import FrameQueue
+from .reference import ReferenceRefresher, RefreshConfig, reference_id
 from .states import Count, ErrorReason, RunState
 from .workers import Worker, WorkerConfig, WorkerDied, start_worker
 
@@ -79,10 +80,12 @@ RATE_WINDOW_S = 5.0
 
 @dataclass(frozen=True)
 class FrameResult:
-    """One frame's way through a worker, handed to the ``on_frame`` observers."""
+    """One frame's way through a worker, handed to the ``on_frame`` observers, with
+    the id of the reference hologram it was reconstructed against (None: none)."""
 
     frame: GrabbedFrame
     processed: ProcessedFrames
+    reference_id: str | None = None
 
 
 @dataclass
@@ -109,6 +112,7 @@ class LoopStatus:
     frames_per_second: float
     queue_depth: int
     queue_size: int
+    reference_id: str | None
     counts: Mapping[Count, int]
     errors: Mapping[ErrorReason, int]
     last_error: str | None
@@ -186,6 +190,7 @@ class AcquisitionRunner:
         reconnect_max_s: float = 30.0,
         trigger: str = "free",
         tracking: TrackerConfig | None = None,
+        reference_refresh: RefreshConfig | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"at least one worker is needed, got {workers}")
@@ -219,8 +224,17 @@ class AcquisitionRunner:
         self._events = self._event_book()
         self._reference: np.ndarray | None = None
         self._reference_version = 0
+        self._reference_id: str | None = None
         self._reference_since: float | None = None  # monotonic time it was taken
+        # The id of the camera's own reference at its last opening: a reconnect that
+        # brings back the same one keeps a refreshed reference in use.
+        self._source_reference: str | None = None
         metrics.reference_age.set_function(self._reference_age)
+        self.refresher: ReferenceRefresher | None = None
+        if reference_refresh is not None:
+            self.refresher = ReferenceRefresher(
+                reference_refresh, lambda: self._reference_id, self._refreshed
+            )
         self._camera_info: dict[str, Any] = {}
         self._inflight = 0  # frames whose cells are in the batcher or the store
         self._grab_times: collections.deque[float] = collections.deque(maxlen=256)
@@ -317,6 +331,7 @@ class AcquisitionRunner:
                 frames_per_second=round(fps, 2),
                 queue_depth=len(self._queue),
                 queue_size=self.queue_size,
+                reference_id=self._reference_id,
                 counts=counts,
                 errors=errors,
                 last_error=self._last_error,
@@ -365,10 +380,10 @@ class AcquisitionRunner:
                 backoff = min(backoff * 2, self.reconnect_max_s)
                 continue
             with self._lock:
-                if reference is not self._reference:
-                    self._reference = reference
-                    self._reference_version += 1
-                    self._reference_since = time.monotonic() if reference is not None else None
+                source = reference_id(reference)
+                if source != self._source_reference or self._reference_version == 0:
+                    self._source_reference = source
+                    self._use_reference(reference)
                 self._camera_info = camera.describe()
                 if self._state != RunState.STOPPING:
                     self._set_state(RunState.RUNNING, f"streaming from {self.camera}")
@@ -441,14 +456,33 @@ class AcquisitionRunner:
             self.metrics.queue_depth.set(len(self._queue))
         return None
 
-    def _start_worker(self) -> tuple[Worker, int]:
+    def _use_reference(self, reference: np.ndarray | None) -> str | None:
+        """Put ``reference`` in use (under the lock): each worker takes it for its
+        next frame. Returns its id."""
+        self._reference = reference
+        self._reference_version += 1
+        self._reference_id = reference_id(reference)
+        self._reference_since = time.monotonic() if reference is not None else None
+        return self._reference_id
+
+    def _refreshed(self, reference: np.ndarray) -> str:
+        """A new reference from the refresher (a worker's thread), whole."""
+        with self._lock:
+            new = self._use_reference(reference)
+        self.metrics.count(Count.REFERENCE_REFRESHES)
+        assert new is not None
+        return new
+
+    def _start_worker(self) -> tuple[Worker, int, str | None]:
         with self._lock:
             reference, version = self._reference, self._reference_version
-        return start_worker(self.workers_config, reference), version
+            used = self._reference_id
+        return start_worker(self.workers_config, reference), version, used
 
     def _work_loop(self) -> None:
         worker: Worker | None = None
         version = -1
+        used: str | None = None
         try:
             while True:
                 with self._take:
@@ -466,8 +500,8 @@ class AcquisitionRunner:
                             worker.close()
                             worker = None
                         if worker is None:
-                            worker, version = self._start_worker()
-                        result = self._process(frame, worker)
+                            worker, version, used = self._start_worker()
+                        result = self._process(frame, worker, used)
                     except WorkerDied as exc:
                         if worker is not None:
                             worker.close()
@@ -491,7 +525,9 @@ class AcquisitionRunner:
             if worker is not None:
                 worker.close()
 
-    def _process(self, frame: GrabbedFrame, worker: Worker) -> FrameResult:
+    def _process(
+        self, frame: GrabbedFrame, worker: Worker, reference_used: str | None
+    ) -> FrameResult:
         processed = worker.process(frame.image, self.classifier.crop_geometry())
         self.metrics.stage_seconds.labels("reconstruct").observe(processed.reconstruct_s)
         self.metrics.stage_seconds.labels("segment").observe(processed.segment_s)
@@ -508,7 +544,12 @@ class AcquisitionRunner:
             self.metrics.carrier_drift.set(quality["carrier_drift_cycles_per_px"])
         if math.isfinite(quality["unwrap_residues"]):
             self.metrics.unwrap_residues.observe(quality["unwrap_residues"])
-        result = FrameResult(frame, processed)
+        result = FrameResult(frame, processed, reference_used)
+        if self.refresher is not None:
+            try:
+                self.refresher.observe(frame.image, processed, reference_used)
+            except Exception:  # the frame itself is fine: it goes on
+                logger.exception("the reference refresh failed on frame %d", frame.index)
         for observer in self.on_frame:
             observer(result)
         return result

@@ -42,3 +42,4 @@ class Count(StrEnum):
     EVENTS_LOST = "events_lost"
     EDGE_ONLY_TRACKS = "edge_only_tracks"
     RECONNECTS = "reconnects"
+    REFERENCE_REFRESHES = "reference_refreshes"
