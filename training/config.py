@@ -5,6 +5,8 @@ channels, GAN Adam 2e-4 / beta1 0.5 for 75 epochs on 8x dihedral augmentation,
 weights N(0, 0.02); classifier Adam 1e-5 for up to 900 epochs. ``cpu`` trains in
 minutes on 2 cores: 64-pixel inputs (the 128-pixel crops are 2x2-averaged inside
 the network), half the channels, fewer epochs, a larger classifier learning rate.
+SSL pretraining (SimCLR, training.ssl) has no paper to follow: ``paper`` is its
+network at the paper's size, ``cpu`` the cpu network for minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -113,9 +115,6 @@ class ClassifierConfig:
     max_steps: int | None = None
     # imagenet only: the pretrained trunk learns at lr * this, its new head at lr.
     trunk_lr_factor: float = 0.1
-    # DEV EXPERIMENT knobs (pretrained trunks of topgan/ssl)
-    pretrained_lr_factor: float = 1.0
-    head_warmup_steps: int = 0
 
 
 def network_preset(preset: str) -> NetworkConfig:
@@ -133,7 +132,8 @@ def gan_preset(preset: str) -> GanConfig:
 
 def ssl_preset(preset: str) -> SslConfig:
     net = network_preset(preset)
-    # cpu: SSL_CPU_EPOCHS on a pool of a few thousand crops is minutes on 2 cores.
+    # cpu: 12 epochs of 96 on a 3000-crop pool are 372 steps, about 7 minutes of CPU on
+    # one thread (docs/evaluation/dev/ssl.md); paper: SimCLR's usual batch and length.
     return SslConfig(net) if preset == "paper" else SslConfig(net, epochs=12, batch_size=96)
 
 

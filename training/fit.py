@@ -39,13 +39,15 @@ def _loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tu
 
 
 def build_model(
-    method: str, classes: int, config: ClassifierConfig, pretrained: Pretrained | None
+    method: str, classes: int, config: ClassifierConfig, start: Pretrained | None
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """The untrained classifier of ``method`` (its trunk pretrained for the topgan, ssl
-    and imagenet methods) and its optimizer's parameter groups."""
+    """The untrained classifier of ``method`` (its trunk pretrained: ``start`` for the
+    topgan and ssl methods, ImageNet's for imagenet) and its optimizer's parameter
+    groups. The trunk is fine-tuned at the head's rate: on the dev data neither a
+    tenth of it nor a head-only start helped the SSL trunk beyond fold noise
+    (docs/evaluation/dev/ssl.md), nor the GAN's before (docs/evaluation/README.md)."""
     net = config.network
     spec = get_method(method)
-    start = pretrained_for(method, pretrained)
     if spec.imagenet:
         if net.channels != 1:
             raise ValueError("the colour encoding (channels 3) is for the DCGAN-based methods")
@@ -59,11 +61,6 @@ def build_model(
                 f"{net}: use its preset and --channels"
             )
         model.trunk.load_state_dict(start.trunk)
-        trunk_params = list(model.trunk.parameters())
-        return model, [
-            {"params": trunk_params, "lr": config.lr * config.pretrained_lr_factor},
-            {"params": [p for p in model.parameters() if all(p is not q for q in trunk_params)]},
-        ]
     return model, [{"params": list(model.parameters())}]
 
 
@@ -86,10 +83,10 @@ def fit(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     aug_rng = torch.Generator().manual_seed(seed)
-    model, groups = build_model(method, len(crops.class_names), config, pretrained)
+    start = pretrained_for(method, pretrained)
+    model, groups = build_model(method, len(crops.class_names), config, start)
     labels = crops.label[indices]
     train_pos, val_pos = split_validation(labels, config.val_fraction, rng)
-    start = pretrained_for(method, pretrained)
     norm = start.normalization if start else Normalization.fit(crops.opd[indices[train_pos]])
     x = torch.from_numpy(norm.apply(crops.opd[indices]))[:, None]
     y = torch.from_numpy(labels.astype(np.int64))
@@ -117,12 +114,6 @@ def fit(
     epoch = 0
     while step < total:
         model.train()
-        if start is not None and isinstance(model, Classifier):
-            warming = step < config.head_warmup_steps
-            if warming:
-                model.trunk.eval()
-            for param in model.trunk.parameters():
-                param.requires_grad_(not warming)
         order = torch.randperm(len(x_train), generator=aug_rng)
         for b in range(steps_per_epoch):
             if step >= total:
