@@ -1,7 +1,9 @@
 """Classifier inference speed: PyTorch eager vs ONNX Runtime fp32 vs int8, side by side.
 
-For the paper-size network (128 px, 64..512 channels) and the cpu preset (64 px
-inside, half the channels), at batch 1 and 32, cells per second in one run; then
+For the paper-size network (128 px, 64..512 channels), the cpu preset (64 px
+inside, half the channels; the cnn, topgan and ssl methods share it) and the
+``features`` method (fixed QPI features and a logistic regression; fp32 only), at
+batch 1 and 32, cells per second in one run; then
 the fine-tuning time on 160 training images (seconds per epoch, and for a fixed
 number of epochs). Weights are random (speed does not depend on them); int8 is
 calibrated on simulated crops.
@@ -24,6 +26,7 @@ from models.manifest import Normalization
 from training.config import classifier_preset, network_preset, override
 from training.data import Crops
 from training.export import export_onnx
+from training.features import fit_features
 from training.fit import fit
 from training.networks import Classifier, WithSoftmax
 from training.quantize import quantize_int8
@@ -64,15 +67,24 @@ def main() -> int:
     ]
     print("| " + " | ".join(header) + " |")
     print("|---|---|---|---|---|---|---|")
-    for preset in ("paper", "cpu"):
-        net = network_preset(preset)
-        model = Classifier(net, 2).eval()
-        fp32 = export_onnx(model, net.crop_size, torch.from_numpy(x_all[:8]))
-        int8 = quantize_int8(fp32, x_all[:64])
-        wrapped = WithSoftmax(model).eval()
-        sessions = {"fp32": session(fp32), "int8": session(int8)}
+    features, _ = fit_features(data.opd, data.label, 2, data.pixel_size_um, seed=0)
+    x_nm = features.norm.apply(data.opd)[:, None]  # the features model takes OPD in nm
+    for preset in ("paper", "cpu", "features"):
+        model: torch.nn.Module
+        if preset == "features":
+            model, inputs = features.model, x_nm
+            wrapped = WithSoftmax(model).eval()
+            fp32 = export_onnx(model, 128, torch.from_numpy(inputs[:8]))
+            sessions = {"fp32": session(fp32)}
+        else:
+            net = network_preset(preset)
+            model, inputs = Classifier(net, 2).eval(), x_all
+            fp32 = export_onnx(model, net.crop_size, torch.from_numpy(inputs[:8]))
+            int8 = quantize_int8(fp32, inputs[:64])
+            wrapped = WithSoftmax(model).eval()
+            sessions = {"fp32": session(fp32), "int8": session(int8)}
         for batch in (1, 32):
-            x = x_all[:batch]
+            x = inputs[:batch]
             xt = torch.from_numpy(x)
 
             def eager(xt: torch.Tensor = xt, net: torch.nn.Module = wrapped) -> None:
@@ -84,9 +96,11 @@ def main() -> int:
                 k: rate(lambda s=s, x=x: s.run(None, {"x": x}), batch, args.seconds)
                 for k, s in sessions.items()
             }
+            int8_rate = f"{r['int8']:.0f}" if "int8" in r else "-"
+            int8_ratio = f"{r['int8'] / r_eager:.1f}x" if "int8" in r else "-"
             print(
-                f"| {preset} | {batch} | {r_eager:.0f} | {r['fp32']:.0f} | {r['int8']:.0f} | "
-                f"{r['fp32'] / r_eager:.1f}x | {r['int8'] / r_eager:.1f}x |"
+                f"| {preset} | {batch} | {r_eager:.0f} | {r['fp32']:.0f} | {int8_rate} | "
+                f"{r['fp32'] / r_eager:.1f}x | {int8_ratio} |"
             )
             sys.stdout.flush()
 

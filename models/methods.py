@@ -5,13 +5,15 @@ read instead of spelling the names (or parsing them) each on their own.
 ``features`` (fixed QPI features of each cell, area, dry mass, OPD statistics, shape,
 texture and radial profile, through an L2 logistic regression; no network is
 trained), ``cnn`` (the TOP-GAN classifier from random weights), ``imagenet``
-(EfficientNet-Lite0 pretrained on ImageNet) and ``topgan`` (the trunk of a pretrained
-DCGAN's discriminator); ``-aug`` adds dihedral augmentation of the training batches.
+(EfficientNet-Lite0 pretrained on ImageNet), ``topgan`` (the trunk of a pretrained
+DCGAN's discriminator) and ``ssl`` (the same trunk pretrained self-supervised,
+training.ssl); ``-aug`` adds dihedral augmentation of the training batches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,9 @@ class Method:
     """What a method is made of.
 
     needs_torch : a PyTorch network (trained, then exported to ONNX); False for knn
-    gan_trunk : the trunk starts from a pretrained DCGAN's discriminator (needs a GAN)
+    pretrained : the kind of pretrained trunk the network starts from (training.pretrained):
+        "gan" (a DCGAN's discriminator, gan.pt) or "ssl" (self-supervised, ssl.pt);
+        None: no pretrained folder
     augment : training batches go through random dihedral transforms
     imagenet : EfficientNet-Lite0 with its ImageNet weights
     features : fixed QPI features and a logistic regression (training.features), not a
@@ -28,7 +32,7 @@ class Method:
 
     name: str
     needs_torch: bool = True
-    gan_trunk: bool = False
+    pretrained: Literal["gan", "ssl"] | None = None
     augment: bool = False
     imagenet: bool = False
     features: bool = False
@@ -46,8 +50,10 @@ METHODS: tuple[Method, ...] = (
     Method("cnn"),
     Method("cnn-aug", augment=True),
     Method("imagenet", imagenet=True),
-    Method("topgan", gan_trunk=True),
-    Method("topgan-aug", gan_trunk=True, augment=True),
+    Method("topgan", pretrained="gan"),
+    Method("topgan-aug", pretrained="gan", augment=True),
+    Method("ssl", pretrained="ssl"),
+    Method("ssl-aug", pretrained="ssl", augment=True),
 )
 METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in METHODS)
 #: The methods that need PyTorch (every one exported from a PyTorch module).

@@ -29,6 +29,7 @@ from .features import fit_features
 from .fit import fit
 from .imagenet import pretrained_record
 from .knn import train_knn
+from .pretrained import load_pretrained, pretrained_for, trunk_record
 from .quantize import INT8_TOLERANCE, check_int8
 from .splits import split_validation, stratified_indices
 
@@ -69,7 +70,7 @@ def train_classifier(
     out: Path,
     config: ClassifierConfig,
     preset: str,
-    gan_dir: Path | None = None,
+    pretrained: Path | None = None,
     seed: int = 0,
     train_size: int | None = None,
     name: str | None = None,
@@ -85,7 +86,14 @@ def train_classifier(
     ``features`` method stays in float whatever ``int8`` says: its thresholds, sort and
     moments of OPD in nm are not what 8-bit activations can carry, and its cost is
     not in matrix products that int8 would speed up.
+
+    ``pretrained`` is the folder of a pretrained trunk (training.pretrained), for the
+    methods that start from one; the others do not read it.
     """
+    spec = get_method(method)
+    start = pretrained_for(
+        method, load_pretrained(pretrained) if pretrained and spec.pretrained else None
+    )
     crops = load_crops([data])
     if len(crops.class_names) < 2:
         raise ValueError(f"{data} has classes {crops.class_names}: a classifier needs at least two")
@@ -93,7 +101,6 @@ def train_classifier(
         raise ValueError(
             f"the crops are {crops.opd.shape[1]} px, the network takes {config.network.crop_size}"
         )
-    spec = get_method(method)
     indices = stratified_indices(
         crops.label, train_size, np.random.default_rng(seed), crops.class_names
     )
@@ -117,7 +124,7 @@ def train_classifier(
             crops.opd[indices], labels, len(crops.class_names), config.val_fraction, seed
         )
     else:
-        model, norm, record = fit(method, crops, indices, config, gan_dir, seed, progress)
+        model, norm, record = fit(method, crops, indices, config, start, seed, progress)
         # Parity on real crops: noise can saturate the softmax and hide differences.
         probe = torch.from_numpy(norm.apply(crops.opd[indices[:16]]))[:, None]
         onnx_bytes = export_onnx(model, config.network.crop_size, probe)
@@ -144,8 +151,7 @@ def train_classifier(
             "train_size": record["train_size"],
             "seed": seed,
             "preset": preset,
-            "gan": portable_path(gan_dir, out) if gan_dir else None,
-            "gan_sha256": sha256_of(gan_dir / "gan.pt") if gan_dir else None,
+            **trunk_record(start, out),
             "imagenet_weights": pretrained_record() if spec.imagenet else None,
             # features: each one's name, unit, training mean and std, coefficients.
             "features": features,

@@ -1,4 +1,5 @@
-"""``topgan train gan``, ``topgan train classifier`` and ``topgan evaluate``.
+"""``topgan train gan``, ``topgan train ssl``, ``topgan train classifier`` and
+``topgan evaluate``.
 
 The only commands that import PyTorch, and only when they run: this module itself
 does not, so that ``topgan --help`` works without the ``train`` extra.
@@ -15,7 +16,7 @@ from typing import Any
 from acquisition.commandline import Command, CommandError, ProgressPrinter, add_common_options
 from models.methods import METHOD_NAMES
 
-from .config import DEVICES, PRESETS, classifier_preset, gan_preset, override
+from .config import DEVICES, PRESETS, classifier_preset, gan_preset, override, ssl_preset
 
 DRY_RUN_STEPS = 2
 
@@ -23,6 +24,12 @@ DEVICE_HELP = (
     "auto: CUDA when PyTorch sees a device, else the CPU (default); under torchrun "
     "each process takes the GPU of its LOCAL_RANK"
 )
+
+PRETRAINED_HELP = (
+    "the pretrained trunk of the topgan and ssl methods: a folder of 'topgan train gan' "
+    "(gan.pt) or 'topgan train ssl' (ssl.pt); --gan is its old name"
+)
+
 CHANNELS_HELP = (
     "1: the OPD map (default); 3: the paper's colour encoding (a jet colour map of the "
     "normalised OPD, inside the networks)"
@@ -32,21 +39,25 @@ CHANNELS_HELP = (
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     gan = what.add_parser("gan", help="DCGAN pretraining on unlabeled crops")
-    add_common_options(gan)
-    gan.add_argument(
-        "--data",
-        nargs="+",
-        required=True,
-        metavar="FILE.h5|DIR",
-        help="crop files, or folders of them (e.g. a crop archive)",
+    ssl = what.add_parser(
+        "ssl", help="self-supervised (SimCLR) pretraining of the classifier's trunk"
     )
-    gan.add_argument("--out", required=True, metavar="DIR")
-    gan.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from DIR/checkpoint.pt, on the data given now, until --epochs "
-        "(a total, counted from the first run; default the preset's) are done",
-    )
+    for k in (gan, ssl):
+        add_common_options(k)
+        k.add_argument(
+            "--data",
+            nargs="+",
+            required=True,
+            metavar="FILE.h5|DIR",
+            help="crop files, or folders of them (e.g. a crop archive)",
+        )
+        k.add_argument("--out", required=True, metavar="DIR")
+        k.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue from DIR/checkpoint.pt, on the data given now, until --epochs "
+            "(a total, counted from the first run; default the preset's) are done",
+        )
     gan.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     clf = what.add_parser("classifier", help="one classifier, exported to ONNX")
     add_common_options(clf)
@@ -56,7 +67,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         choices=METHOD_NAMES,
     )
     clf.add_argument("--data", required=True, metavar="FILE.h5")
-    clf.add_argument("--gan", metavar="DIR", help="the pretrained DCGAN (topgan methods)")
+    clf.add_argument(
+        "--pretrained", "--gan", dest="pretrained", metavar="DIR", help=PRETRAINED_HELP
+    )
     clf.add_argument("--out", required=True, metavar="MODEL_DIR")
     clf.add_argument(
         "--train-size", type=int, help="train on this many crops (balanced); default all"
@@ -68,7 +81,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="quantise to int8 (calibrated on the training crops); kept only if the "
         "validation accuracy stays within 0.5 points of fp32 (features: always fp32)",
     )
-    for k in (gan, clf):
+    for k in (gan, ssl, clf):
         k.add_argument(
             "--preset",
             choices=PRESETS,
@@ -78,12 +91,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         k.add_argument("--epochs", type=int, help="override the preset's epochs")
         k.add_argument("--channels", type=int, choices=(1, 3), help=CHANNELS_HELP)
         k.add_argument("--dry-run", action="store_true", help="a couple of steps only (tests)")
-    gan.add_argument(
-        "--force",
-        action="store_true",
-        help="train afresh into a DIR that already holds files (without it: refused, "
-        "unless --resume finds DIR/checkpoint.pt)",
-    )
+    for k in (gan, ssl):
+        k.add_argument(
+            "--force",
+            action="store_true",
+            help="train afresh into a DIR that already holds files (without it: refused, "
+            "unless --resume finds DIR/checkpoint.pt)",
+        )
     clf.add_argument(
         "--force",
         action="store_true",
@@ -94,7 +108,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     add_common_options(p)
     p.add_argument("--data", required=True, metavar="FILE.h5")
-    p.add_argument("--gan", metavar="DIR", help="the pretrained DCGAN (topgan methods)")
+    p.add_argument("--pretrained", "--gan", dest="pretrained", metavar="DIR", help=PRETRAINED_HELP)
     p.add_argument("--methods", required=True, metavar="M,...", help="e.g. knn,features,cnn,topgan")
     p.add_argument("--train-sizes", required=True, metavar="N,...", help="e.g. 10,20,40,80,160")
     p.add_argument("--folds", type=int, default=5)
@@ -178,6 +192,20 @@ def run_train(args: argparse.Namespace) -> None:
                 )
             if ddp.is_main:
                 print(f"wrote {weights}", file=sys.stderr)
+        elif args.what == "ssl":
+            from .ssl import train_ssl
+
+            ssl = _configure(ssl_preset(args.preset), args, dry_run_batch=8)
+            weights = train_ssl(
+                args.data,
+                out,
+                ssl,
+                seed=args.seed,
+                resume=args.resume,
+                progress=ProgressPrinter("SSL steps"),
+                command=_command_line(),
+            )
+            print(f"wrote {weights}", file=sys.stderr)
         else:
             from .classifier import train_classifier
 
@@ -188,7 +216,7 @@ def run_train(args: argparse.Namespace) -> None:
                 out,
                 clf,
                 args.preset,
-                gan_dir=Path(args.gan) if args.gan else None,
+                pretrained=Path(args.pretrained) if args.pretrained else None,
                 seed=args.seed,
                 train_size=args.train_size,
                 name=args.name,
@@ -232,7 +260,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
             args.folds,
             clf,
             args.preset,
-            gan_dir=Path(args.gan) if args.gan else None,
+            pretrained=Path(args.pretrained) if args.pretrained else None,
             positive=args.positive,
             seed=args.seed,
             progress=ProgressPrinter("trainings"),

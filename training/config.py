@@ -5,6 +5,8 @@ channels, GAN Adam 2e-4 / beta1 0.5 for 75 epochs on 8x dihedral augmentation,
 weights N(0, 0.02); classifier Adam 1e-5 for up to 900 epochs. ``cpu`` trains in
 minutes on 2 cores: 64-pixel inputs (the 128-pixel crops are 2x2-averaged inside
 the network), half the channels, fewer epochs, a larger classifier learning rate.
+SSL pretraining (SimCLR, training.ssl) has no paper to follow: ``paper`` is its
+network at the paper's size, ``cpu`` the cpu network for minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -62,6 +64,45 @@ class GanConfig:
 
 
 @dataclass(frozen=True)
+class SslConfig:
+    """Contrastive pretraining (SimCLR) of the classifier's trunk (training.ssl).
+
+    Two views of each crop are drawn in OPD (nm) before the fixed normalisation, so
+    that a view is still a measurement a cell could have given: one of the 8 rotations
+    and reflections always; a shift by up to ``shift_px`` crop pixels in each axis
+    (sub-pixel, in Fourier space); the sample up to ``defocus_um`` out of focus
+    (angular-spectrum propagation of its field); white noise of a standard deviation
+    up to ``noise_nm``. 0 turns the last three off. Never an intensity rescale: the
+    OPD's scale is what tells cells apart.
+
+    temperature : of NT-Xent (SimCLR's CIFAR value, not tuned here)
+    projection_hidden, projection_dim : the projection head (trunk -> hidden -> dim),
+        used for the loss only and not kept by the classifier
+    """
+
+    network: NetworkConfig
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    temperature: float = 0.5
+    projection_hidden: int = 512
+    projection_dim: int = 128
+    shift_px: float = 4.0
+    defocus_um: float = 2.0
+    noise_nm: float = 4.0
+    max_steps: int | None = None  # a cap for dry runs
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 (negatives), got {self.batch_size}")
+        if self.temperature <= 0 or self.lr < 0:
+            raise ValueError("temperature must be positive and lr not negative")
+        for name in ("shift_px", "defocus_um", "noise_nm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     network: NetworkConfig
     epochs: int = 900
@@ -90,6 +131,13 @@ def network_preset(preset: str) -> NetworkConfig:
 def gan_preset(preset: str) -> GanConfig:
     net = network_preset(preset)
     return GanConfig(net) if preset == "paper" else GanConfig(net, epochs=8)
+
+
+def ssl_preset(preset: str) -> SslConfig:
+    net = network_preset(preset)
+    # cpu: 12 epochs of 96 on a 3000-crop pool are 372 steps, about 7 minutes of CPU on
+    # one thread (docs/evaluation/dev/ssl.md); paper: SimCLR's usual batch and length.
+    return SslConfig(net) if preset == "paper" else SslConfig(net, epochs=12, batch_size=96)
 
 
 def classifier_preset(preset: str) -> ClassifierConfig:

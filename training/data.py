@@ -24,6 +24,9 @@ class Crops:
     class_names: list[str]
     pixel_size_um: float
     files: list[Path]
+    # The files' common illumination wavelength; None when they differ (defocus
+    # augmentation needs it, nothing else does).
+    wavelength_nm: float | None = None
 
 
 def dataset_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -64,7 +67,15 @@ def load_crops(paths: Sequence[str | Path]) -> Crops:
     opd = np.concatenate([s.opd for s in sets])
     if len(opd) == 0:
         raise ValueError("the data files hold no crops")
-    return Crops(opd, np.concatenate([s.label for s in sets]), names, sets[0].pixel_size_um, files)
+    wavelengths = {round(s.wavelength_nm, 6) for s in sets}
+    return Crops(
+        opd,
+        np.concatenate([s.label for s in sets]),
+        names,
+        sets[0].pixel_size_um,
+        files,
+        sets[0].wavelength_nm if len(wavelengths) == 1 else None,
+    )
 
 
 def dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -29,6 +29,7 @@ from .features import fit_features
 from .fit import fit
 from .knn import fit_knn
 from .metrics import fold_scores
+from .pretrained import Pretrained, load_pretrained, pretrained_for, trunk_record
 from .quantize import check_int8
 from .report import write_report
 from .splits import stratified_folds, stratified_indices
@@ -42,7 +43,7 @@ def scores_for(
     train: np.ndarray,
     test: np.ndarray,
     config: ClassifierConfig,
-    gan_dir: Path | None,
+    pretrained: Pretrained | None,
     seed: int,
     int8: bool = False,
     int8_results: dict[str, float] | None = None,
@@ -64,7 +65,7 @@ def scores_for(
         trained = time.perf_counter()
         probabilities = knn.predict_proba(crops.opd[test])
         return probabilities, trained - start, (time.perf_counter() - trained) / len(test)
-    model, norm, record = fit(method, crops, train, config, gan_dir, seed)
+    model, norm, record = fit(method, crops, train, config, pretrained, seed)
     x = torch.from_numpy(norm.apply(crops.opd[test]))[:, None]
     start = time.perf_counter()
     with torch.no_grad():
@@ -102,7 +103,7 @@ def evaluate(
     folds: int,
     config: ClassifierConfig,
     preset: str,
-    gan_dir: Path | None = None,
+    pretrained: Path | None = None,
     positive: str | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
@@ -110,7 +111,9 @@ def evaluate(
     int8_methods: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The paper's protocol; ``int8_methods`` are also exported, quantised and scored
-    in ONNX Runtime on each test fold (float vs int8)."""
+    in ONNX Runtime on each test fold (float vs int8). ``pretrained`` is the trunk
+    folder of the methods that start from one (each is checked against it before any
+    training)."""
     unknown = [m for m in (*methods, *int8_methods) if m not in METHOD_NAMES]
     if unknown:
         raise ValueError(
@@ -127,6 +130,10 @@ def evaluate(
         from .imagenet import check_installed
 
         check_installed()
+    uses_trunk = any(get_method(m).pretrained for m in methods)
+    trunk = load_pretrained(pretrained) if pretrained and uses_trunk else None
+    for method in methods:
+        pretrained_for(method, trunk)
     crops = load_crops([data])
     if len(crops.class_names) != 2:
         raise ValueError(f"the protocol compares two classes; {data} has {crops.class_names}")
@@ -150,7 +157,7 @@ def evaluate(
                     train,
                     test,
                     config,
-                    gan_dir,
+                    trunk,
                     seed + f,
                     int8=method in int8_methods,
                     int8_results=extra,
@@ -179,7 +186,7 @@ def evaluate(
         "classes": crops.class_names,
         "preset": preset,
         "seed": seed,
-        "gan": portable_path(gan_dir, out) if gan_dir else None,
+        **trunk_record(trunk, out),
         "command": portable_command(command),
     }
     (out / "results.json").write_text(

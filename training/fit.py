@@ -8,7 +8,6 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,9 +19,9 @@ from models.methods import NETWORK_METHOD_NAMES, get_method
 
 from .config import ClassifierConfig
 from .data import Crops, dihedral
-from .gan import load_gan, trunk_weights
 from .imagenet import ImageNetClassifier
 from .networks import Classifier
+from .pretrained import Pretrained, pretrained_for
 from .splits import split_validation
 
 #: Training has left the untrained plateau once the loss on its training crops is at
@@ -40,10 +39,13 @@ def _loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tu
 
 
 def build_model(
-    method: str, classes: int, config: ClassifierConfig, gan_dir: Path | None
+    method: str, classes: int, config: ClassifierConfig, start: Pretrained | None
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """The untrained classifier of ``method`` (its trunk pretrained for topgan and
-    imagenet) and its optimizer's parameter groups."""
+    """The untrained classifier of ``method`` (its trunk pretrained: ``start`` for the
+    topgan and ssl methods, ImageNet's for imagenet) and its optimizer's parameter
+    groups. The trunk is fine-tuned at the head's rate: on the dev data neither a
+    tenth of it nor a head-only start helped the SSL trunk beyond fold noise
+    (docs/evaluation/dev/ssl.md), nor the GAN's before (docs/evaluation/README.md)."""
     net = config.network
     spec = get_method(method)
     if spec.imagenet:
@@ -52,16 +54,13 @@ def build_model(
         imagenet = ImageNetClassifier(net, classes, config.hidden, config.dropout)
         return imagenet, imagenet.param_groups(config.lr, config.trunk_lr_factor)
     model = Classifier(net, classes, config.hidden, config.dropout)
-    if spec.gan_trunk:
-        if gan_dir is None:
-            raise ValueError(f"method {method} needs --gan DIR (a pretrained DCGAN)")
-        state, gan_net = load_gan(gan_dir)
-        if gan_net != net:
+    if start is not None:
+        if start.network != net:
             raise ValueError(
-                f"the GAN in {gan_dir} has network {gan_net}, the classifier {net}: use its "
-                "preset and --channels"
+                f"the trunk in {start.directory} has network {start.network}, the classifier "
+                f"{net}: use its preset and --channels"
             )
-        model.trunk.load_state_dict(trunk_weights(state))
+        model.trunk.load_state_dict(start.trunk)
     return model, [{"params": list(model.parameters())}]
 
 
@@ -70,21 +69,25 @@ def fit(
     crops: Crops,
     indices: np.ndarray,
     config: ClassifierConfig,
-    gan_dir: Path | None,
+    pretrained: Pretrained | None,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, Normalization, dict[str, Any]]:
     """Train one classifier on ``crops`` at ``indices``; return it, the normalisation and
-    a record of the training (validation accuracy, epochs, seconds)."""
+    a record of the training (validation accuracy, epochs, seconds).
+
+    A method with a pretrained trunk keeps the pretraining's normalisation; the others
+    fit one on their training crops."""
     if method not in NETWORK_METHOD_NAMES:
         raise ValueError(f"method must be one of {', '.join(NETWORK_METHOD_NAMES)}, got {method!r}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     aug_rng = torch.Generator().manual_seed(seed)
-    model, groups = build_model(method, len(crops.class_names), config, gan_dir)
+    start = pretrained_for(method, pretrained)
+    model, groups = build_model(method, len(crops.class_names), config, start)
     labels = crops.label[indices]
     train_pos, val_pos = split_validation(labels, config.val_fraction, rng)
-    norm = Normalization.fit(crops.opd[indices[train_pos]])
+    norm = start.normalization if start else Normalization.fit(crops.opd[indices[train_pos]])
     x = torch.from_numpy(norm.apply(crops.opd[indices]))[:, None]
     y = torch.from_numpy(labels.astype(np.int64))
     x_train, y_train, x_val, y_val = x[train_pos], y[train_pos], x[val_pos], y[val_pos]

@@ -33,7 +33,7 @@ from torch import nn
 from models.manifest import Normalization, sha256_of
 from models.provenance import portable_command, portable_path
 
-from .config import GanConfig, NetworkConfig
+from .config import GanConfig
 from .data import dihedral, load_crops
 from .distributed import Distributed
 from .networks import Discriminator, Generator, colour_encode, init_weights
@@ -245,22 +245,3 @@ def train_gan(
         (out / "gan.json").write_text(json.dumps(info, indent=2) + "\n")
     ddp.barrier()
     return weights
-
-
-def load_gan(directory: Path) -> tuple[dict[str, Any], NetworkConfig]:
-    """The weights of a trained GAN folder and its network configuration."""
-    path = directory / "gan.pt"
-    if not path.is_file():
-        raise ValueError(f"{directory} holds no gan.pt: train one with 'topgan train gan'")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state, NetworkConfig(**state["network"])
-
-
-def trunk_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The discriminator's convolutional trunk of a :func:`load_gan` state, keyed as a
-    classifier's ``trunk`` takes it."""
-    return {
-        k.removeprefix("trunk."): v
-        for k, v in state["discriminator"].items()
-        if k.startswith("trunk.")
-    }

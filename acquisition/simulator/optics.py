@@ -56,6 +56,22 @@ class OpticsConfig:
         return self.numerical_aperture * self.pixel_size_um * 1000.0 / self.wavelength_nm
 
 
+def defocus_phase_per_um(
+    shape: tuple[int, int], wavelength_nm: float, pixel_size_um: float
+) -> np.ndarray:
+    """The angular-spectrum propagator's phase, radians per um of defocus, at each
+    frequency of an (H, W) field's FFT: 2 pi / lambda (sqrt(1 - (lambda f)^2) - 1)
+    (evanescent frequencies clipped to 0). ``exp(1j * dz_um * phase)`` times the
+    field's spectrum propagates it by ``dz_um``; the -1 drops the plane-wave phase
+    that every frequency shares, so an empty field stays as it is."""
+    h, w = shape
+    frequency = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]) / pixel_size_um
+    wavelength_um = wavelength_nm * 1e-3
+    axial = np.sqrt(np.clip(1 - (wavelength_um * frequency) ** 2, 0, None))
+    phase: np.ndarray = (2 * math.pi / wavelength_um) * (axial - 1)
+    return phase
+
+
 def band_limit(
     field: np.ndarray,
     cutoff_cycles_per_px: float,
@@ -75,10 +91,7 @@ def band_limit(
     radius = np.hypot(ky, kx)
     pupil: np.ndarray = radius <= cutoff_cycles_per_px
     if defocus_um:
-        wavelength_um = wavelength_nm * 1e-3
-        frequency = radius / pixel_size_um  # cycles per um
-        axial = np.sqrt(np.clip(1 - (wavelength_um * frequency) ** 2, 0, None))
-        phase = (2 * math.pi * defocus_um / wavelength_um) * (axial - 1)
+        phase = defocus_um * defocus_phase_per_um((h, w), wavelength_nm, pixel_size_um)
         pupil = pupil * np.exp(1j * phase).astype(np.complex64)
     workers = os.cpu_count() or 1
     spectrum = scipy.fft.fft2(field.astype(np.complex64, copy=False), workers=workers)

@@ -26,27 +26,39 @@ def test_the_registry_names_each_method_once_in_report_order():
         "imagenet",
         "topgan",
         "topgan-aug",
+        "ssl",
+        "ssl-aug",
     )
     assert METHOD_NAMES[1:] == TORCH_METHOD_NAMES
-    assert NETWORK_METHOD_NAMES == ("cnn", "cnn-aug", "imagenet", "topgan", "topgan-aug")
+    assert NETWORK_METHOD_NAMES == (
+        "cnn",
+        "cnn-aug",
+        "imagenet",
+        "topgan",
+        "topgan-aug",
+        "ssl",
+        "ssl-aug",
+    )
     assert len(set(METHOD_NAMES)) == len(METHODS)
 
 
 def test_what_each_method_is_made_of():
     flags = {
-        m.name: (m.needs_torch, m.gan_trunk, m.augment, m.imagenet, m.features) for m in METHODS
+        m.name: (m.needs_torch, m.pretrained, m.augment, m.imagenet, m.features) for m in METHODS
     }
     assert flags == {
-        "knn": (False, False, False, False, False),
-        "features": (True, False, False, False, True),
-        "cnn": (True, False, False, False, False),
-        "cnn-aug": (True, False, True, False, False),
-        "imagenet": (True, False, False, True, False),
-        "topgan": (True, True, False, False, False),
-        "topgan-aug": (True, True, True, False, False),
+        "knn": (False, None, False, False, False),
+        "features": (True, None, False, False, True),
+        "cnn": (True, None, False, False, False),
+        "cnn-aug": (True, None, True, False, False),
+        "imagenet": (True, None, False, True, False),
+        "topgan": (True, "gan", False, False, False),
+        "topgan-aug": (True, "gan", True, False, False),
+        "ssl": (True, "ssl", False, False, False),
+        "ssl-aug": (True, "ssl", True, False, False),
     }
     assert [m.name for m in METHODS if m.trains_network] == list(NETWORK_METHOD_NAMES)
-    assert get_method("topgan-aug") is METHODS[-1]
+    assert get_method("ssl-aug") is METHODS[-1]
     with pytest.raises(dataclasses.FrozenInstanceError):
         METHODS[0].needs_torch = True  # type: ignore[misc]
 

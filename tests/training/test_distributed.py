@@ -18,8 +18,9 @@ import torch.distributed as dist
 from service.cli import main
 from training.config import gan_preset, override
 from training.distributed import Distributed, launched
-from training.gan import load_gan, train_gan, trunk_weights
+from training.gan import train_gan
 from training.networks import Classifier
+from training.pretrained import load_pretrained
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,8 +122,9 @@ def test_two_processes_pretrain_and_a_single_process_resumes(data, tmp_path):
     assert (info["processes"], info["steps"]) == (1, 4)
 
     # The classifier's trunk takes the discriminator's as it was saved.
-    state, net = load_gan(gan)
-    classifier = Classifier(net, classes=2)
-    classifier.trunk.load_state_dict(trunk_weights(state))
+    state = torch.load(gan / "gan.pt", weights_only=False)
+    trunk = load_pretrained(gan)
+    classifier = Classifier(trunk.network, classes=2)
+    classifier.trunk.load_state_dict(trunk.trunk)
     for key, value in classifier.trunk.state_dict().items():
         assert torch.equal(value, state["discriminator"][f"trunk.{key}"]), key

@@ -45,16 +45,15 @@ def test_training_records_no_absolute_path(data, tmp_path, monkeypatch):
     assert info["command"] == "topgan train gan --out models/pretrained/gan"
     _machine_free(info, tmp_path)
 
-    command = f"topgan train classifier --method knn --data {cells} --gan {gan} --out {model}"
-    train_classifier(
-        "knn", cells, model, classifier_preset("cpu"), "cpu", gan_dir=gan, command=command
-    )
+    tiny = override(classifier_preset("cpu"), epochs=1, max_steps=1, batch_size=4)
+    command = f"topgan train classifier --method topgan --data {cells} --gan {gan} --out {model}"
+    train_classifier("topgan", cells, model, tiny, "cpu", pretrained=gan, command=command)
     manifest = json.loads((model / "manifest.json").read_text())
     training = manifest["training"]
     assert training["data"] == "cells.h5"
-    assert training["gan"] == "../pretrained/gan"
+    assert training["pretrained"]["path"] == training["gan"] == "../pretrained/gan"
     assert training["command"] == (
-        "topgan train classifier --method knn --data cells.h5 --gan models/pretrained/gan "
+        "topgan train classifier --method topgan --data cells.h5 --gan models/pretrained/gan "
         "--out models/m"
     )
     _machine_free(manifest, tmp_path)
@@ -63,17 +62,18 @@ def test_training_records_no_absolute_path(data, tmp_path, monkeypatch):
     evaluate(
         cells,
         out,
-        ["knn"],
+        ["knn", "topgan"],
         [4],
         2,
-        classifier_preset("cpu"),
+        tiny,
         "cpu",
-        gan_dir=gan,
+        pretrained=gan,
         command=f"topgan evaluate --data {cells} --gan {gan} --out {out}",
     )
     meta = json.loads((out / "results.json").read_text())["meta"]
     # results.json's paths are relative to its folder, the command's to the working one.
     assert (meta["data"], meta["gan"]) == ("cells.h5", "../models/pretrained/gan")
+    assert meta["pretrained"]["path"] == "../models/pretrained/gan"
     expected = "topgan evaluate --data cells.h5 --gan models/pretrained/gan --out eval"
     assert meta["command"] == expected
     _machine_free(meta, tmp_path)

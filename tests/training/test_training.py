@@ -112,7 +112,7 @@ def test_training_errors(data, tmp_path):
 
     crops = load_crops([data / "cells.h5"])
     config = override(classifier_preset("cpu"), epochs=1, max_steps=1)
-    with pytest.raises(ValueError, match="needs --gan"):
+    with pytest.raises(ValueError, match="needs --pretrained DIR: a GAN folder"):
         fit("topgan", crops, np.arange(len(crops.label)), config, None, 0)
     with pytest.raises(ValueError, match=r"^class 0 has 12 crops, 50 needed"):
         stratified_indices(crops.label, 100, np.random.default_rng(0))

@@ -1,15 +1,20 @@
 """How much class information a frozen trunk carries: a linear probe on dev data.
 
-For each trunk (randomly initialised as the cnn method starts, or a pretrained GAN's
-discriminator) the crops of a dev dataset go through the frozen convolutions; the
-features are each block's channel means plus the last block's whole output. A
-ridge-penalised logistic regression is fitted on 10, 40 and 160 training crops drawn
-as in the protocol (5 stratified folds, balanced training sets) and scored on the
-test fold. If a GAN's trunk scores no better than a random one, its pretraining
-brings no class information that a linear read-out can use.
+For each trunk (randomly initialised as the cnn method starts, or a pretrained one:
+a GAN's discriminator or an SSL trunk, training.pretrained) the crops of a dev
+dataset go through the frozen convolutions; the features are each block's channel
+means plus the last block's whole output. A ridge-penalised logistic regression is
+fitted on 10, 40 and 160 training crops drawn as in the protocol (5 stratified folds,
+balanced training sets) and scored on the test fold. If a pretrained trunk scores no
+better than a random one, its pretraining brings no class information that a linear
+read-out can use.
+
+The random trunk sees the crops normalised as the dataset's own range; a pretrained
+trunk at its pretraining's normalisation, as its fine-tuned classifiers do
+(``--refit`` adds each at the dataset's range too, as this probe did before).
 
     OMP_NUM_THREADS=2 python docs/evaluation/dev/probe.py --data sw-dev.h5 \\
-        --gan models/pretrained/sperm-dcgan [more GAN folders] > probe-sw.txt
+        --pretrained models/pretrained/sperm-dcgan [more folders] > probe-sw.txt
 """
 
 from __future__ import annotations
@@ -23,21 +28,20 @@ import torch
 from models.manifest import Normalization
 from training.config import network_preset
 from training.data import load_crops
-from training.gan import load_gan, trunk_weights
 from training.networks import Classifier, init_weights
+from training.pretrained import Pretrained, load_pretrained
 from training.splits import stratified_folds, stratified_indices
 
 SIZES = (10, 40, 160)
 
 
-def features(gan: Path | None, x: np.ndarray) -> np.ndarray:
+def features(trunk: Pretrained | None, x: np.ndarray) -> np.ndarray:
     torch.manual_seed(0)
-    model = Classifier(network_preset("cpu"), 2)
-    if gan is None:
+    model = Classifier(network_preset("cpu") if trunk is None else trunk.network, 2)
+    if trunk is None:
         model.apply(init_weights)
     else:
-        state, _ = load_gan(gan)
-        model.trunk.load_state_dict(trunk_weights(state))
+        model.trunk.load_state_dict(trunk.trunk)
     model.eval()
     out = []
     with torch.no_grad():
@@ -78,17 +82,31 @@ def logistic(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--gan", type=Path, nargs="*", default=[])
+    parser.add_argument("--pretrained", "--gan", type=Path, nargs="*", default=[])
+    parser.add_argument(
+        "--refit", action="store_true", help="also each trunk at the dataset's own range"
+    )
     args = parser.parse_args()
     crops = load_crops([args.data])
-    x = Normalization.fit(crops.opd).apply(crops.opd)
+    own = Normalization.fit(crops.opd)
     y = crops.label
     folds = stratified_folds(y, 5, 0)
     print(f"{args.data.name}: linear-probe accuracy (%), mean [min, max] over 5 folds")
     print("| trunk | " + " | ".join(str(s) for s in SIZES) + " |")
     print("|---|" + "---|" * len(SIZES))
-    for name, gan in (("random (cnn's start)", None), *[(g.name, g) for g in args.gan]):
-        f = features(gan, x)
+    trunks: list[tuple[str, Pretrained | None, Normalization]] = [
+        ("random (cnn's start)", None, own)
+    ]
+    for folder in args.pretrained:
+        loaded = load_pretrained(folder)
+        n = loaded.normalization
+        range_nm = f"{n.opd_min_nm:g}..{n.opd_max_nm:g} nm"
+        trunks.append((f"{folder.name} ({loaded.kind}, its {range_nm})", loaded, n))
+        if args.refit:
+            range_nm = f"{own.opd_min_nm:g}..{own.opd_max_nm:g} nm"
+            trunks.append((f"{folder.name} ({loaded.kind}, the data's {range_nm})", loaded, own))
+    for name, trunk, norm in trunks:
+        f = features(trunk, norm.apply(crops.opd))
         cells = []
         for size in SIZES:
             accuracy = []

@@ -9,7 +9,7 @@ protocol as ``topgan evaluate`` (5 folds, training sizes 10, 20, 40). Results go
     topgan -q --seed 12 simulate cells --cell-line sw480,sw620 --count 400 --out sw-dev.h5
     topgan -q --seed 14 simulate cells --cell-line hs895-sk,hs895-t --count 400 --out hs-dev.h5
     OMP_NUM_THREADS=1 python docs/evaluation/dev/run.py --task sw --data sw-dev.h5 \\
-        --gan models/pretrained/sperm-dcgan --methods cnn,topgan,topgan-aug
+        --pretrained models/pretrained/sperm-dcgan --methods cnn,topgan,topgan-aug
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(POSITIVE), required=True)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--gan", type=Path, required=True)
+    parser.add_argument("--pretrained", "--gan", type=Path, required=True)
     parser.add_argument("--methods", required=True, help=", ".join(TORCH_METHOD_NAMES))
     args = parser.parse_args()
     path = HERE / f"{args.task}.json"
     runs = json.loads(path.read_text())["runs"] if path.exists() else []
     for method in args.methods.split(","):
-        gan = args.gan.name if get_method(method).gan_trunk else None
+        gan = args.pretrained.name if get_method(method).pretrained else None
         if any((r["method"], r["gan"], r["schedule"]) == (method, gan, SCHEDULE) for r in runs):
             continue
         with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +51,7 @@ def main() -> None:
                 5,
                 cfg.classifier_preset("cpu"),
                 "cpu",
-                gan_dir=args.gan,
+                pretrained=args.pretrained,
                 positive=POSITIVE[args.task],
                 seed=0,
             )
