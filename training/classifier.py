@@ -249,7 +249,8 @@ def calibration_line(manifest: Manifest) -> str:
     )
     if c.method == "validation":
         return f"temperature: {c.temperature:.3f}, fitted on {d['crops']} validation crops ({ece})"
+    cost = f", {d['seconds']:g} s of training" if "seconds" in d else ""
     return (
         f"temperature: {c.temperature:.3f}, fitted on out-of-fold logits of {d['crops']} crops "
-        f"({d['folds']} folds; {ece})"
+        f"({d['folds']} folds{cost}; {ece})"
     )

@@ -18,6 +18,7 @@ trained once on all the crops. On fewer crops than
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ def out_of_fold_logits(
         model, norm, _ = fit(method, crops, indices[train], config, gan_dir, seed + 1 + i)
         x = torch.from_numpy(norm.apply(crops.opd[indices[test]]))[:, None]
         logits[test] = logits_of(model, x).double().numpy()
+        logger.info("out-of-fold training %d/%d done", i + 1, k)
         if progress:
             progress(i + 1, k)
     return logits, k
@@ -89,8 +91,10 @@ def calibrate_network(
     logger.info(
         "fitting the temperature on out-of-fold logits: up to %d more trainings", CROSS_FIT_FOLDS
     )
+    started = time.monotonic()
     logits, folds = out_of_fold_logits(method, crops, indices, config, gan_dir, seed, progress)
     if folds == 0:
         return uncalibrated("a class has a single crop: no out-of-fold logits")
     labels = crops.label[indices].astype(np.int64)
-    return {**fitted_record(logits, labels, "out-of-fold"), "folds": folds}
+    seconds = round(time.monotonic() - started, 2)
+    return {**fitted_record(logits, labels, "out-of-fold"), "folds": folds, "seconds": seconds}

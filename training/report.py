@@ -122,15 +122,17 @@ def calibration_section(results: Sequence[Result]) -> list[str]:
                 f"{np.mean(t):.2f} [{np.min(t):.2f}, {np.max(t):.2f}]",
             ]
         )
-    header = ["method", "train size", "ECE, T = 1", "ECE, calibrated", "ECE of the folds pooled"]
+    header = ["method", "train size", "ECE, T = 1", "ECE, calibrated", "ECE, folds pooled"]
     return [
         "## Calibration",
         "",
         "Expected calibration error (%) of each test fold's max-probability confidence, "
         f"{ECE_BINS} equal-width bins, mean [min, max] over folds: before (T = 1) and after "
-        "the temperature each model was given (network methods: fitted on the validation "
-        "split; features: on its cross-validation's out-of-fold logits; knn: none). The "
-        "pooled column bins every fold's test crops together.",
+        "the temperature each model was given, as `topgan train classifier` fits it (network "
+        "methods: on the validation split from 32 crops, else on out-of-fold logits of 5 more "
+        "trainings; features: on its cross-validation's out-of-fold logits; knn: none; T = 1 "
+        "on fewer than 20 training crops). The pooled column bins every fold's test crops "
+        "together (T = 1 -> calibrated).",
         "",
         *markdown_table([*header, "temperature"], rows),
         "",
@@ -151,8 +153,8 @@ def _pooled(results: Sequence[Result], method: str, size: int, key: str) -> np.n
 
 def plot_reliability(results: Sequence[Result], path: Path, classes: int = 2) -> None:
     """One panel per method: accuracy against confidence per bin (the folds pooled),
-    a line per training size, calibrated solid and T = 1 dashed; the diagonal is a
-    calibrated model."""
+    a line per training size, calibrated solid and T = 1 dashed (where it differs);
+    the diagonal is a calibrated model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,8 +171,11 @@ def plot_reliability(results: Sequence[Result], path: Path, classes: int = 2) ->
         ax.plot([lower, 1], [lower, 1], ":", color="grey", lw=1)
         for i, size in enumerate(s for m, s in groups if m == method):
             colour = f"C{i}"
+            calibrated = _pooled(scored, method, size, "reliability")
             for key, style in (("reliability", "-o"), ("reliability_uncalibrated", "--")):
                 table = _pooled(scored, method, size, key)
+                if key != "reliability" and np.array_equal(table, calibrated):
+                    continue  # T = 1: the same line
                 used = table[:, 0] > 0
                 confidence = table[used, 1] / table[used, 0]
                 accuracy = table[used, 2] / table[used, 0]

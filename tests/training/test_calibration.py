@@ -143,7 +143,7 @@ def test_train_classifier_writes_its_temperature_into_manifest_and_graph(data, t
     assert any(
         line.startswith(
             f"temperature: {manifest.temperature:.3f}, fitted on out-of-fold logits of 24 crops "
-            "(5 folds; ECE "
+            f"(5 folds, {calibration['seconds']:g} s of training; ECE "
         )
         for line in lines
     ), lines
