@@ -1,9 +1,10 @@
 """Model directories: ``model.onnx`` plus ``manifest.json`` (docs/design.md, "Files (contract)").
 
 A manifest names the model, its classes, its input (shape, pixel size, and how OPD
-in nm maps to the network's input), how it was trained and evaluated, and the
-sha256 of its ONNX file. A directory whose manifest is incomplete or whose
-checksum does not match is refused with :class:`ModelError`.
+in nm maps to the network's input), how it was trained and evaluated, how its
+probabilities were calibrated, and the sha256 of its ONNX file. A directory whose
+manifest is incomplete or whose checksum does not match is refused with
+:class:`ModelError`.
 """
 
 from __future__ import annotations
@@ -83,6 +84,47 @@ class Normalization:
         return (unit * (self.out_max - self.out_min) + self.out_min).astype(np.float32)
 
 
+#: How a model's temperature was fitted (training.calibration): on the training's
+#: validation split, on out-of-fold logits of its training crops, or not at all.
+CALIBRATION_METHODS = ("validation", "out-of-fold", "none")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``calibration``: the temperature T that ``model.onnx`` already divides its
+    logits by before its softmax (the service applies nothing more), how it was
+    fitted, and the rest of its record (``details``: crops, prior, ECE and NLL
+    before and after on those crops, or a ``note`` saying why there is none). A
+    manifest without it (models made before calibration) is T = 1."""
+
+    temperature: float = 1.0
+    method: str = "none"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Calibration:
+        if not isinstance(data, dict) or "temperature" not in data or "method" not in data:
+            raise ModelError("manifest calibration needs temperature and method")
+        try:
+            temperature = float(data["temperature"])
+        except (TypeError, ValueError):
+            raise ModelError(
+                f"calibration temperature must be a number, got {data['temperature']!r}"
+            ) from None
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ModelError(f"calibration temperature must be positive, got {temperature}")
+        method = str(data["method"])
+        if method not in CALIBRATION_METHODS:
+            raise ModelError(
+                f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}"
+            )
+        details = {k: v for k, v in data.items() if k not in ("temperature", "method")}
+        return cls(temperature, method, details)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "method": self.method, **self.details}
+
+
 @dataclass(frozen=True)
 class Manifest:
     """``manifest.json``: read with :meth:`from_dict`, written with :meth:`to_dict`
@@ -99,6 +141,8 @@ class Manifest:
     onnx_sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: None: a model from before calibration, read as T = 1 (see :attr:`temperature`).
+    calibration: Calibration | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -137,12 +181,21 @@ class Manifest:
             onnx_sha256=str(data["onnx_sha256"]),
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
+            calibration=(
+                Calibration.from_dict(data["calibration"]) if "calibration" in data else None
+            ),
             raw=data,
         )
 
+    @property
+    def temperature(self) -> float:
+        """The temperature inside ``model.onnx`` (1.0 for a model without calibration)."""
+        return 1.0 if self.calibration is None else self.calibration.temperature
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of ``manifest.json``, its keys in the contract's order."""
-        return {
+        """The JSON object of ``manifest.json``, its keys in the contract's order
+        (``calibration`` only when the model has it)."""
+        data = {
             "name": self.name,
             "version": self.version,
             "created": self.created,
@@ -155,8 +208,11 @@ class Manifest:
             "method": self.method,
             "training": self.training,
             "metrics": self.metrics,
-            "onnx_sha256": self.onnx_sha256,
         }
+        if self.calibration is not None:
+            data["calibration"] = self.calibration.to_dict()
+        data["onnx_sha256"] = self.onnx_sha256
+        return data
 
     def summary(self) -> dict[str, Any]:
         """What the API reports with every classification."""

@@ -3,12 +3,20 @@
 One path for every caller: crops -> the micro-batcher -> the results store; a
 result is returned only once it is committed. ``/classify``, ``/classify/hologram``
 and the camera loop (:class:`service.loop.Classifier`) all go through it.
+
+Every result, and every event's combined probabilities, is flagged ``uncertain`` when
+its largest probability is below ``min_confidence`` (:func:`is_uncertain`): the
+models' probabilities are calibrated (a temperature inside the ONNX graph), so the
+flag marks the cells whose label is right less often than that. An uncertain cell is
+still stored, with its label, and counted in its class.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +41,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_CROP_PX = 128
 
 
+def is_uncertain(probabilities: Iterable[float], min_confidence: float) -> bool:
+    """The rule of the ``uncertain`` flag: the largest probability below ``min_confidence``
+    (0 flags nothing)."""
+    return bool(float(max(probabilities)) < min_confidence)
+
+
 @dataclass
 class Classified:
     manifest: Manifest
     probabilities: np.ndarray
     ids: list[int]
     labels: list[str]
+    uncertain: list[bool]
 
 
 class Classification:
@@ -52,6 +67,8 @@ class Classification:
     metrics : the model info metric and the per-label cell counts
     crop_pixel_size_um : the crop pixel size while no model is loaded
     served : where a reloaded model is remembered for the next start (None: nowhere)
+    min_confidence : results (and events) whose largest probability is below it are
+        flagged uncertain
     """
 
     def __init__(
@@ -62,6 +79,7 @@ class Classification:
         metrics: Metrics,
         crop_pixel_size_um: float = 0.25,
         served: ServedModelFile | None = None,
+        min_confidence: float = 0.0,
     ) -> None:
         self.holder = holder
         self.batcher = batcher
@@ -69,6 +87,7 @@ class Classification:
         self.metrics = metrics
         self.crop_pixel_size_um = crop_pixel_size_um
         self.served = served
+        self.min_confidence = min_confidence
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> Classification:
@@ -112,12 +131,16 @@ class Classification:
             metrics.stage_seconds.labels("store").observe(seconds)
             for row in rows:
                 metrics.cells.labels(row.label, row.source).inc()
+                if row.uncertain:
+                    metrics.uncertain.labels("view").inc()
                 if row.started is not None:
                     metrics.cell_latency.labels(row.source).observe(done - row.started)
 
         def on_events(events: list[EventRow], done: float) -> None:
             for event in events:
                 metrics.events.labels(event.label).inc()
+                if event.uncertain:
+                    metrics.uncertain.labels("event").inc()
                 metrics.event_views.observe(event.views)
                 if event.started is not None:
                     metrics.event_latency.observe(done - event.started)
@@ -125,7 +148,15 @@ class Classification:
         store.on_commit = on_commit
         store.on_events = on_events
         logger.info("results stored in %s", _safe_url(settings.database_url))
-        return cls(holder, batcher, store, metrics, settings.crop_pixel_size_um, served)
+        return cls(
+            holder,
+            batcher,
+            store,
+            metrics,
+            settings.crop_pixel_size_um,
+            served,
+            settings.min_confidence,
+        )
 
     @property
     def runtime(self) -> ModelRuntime | None:
@@ -159,9 +190,12 @@ class Classification:
     ) -> Classified:
         """Classify ``crops`` and commit one result row each (from the event loop)."""
         prediction = await asyncio.wrap_future(self.batcher.submit(crops))
-        rows, labels = result_rows(prediction, source, started, qc, positions, frame_id)
+        rows, labels = result_rows(
+            prediction, source, started, qc, positions, frame_id, min_confidence=self.min_confidence
+        )
         ids = await asyncio.wrap_future(self.store.add(rows))
-        return Classified(prediction.manifest, prediction.probabilities, ids, labels)
+        uncertain = [bool(r.uncertain) for r in rows]
+        return Classified(prediction.manifest, prediction.probabilities, ids, labels, uncertain)
 
     # -- the camera loop's side (service.loop.Classifier) ---------------------------
 
@@ -184,6 +218,7 @@ class Classification:
             frame.index,
             created=frame.grabbed_at,
             event_ids=event_ids,
+            min_confidence=self.min_confidence,
         )
         return labels, self.store.add(rows)
 
@@ -191,7 +226,9 @@ class Classification:
         return self.store.new_event_id()
 
     def store_event(self, event: EventRow) -> Future[list[int]]:
-        return self.store.add_event(event)
+        """Store ``event``, flagged uncertain by its combined probabilities."""
+        flag = is_uncertain(event.probabilities.values(), self.min_confidence)
+        return self.store.add_event(dataclasses.replace(event, uncertain=flag))
 
     def close(self) -> None:
         """Drain the batcher, then commit every queued result."""
@@ -208,8 +245,10 @@ def result_rows(
     frame_id: int | None = None,
     created: float | None = None,
     event_ids: list[int] | None = None,
+    min_confidence: float = 0.0,
 ) -> tuple[list[ResultRow], list[str]]:
-    """One result row per crop of ``prediction``, and the predicted labels."""
+    """One result row per crop of ``prediction`` (flagged uncertain below
+    ``min_confidence``), and the predicted labels."""
     manifest = prediction.manifest
     classes = manifest.classes
     labels = [classes[i] for i in prediction.probabilities.argmax(axis=1)]
@@ -229,6 +268,7 @@ def result_rows(
             x_px=positions[i][1] if positions else None,
             started=started,
             event_id=event_ids[i] if event_ids else None,
+            uncertain=is_uncertain(prediction.probabilities[i], min_confidence),
             **extra,
         )
         for i in range(len(prediction.probabilities))

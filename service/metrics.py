@@ -112,6 +112,13 @@ class Metrics:
             ["label"],
             registry=r,
         )
+        self.uncertain = Counter(
+            "topgan_uncertain_total",
+            "Stored results flagged uncertain (largest probability below min_confidence): "
+            "views and posted crops (kind=view), cells counted once (kind=event)",
+            ["kind"],
+            registry=r,
+        )
         self.event_views = Histogram(
             "topgan_event_views",
             "Classified views per event (frames a cell was classified in)",
@@ -178,6 +185,8 @@ class Metrics:
         )
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+        for kind in ("view", "event"):
+            self.uncertain.labels(kind)
         for reason in ErrorReason:
             self.frame_errors.labels(reason.value)
         # The camera loop's counts live here only: GET /acquisition reads them back.

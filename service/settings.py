@@ -180,6 +180,13 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(64, ge=1, le=4096, description="largest micro-batch")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    min_confidence: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="a cell (view, posted crop or event) whose largest probability is below "
+        "this is flagged uncertain: still stored with its label, and counted; 0: never",
+    )
 
     # -- storage --
     database_url: str = Field("sqlite:///data/results.sqlite", description="SQLAlchemy URL")

@@ -49,10 +49,12 @@ results = sa.Table(
     sa.Column("latency_s", sa.Float, nullable=True),  # grab (or request) to stored
     # The cell (event) this view belongs to; None for crops posted to the API.
     sa.Column("event_id", sa.Integer, nullable=True, index=True),
+    # Its largest probability was below min_confidence; None: stored before the flag.
+    sa.Column("uncertain", sa.Boolean, nullable=True),
 )
 #: Counts of the stored rows, kept in the transaction that stores them, so that the
 #: summary never counts a table: per kind ("results" or "events"), source, label and
-#: model version.
+#: model version, the rows (n) and of them the uncertain ones.
 tallies = sa.Table(
     "tallies",
     metadata,
@@ -61,6 +63,7 @@ tallies = sa.Table(
     sa.Column("label", sa.String(64), primary_key=True),
     sa.Column("model_version", sa.String(64), primary_key=True),
     sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Column("uncertain", sa.BigInteger, nullable=False, server_default="0"),
 )
 #: One row per cell of the camera loop: its views combined (docs/design.md, "Events").
 events = sa.Table(
@@ -81,7 +84,12 @@ events = sa.Table(
     sa.Column("model_name", sa.String(128), nullable=False),
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("latency_s", sa.Float, nullable=True),  # last view's grab to stored
+    # The combined probabilities' largest was below min_confidence (None: stored before).
+    sa.Column("uncertain", sa.Boolean, nullable=True),
 )
+#: A tally's key: kind, source, label, model version, and whether the rows are
+#: uncertain (rows stored before the flag count as not uncertain).
+TallyKey = tuple[str, str, str, str, bool]
 
 
 @dataclass
@@ -100,6 +108,7 @@ class ResultRow:
     created: float = field(default_factory=time.time)
     started: float | None = None  # monotonic time the cell's frame or request began
     event_id: int | None = None
+    uncertain: bool | None = None  # largest probability below min_confidence
 
 
 @dataclass
@@ -121,6 +130,7 @@ class EventRow:
     qc: dict[str, float] = field(default_factory=dict)
     source: str = "camera"
     started: float | None = None  # monotonic grab time of the last view
+    uncertain: bool | None = None  # the combined probabilities' largest below min_confidence
 
 
 class ResultStore:
@@ -147,8 +157,8 @@ class ResultStore:
         _migrate(self.engine)
         self.started = time.time()
         # Rows committed since this store started, by (kind, source, label, model
-        # version): the summary's figures, counted as the rows are committed.
-        self._since_start: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+        # version, uncertain): the summary's figures, counted as the rows are committed.
+        self._since_start: collections.Counter[TallyKey] = collections.Counter()
         self._tally_lock = threading.Lock()
         with self.engine.connect() as conn:
             last = max(
@@ -283,8 +293,11 @@ class ResultStore:
         rows = [r for p in pending for r in p.rows if isinstance(r, ResultRow)]
         event_rows = [e for p in pending for e in p.rows if isinstance(e, EventRow)]
         tally = collections.Counter(
-            [("results", r.source, r.label, r.model_version) for r in rows]
-            + [("events", e.source, e.label, e.model_version) for e in event_rows]
+            [("results", r.source, r.label, r.model_version, bool(r.uncertain)) for r in rows]
+            + [
+                ("events", e.source, e.label, e.model_version, bool(e.uncertain))
+                for e in event_rows
+            ]
         )
         try:
             with self.engine.begin() as conn:
@@ -324,10 +337,13 @@ class ResultStore:
         label: str | None = None,
         model_version: str | None = None,
         since: float | None = None,
+        uncertain: bool | None = None,
     ) -> list[dict[str, Any]]:
         """Events with an id above ``after_id`` (oldest first), or with ``descending``
         below ``before_id`` (newest first), matching every filter given."""
-        filters = _filters(events, label=label, model_version=model_version, since=since)
+        filters = _filters(
+            events, label=label, model_version=model_version, since=since, uncertain=uncertain
+        )
         query = _page(events, filters, after_id, limit, descending, before_id)
         with self.engine.connect() as conn:
             return [_row_dict(r) for r in conn.execute(query).mappings()]
@@ -343,11 +359,17 @@ class ResultStore:
         label: str | None = None,
         model_version: str | None = None,
         since: float | None = None,
+        uncertain: bool | None = None,
     ) -> list[dict[str, Any]]:
         """Results with an id above ``after_id`` (oldest first), or with ``descending``
         below ``before_id`` (newest first), matching every filter given."""
         filters = _filters(
-            results, source=source, label=label, model_version=model_version, since=since
+            results,
+            source=source,
+            label=label,
+            model_version=model_version,
+            since=since,
+            uncertain=uncertain,
         )
         query = _page(results, filters, after_id, limit, descending, before_id)
         with self.engine.connect() as conn:
@@ -357,7 +379,8 @@ class ResultStore:
         self, since: float | None = None, flow_rate_ul_min: float | None = None
     ) -> dict[str, Any]:
         """Detections (every stored view) and events (every cell once) since ``since``,
-        with the sample's flow rate the concentration. By default since the store
+        per class and the uncertain ones beside, with the sample's flow rate the
+        concentration. By default since the store
         started, from counts kept as rows are committed, and ``total_stored`` from the
         tallies: no table is counted, whatever its size. An explicit ``since``
         counts the rows created since then (a scan of the rows since then)."""
@@ -368,28 +391,30 @@ class ResultStore:
         else:
             counted = _count_since(self.engine, since)
         with self.engine.connect() as conn:
-            total = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(tallies.c.n), 0)).where(
-                    tallies.c.kind == "results"
-                )
-            ).scalar_one()
+            total, total_uncertain = conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(tallies.c.n), 0),
+                    sa.func.coalesce(sa.func.sum(tallies.c.uncertain), 0),
+                ).where(tallies.c.kind == "results")
+            ).one()
         elapsed = max(time.time() - since, 1e-9)
-        views = [(s, lab, v, n) for (kind, s, lab, v), n in counted if kind == "results"]
-        cells = [(lab, n) for (kind, _, lab, _), n in counted if kind == "events"]
+        views = [(s, lab, v, u, n) for (kind, s, lab, v, u), n in counted if kind == "results"]
+        cells = [(lab, u, n) for (kind, _, lab, _, u), n in counted if kind == "events"]
         counts: dict[str, int] = {}
         sources: dict[str, int] = {}
-        for source, label, _, n in views:
+        for source, label, _, _, n in views:
             counts[label] = counts.get(label, 0) + n
             sources[source] = sources.get(source, 0) + n
         n_since = sum(counts.values())
         event_counts: dict[str, int] = {}
-        for label, n in cells:
+        for label, _, n in cells:
             event_counts[label] = event_counts.get(label, 0) + n
         n_events = sum(event_counts.values())
         event_summary: dict[str, Any] = {
             "total": n_events,
             "counts": event_counts,
             "fractions": {k: v / n_events for k, v in event_counts.items()} if n_events else {},
+            "uncertain": sum(n for _, u, n in cells if u),
             "per_second": n_events / elapsed,
         }
         if flow_rate_ul_min:
@@ -399,12 +424,14 @@ class ResultStore:
             "since": since,
             "seconds": elapsed,
             "total_stored": int(total),
+            "total_uncertain": int(total_uncertain),
             "cells": n_since,
             "counts": counts,
             "fractions": {k: v / n_since for k, v in counts.items()} if n_since else {},
+            "uncertain": sum(n for *_, u, n in views if u),
             "sources": sources,
-            "by_source": _split([(s, lab, n) for s, lab, _, n in views]),
-            "by_model": _split([(v, lab, n) for _, lab, v, n in views]),
+            "by_source": _split([(s, lab, u, n) for s, lab, _, u, n in views]),
+            "by_model": _split([(v, lab, u, n) for _, lab, v, u, n in views]),
             "cells_per_second": n_since / elapsed,
             "events": event_summary,
         }
@@ -415,21 +442,22 @@ def _tally_rows(
     kind: str,
     table: sa.Table,
     where: sa.ColumnElement[bool] | None = None,
-) -> collections.Counter[tuple[str, str, str, str]]:
+) -> collections.Counter[TallyKey]:
     """``table``'s rows (those matching ``where``) counted by (kind, source, label,
-    model version): the tallies' key."""
-    query = sa.select(table.c.source, table.c.label, table.c.model_version, sa.func.count())
+    model version, uncertain): the tallies' key (a NULL flag counts as not uncertain)."""
+    key = (table.c.source, table.c.label, table.c.model_version, table.c.uncertain)
+    query = sa.select(*key, sa.func.count())
     if where is not None:
         query = query.where(where)
-    query = query.group_by(table.c.source, table.c.label, table.c.model_version)
-    return collections.Counter(
-        {(kind, str(s), str(lab), str(v)): int(n) for s, lab, v, n in conn.execute(query)}
-    )
+    counted: collections.Counter[TallyKey] = collections.Counter()
+    for s, lab, v, u, n in conn.execute(query.group_by(*key)):
+        counted[(kind, str(s), str(lab), str(v), bool(u))] += int(n)
+    return counted
 
 
-def _count_since(engine: sa.Engine, since: float) -> list[tuple[tuple[str, str, str, str], int]]:
-    """Rows created at or after ``since``, by (kind, source, label, model version)."""
-    counted: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+def _count_since(engine: sa.Engine, since: float) -> list[tuple[TallyKey, int]]:
+    """Rows created at or after ``since``, by the tallies' key."""
+    counted: collections.Counter[TallyKey] = collections.Counter()
     with engine.connect() as conn:
         for kind, table in (("results", results), ("events", events)):
             counted += _tally_rows(conn, kind, table, table.c.created >= since)
@@ -437,21 +465,29 @@ def _count_since(engine: sa.Engine, since: float) -> list[tuple[tuple[str, str, 
 
 
 def _split(rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
-    """``(group, label, count)`` rows as ``{group: {"cells", "counts", "fractions"}}``."""
+    """``(group, label, uncertain, count)`` rows as ``{group: {"cells", "counts",
+    "fractions", "uncertain"}}``."""
     counts: dict[str, dict[str, int]] = {}
-    for group, label, n in rows:
+    uncertain: dict[str, int] = {}
+    for group, label, flag, n in rows:
         per_label = counts.setdefault(str(group), {})
         per_label[str(label)] = per_label.get(str(label), 0) + int(n)
+        uncertain[str(group)] = uncertain.get(str(group), 0) + (int(n) if flag else 0)
     split = {}
     for group, per_label in sorted(counts.items()):
         cells = sum(per_label.values())
         fractions = {k: v / cells for k, v in per_label.items()}
-        split[group] = {"cells": cells, "counts": per_label, "fractions": fractions}
+        split[group] = {
+            "cells": cells,
+            "counts": per_label,
+            "fractions": fractions,
+            "uncertain": uncertain[group],
+        }
     return split
 
 
 def _filters(
-    table: sa.Table, *, since: float | None = None, **equal: str | None
+    table: sa.Table, *, since: float | None = None, **equal: str | bool | None
 ) -> list[sa.ColumnElement[bool]]:
     """The conditions of a listing: each column equal to its given value, created at
     or after ``since``."""
@@ -502,20 +538,36 @@ class _Pending:
     future: Future[list[int]]
 
 
+#: Columns added since the first schema: (table, column, its SQL, an index to create).
+#: Rows stored before a column existed keep NULL there (never tracked, never
+#: judged), the tallies' uncertain counts 0 for them.
+ADDED_COLUMNS = (
+    ("results", "event_id", "INTEGER", "CREATE INDEX ix_results_event_id ON results (event_id)"),
+    ("results", "uncertain", "BOOLEAN", None),
+    ("events", "uncertain", "BOOLEAN", None),
+    ("tallies", "uncertain", "BIGINT NOT NULL DEFAULT 0", None),
+)
+
+
 def _migrate(engine: sa.Engine) -> None:
-    """Bring a database created by an earlier version up to this schema: results
-    without ``event_id`` gain it (NULL for their rows: they were never tracked)."""
-    columns = {c["name"] for c in sa.inspect(engine).get_columns("results")}
-    if "event_id" not in columns:
+    """Bring a database created by an earlier version up to this schema: tables
+    without a column of :data:`ADDED_COLUMNS` gain it; tallies are counted once for
+    a database from before them."""
+    inspector = sa.inspect(engine)
+    present = {t: {c["name"] for c in inspector.get_columns(t)} for t in metadata.tables}
+    for name, column, sql, index in ADDED_COLUMNS:
+        if column in present[name]:
+            continue
         with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE results ADD COLUMN event_id INTEGER"))
-            conn.execute(sa.text("CREATE INDEX ix_results_event_id ON results (event_id)"))
-        logger.info("results table migrated: event_id added")
+            conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN {column} {sql}"))
+            if index:
+                conn.execute(sa.text(index))
+        logger.info("%s table migrated: %s added", name, column)
     with engine.begin() as conn:
         if conn.execute(sa.select(tallies.c.n).limit(1)).first() is None:
             # No tallies yet (a new database, or one from before they existed):
             # count the rows once, here, and never again.
-            counted: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+            counted: collections.Counter[TallyKey] = collections.Counter()
             for kind, table in (("results", results), ("events", events)):
                 counted += _tally_rows(conn, kind, table)
             _add_tallies(conn, counted)
@@ -523,16 +575,19 @@ def _migrate(engine: sa.Engine) -> None:
                 logger.info("tallies counted from %d stored rows", sum(counted.values()))
 
 
-def _add_tallies(
-    conn: sa.Connection, tally: collections.Counter[tuple[str, str, str, str]]
-) -> None:
-    """Add ``tally`` ((kind, source, label, model version) -> rows) to the tallies,
-    in the caller's transaction (an upsert on SQLite and PostgreSQL)."""
+def _add_tallies(conn: sa.Connection, tally: collections.Counter[TallyKey]) -> None:
+    """Add ``tally`` (:data:`TallyKey` -> rows) to the tallies, in the caller's
+    transaction (an upsert on SQLite and PostgreSQL)."""
     if not tally:
         return
+    summed: dict[tuple[str, str, str, str], list[int]] = {}
+    for (k, s, lab, v, flag), n in tally.items():
+        both = summed.setdefault((k, s, lab, v), [0, 0])
+        both[0] += n
+        both[1] += n if flag else 0
     values = [
-        {"kind": k, "source": s, "label": lab, "model_version": v, "n": n}
-        for (k, s, lab, v), n in tally.items()
+        {"kind": k, "source": s, "label": lab, "model_version": v, "n": n, "uncertain": u}
+        for (k, s, lab, v), (n, u) in summed.items()
     ]
     key = ["kind", "source", "label", "model_version"]
     if conn.dialect.name in ("sqlite", "postgresql"):
@@ -542,7 +597,11 @@ def _add_tallies(
         statement = dialect.insert(tallies)
         conn.execute(
             statement.on_conflict_do_update(
-                index_elements=key, set_={"n": tallies.c.n + statement.excluded.n}
+                index_elements=key,
+                set_={
+                    "n": tallies.c.n + statement.excluded.n,
+                    "uncertain": tallies.c.uncertain + statement.excluded.uncertain,
+                },
             ),
             values,
         )
@@ -550,7 +609,9 @@ def _add_tallies(
     for value in values:  # pragma: no cover - other databases: read, then write
         where = [tallies.c[k] == value[k] for k in key]
         updated = conn.execute(
-            tallies.update().where(*where).values(n=tallies.c.n + value["n"])
+            tallies.update()
+            .where(*where)
+            .values(n=tallies.c.n + value["n"], uncertain=tallies.c.uncertain + value["uncertain"])
         ).rowcount
         if not updated:
             conn.execute(tallies.insert(), value)

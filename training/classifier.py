@@ -1,9 +1,13 @@
 """``topgan train classifier``: one classifier of a method (see :mod:`models.methods`)
-fitted (:mod:`training.fit`, :mod:`training.features` or :mod:`training.knn`), exported to ONNX
-(:mod:`training.export`), optionally quantised to int8 (:mod:`training.quantize`), and
-written as a model directory with its manifest (:mod:`models.manifest`).
+fitted (:mod:`training.fit`, :mod:`training.features` or :mod:`training.knn`), its
+probabilities calibrated by a temperature (:mod:`training.calibration`), exported to
+ONNX with the temperature inside (:mod:`training.export`), optionally quantised to int8
+(:mod:`training.quantize`), and written as a model directory with its manifest
+(:mod:`models.manifest`).
 
-Stopping and model selection use a validation split of the training set only.
+Stopping, model selection and the temperature use a validation split of the training
+set only; the temperature of a network trained on few crops comes from out-of-fold
+logits (:mod:`training.crossfit`), that of features from its cross-validation's.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.manifest import Manifest, Normalization, sha256_of, write_model_dir
+from models.manifest import Calibration, Manifest, Normalization, sha256_of, write_model_dir
 from models.methods import get_method
 from models.provenance import portable_command, portable_path
 
+from .calibration import uncalibrated
 from .config import ClassifierConfig
+from .crossfit import calibrate_network
 from .data import Crops, load_crops
 from .export import export_onnx
 from .features import fit_features
@@ -37,6 +43,12 @@ logger = logging.getLogger(__name__)
 #: A validation split of at most this many crops is said to mean little: one crop
 #: moves its accuracy by a quarter or more.
 TINY_VALIDATION = 4
+#: Why knn has no temperature.
+KNN_CALIBRATION = (
+    "knn's probabilities are fractions of its 9 neighbours' votes, not a softmax: a "
+    "temperature on their logarithms leaves a unanimous vote at 1 and 0, where its "
+    "confident errors are"
+)
 
 
 def _int8_if_kept(
@@ -114,20 +126,24 @@ def train_classifier(
             seed,
         )
         features = record.pop("features")
+        calibration = record.pop("calibration")
         norm = fitted.norm
         probe = torch.from_numpy(norm.apply(crops.opd[indices[:16]]))[:, None]
-        onnx_bytes = export_onnx(fitted.model, config.network.crop_size, probe)
+        onnx_bytes = export_onnx(fitted.model, config.network.crop_size, probe, fitted.temperature)
         record["precision"] = "fp32"
     elif not spec.needs_torch:
         labels = crops.label[indices]
         onnx_bytes, norm, record = train_knn(
             crops.opd[indices], labels, len(crops.class_names), config.val_fraction, seed
         )
+        calibration = uncalibrated(KNN_CALIBRATION)
     else:
         model, norm, record = fit(method, crops, indices, config, start, seed, progress)
+        calibration = calibrate_network(method, crops, indices, config, start, seed, record)
+        del record["calibration"]
         # Parity on real crops: noise can saturate the softmax and hide differences.
         probe = torch.from_numpy(norm.apply(crops.opd[indices[:16]]))[:, None]
-        onnx_bytes = export_onnx(model, config.network.crop_size, probe)
+        onnx_bytes = export_onnx(model, config.network.crop_size, probe, calibration["temperature"])
         if int8:
             onnx_bytes, record = _int8_if_kept(
                 onnx_bytes, crops, indices, norm, config, seed, record
@@ -160,6 +176,7 @@ def train_classifier(
             "command": portable_command(command),
         },
         metrics={k: v for k, v in record.items() if k != "train_size"},
+        calibration=Calibration.from_dict(calibration),
     )
     write_model_dir(out, onnx_bytes, manifest)
     return out
@@ -169,7 +186,7 @@ def result_lines(manifest: Manifest, int8: bool) -> list[str]:
     """What ``topgan train classifier`` says at its end about the model it wrote
     (``manifest``; ``int8``: whether --int8 was asked): its validation (or, for
     features, cross-validation) figures, a plain word when they rest on a handful of
-    crops, and its precision and why."""
+    crops, its temperature (:func:`calibration_line`), and its precision and why."""
     m = manifest.metrics
     lines = []
     if manifest.method == "features":
@@ -203,6 +220,7 @@ def result_lines(manifest: Manifest, int8: bool) -> list[str]:
             f"{what} on {crops} crops cannot mean much: one crop moves the accuracy by "
             f"{100 / crops:.0f} points; train on more crops for figures that do"
         )
+    lines.append(calibration_line(manifest))
     if "validation_accuracy_int8" in m:
         fp32, q = m["validation_accuracy_fp32"], m["validation_accuracy_int8"]
         points = f"{100 * INT8_TOLERANCE:g} points"
@@ -222,3 +240,23 @@ def result_lines(manifest: Manifest, int8: bool) -> list[str]:
         lines.append("precision: fp32")
     lines.append(f"training: {m['train_seconds']:g} s on {manifest.training['train_size']} crops")
     return lines
+
+
+def calibration_line(manifest: Manifest) -> str:
+    """The result line of the model's temperature: what it was fitted on and the
+    expected calibration error there before and after, or why there is none."""
+    c = manifest.calibration
+    if c is None or c.method == "none":
+        why = c.details.get("note", "") if c is not None else "a model from before calibration"
+        return f"temperature: 1, uncalibrated: {why}"
+    d = c.details
+    ece = (
+        f"ECE {100 * d['ece_before']:.1f} % -> {100 * d['ece_after']:.1f} % there, {d['bins']} bins"
+    )
+    if c.method == "validation":
+        return f"temperature: {c.temperature:.3f}, fitted on {d['crops']} validation crops ({ece})"
+    cost = f", {d['seconds']:g} s of training" if "seconds" in d else ""
+    return (
+        f"temperature: {c.temperature:.3f}, fitted on out-of-fold logits of {d['crops']} crops "
+        f"({d['folds']} folds{cost}; {ece})"
+    )

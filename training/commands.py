@@ -270,7 +270,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     except ImportError as exc:
         raise CommandError(str(exc)) from None
     print(
-        f"wrote {len(results)} results, report.md and learning-curves.png to {args.out}",
+        f"wrote {len(results)} results, report.md, learning-curves.png and reliability.png "
+        f"to {args.out}",
         file=sys.stderr,
     )
 

@@ -3,7 +3,10 @@ method, training sets of several sizes drawn from the other folds.
 
 Writes ``results.json`` (the contract in docs/design.md, "Files (contract)") and,
 through :mod:`training.report`, ``report.md`` (mean and min-max range over folds per
-method and training size) and ``learning-curves.png``.
+method and training size), ``learning-curves.png`` and ``reliability.png``. Every
+score is of the calibrated probabilities the exported model would answer (each
+method's temperature, fitted as ``topgan train classifier`` fits it); the expected
+calibration error is also given before calibration (T = 1).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,19 +25,31 @@ from models.manifest import Normalization
 from models.methods import METHOD_NAMES, get_method
 from models.provenance import portable_command, portable_path
 
+from .calibration import softmax
 from .config import ClassifierConfig
+from .crossfit import calibrate_network
 from .data import Crops, load_crops
 from .export import export_onnx
 from .features import fit_features
-from .fit import fit
+from .fit import fit, logits_of
 from .knn import fit_knn
-from .metrics import fold_scores
+from .metrics import calibration_scores, fold_scores
 from .pretrained import Pretrained, load_pretrained, pretrained_for, trunk_record
 from .quantize import check_int8
 from .report import write_report
 from .splits import stratified_folds, stratified_indices
 
 logger = logging.getLogger(__name__)
+
+
+class Scores(NamedTuple):
+    """One method's answers on a test fold."""
+
+    probabilities: np.ndarray  # calibrated: what the exported model answers
+    uncalibrated: np.ndarray  # the same at T = 1
+    temperature: float
+    train_seconds: float
+    test_seconds_per_cell: float
 
 
 def scores_for(
@@ -47,9 +62,11 @@ def scores_for(
     seed: int,
     int8: bool = False,
     int8_results: dict[str, float] | None = None,
-) -> tuple[np.ndarray, float, float]:
-    """(test probabilities, train seconds, test seconds per cell); with ``int8`` (network
-    methods) the float and int8 ONNX test accuracies go into ``int8_results``."""
+) -> Scores:
+    """The test crops' probabilities, calibrated and not, and the times (training
+    includes fitting the temperature: for a network on few crops, the out-of-fold
+    trainings of :mod:`training.crossfit`); with ``int8`` (network methods) the float
+    and int8 ONNX test accuracies go into ``int8_results``."""
     int8_results = {} if int8_results is None else int8_results
     if get_method(method).features:
         start = time.perf_counter()
@@ -57,25 +74,31 @@ def scores_for(
             crops.opd[train], crops.label[train], len(crops.class_names), crops.pixel_size_um, seed
         )
         trained = time.perf_counter()
-        probabilities = fitted.predict_proba(crops.opd[test])
-        return probabilities, trained - start, (time.perf_counter() - trained) / len(test)
+        logits = fitted.logits(crops.opd[test])
+        t = fitted.temperature
+        seconds = (time.perf_counter() - trained) / len(test)
+        return Scores(softmax(logits, t), softmax(logits), t, trained - start, seconds)
     if not get_method(method).needs_torch:
         start = time.perf_counter()
         knn = fit_knn(crops.opd[train], crops.label[train])
         trained = time.perf_counter()
         probabilities = knn.predict_proba(crops.opd[test])
-        return probabilities, trained - start, (time.perf_counter() - trained) / len(test)
+        seconds = (time.perf_counter() - trained) / len(test)
+        return Scores(probabilities, probabilities, 1.0, trained - start, seconds)
+    start = time.perf_counter()
     model, norm, record = fit(method, crops, train, config, pretrained, seed)
+    calibration = calibrate_network(method, crops, train, config, pretrained, seed, record)
+    t = float(calibration["temperature"])
+    train_seconds = time.perf_counter() - start
     x = torch.from_numpy(norm.apply(crops.opd[test]))[:, None]
     start = time.perf_counter()
-    with torch.no_grad():
-        probabilities = torch.softmax(model(x), dim=1).numpy()
+    logits = logits_of(model, x).double().numpy()
     seconds = (time.perf_counter() - start) / len(test)
     if int8:
         int8_results.update(
-            _int8_scores(model, norm, crops, train, x.numpy(), crops.label[test], config)
+            _int8_scores(model, norm, crops, train, x.numpy(), crops.label[test], config, t)
         )
-    return probabilities, float(record["train_seconds"]), seconds
+    return Scores(softmax(logits, t), softmax(logits), t, train_seconds, seconds)
 
 
 def _int8_scores(
@@ -86,11 +109,13 @@ def _int8_scores(
     x_test: np.ndarray,
     y_test: np.ndarray,
     config: ClassifierConfig,
+    temperature: float,
 ) -> dict[str, float]:
     """Test-fold accuracy of the exported float model and of its int8 quantisation
     (calibrated on training crops only), as ``topgan train classifier --int8`` makes it."""
     x_train = norm.apply(crops.opd[train])[:, None]
-    fp32 = export_onnx(model, config.network.crop_size, torch.from_numpy(x_train[:16]))
+    probe = torch.from_numpy(x_train[:16])
+    fp32 = export_onnx(model, config.network.crop_size, probe, temperature)
     check = check_int8(fp32, x_train, x_test, y_test)
     return {"accuracy_onnx_fp32": check.accuracy_fp32, "accuracy_int8": check.accuracy_int8}
 
@@ -151,7 +176,7 @@ def evaluate(
             train = pool[stratified_indices(crops.label[pool], size, rng, crops.class_names)]
             for method in methods:
                 extra: dict[str, float] = {}
-                probabilities, train_s, test_s = scores_for(
+                scored = scores_for(
                     method,
                     crops,
                     train,
@@ -168,9 +193,13 @@ def evaluate(
                         "method": method,
                         "train_size": int(size),
                         "fold": f,
-                        **fold_scores(probabilities, truth, pos_index),
-                        "train_seconds": round(train_s, 3),
-                        "test_seconds_per_cell": test_s,
+                        **fold_scores(scored.probabilities, truth, pos_index),
+                        "train_seconds": round(scored.train_seconds, 3),
+                        "test_seconds_per_cell": scored.test_seconds_per_cell,
+                        "temperature": round(scored.temperature, 4),
+                        **calibration_scores(
+                            scored.probabilities, scored.uncalibrated, truth, pos_index
+                        ),
                         **extra,
                     }
                 )

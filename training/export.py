@@ -1,5 +1,6 @@
-"""A trained PyTorch classifier to ONNX: softmax outputs, a dynamic batch axis, and a
-parity check against PyTorch before the bytes are returned."""
+"""A trained PyTorch classifier to ONNX: calibrated softmax outputs (the logits divided
+by the model's temperature inside the graph), a dynamic batch axis, and a parity
+check against PyTorch before the bytes are returned."""
 
 from __future__ import annotations
 
@@ -33,13 +34,18 @@ def strip_machine_metadata(proto: onnx.ModelProto) -> None:
                 node.metadata_props.extend(kept)
 
 
-def export_onnx(model: nn.Module, crop_size: int, probe: torch.Tensor | None = None) -> bytes:
-    """ONNX (opset 18, IR <= 10 for ONNX Runtime 1.31) with a dynamic batch axis,
-    checked against PyTorch on ``probe`` (normalised crops; default: noise): the
-    largest difference must stay under 1e-4."""
+def export_onnx(
+    model: nn.Module,
+    crop_size: int,
+    probe: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> bytes:
+    """ONNX (opset 18, IR <= 10 for ONNX Runtime 1.31) of softmax(``model``'s logits /
+    ``temperature``) with a dynamic batch axis, checked against PyTorch on ``probe``
+    (normalised crops; default: noise): the largest difference must stay under 1e-4."""
     import onnxruntime as ort
 
-    wrapped = WithSoftmax(model).eval()
+    wrapped = WithSoftmax(model, temperature).eval()
     example = torch.zeros(2, 1, crop_size, crop_size)
     with quiet_third_party():
         program = torch.onnx.export(

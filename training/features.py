@@ -13,7 +13,8 @@ convolutions, so it exports to ONNX like every network, and it is invariant to t
 deviation of the training crops and applies a multinomial logistic regression with
 an L2 penalty (:func:`fit_logistic`), its strength chosen by cross-validation on the
 training crops only (:func:`choose_l2`). It answers logits; the export adds the
-softmax, as for every network.
+softmax of the logits over the temperature fitted on the cross-validation's
+out-of-fold logits (:func:`fit_features`), as for every network.
 
 The model takes OPD in nm itself: its manifest's normalisation is
 :data:`FEATURE_NORMALIZATION`, the identity on -10 to 10 um of OPD (far beyond any
@@ -35,6 +36,7 @@ from torch import nn
 from acquisition.segmentation import REFRACTIVE_INCREMENT_UM3_PER_PG
 from models.manifest import Normalization
 
+from .calibration import fitted_record, nll, softmax, uncalibrated
 from .splits import stratified_folds
 
 #: The features, in the order of the model's feature vector: (name, unit).
@@ -336,55 +338,67 @@ def fit_logistic(
     return w.detach().numpy().copy(), b.detach().numpy().copy()
 
 
-def _log_loss(z: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> float:
-    logits = z @ weight.T + bias
-    logits -= logits.max(1, keepdims=True)
-    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    return float(-log_p[np.arange(len(y)), y].mean())
+def cv_folds(y: np.ndarray, classes: int, seed: int) -> list[np.ndarray] | None:
+    """The cross-validation's test folds of the training crops (stratified, up to
+    :data:`CV_FOLDS`); None when a class has fewer than two crops."""
+    smallest = min(int((y == c).sum()) for c in range(classes))
+    folds = min(CV_FOLDS, smallest)
+    return stratified_folds(y, folds, seed) if folds >= 2 else None
+
+
+def cross_validated_logits(
+    z: np.ndarray, y: np.ndarray, classes: int, l2: float, tests: list[np.ndarray]
+) -> np.ndarray:
+    """(N, classes) out-of-fold logits of the training crops' raw features ``z``: each
+    test fold's from the regression standardised and fitted on the other folds."""
+    logits = np.zeros((len(y), classes))
+    for test in tests:
+        train = np.setdiff1d(np.arange(len(y)), test)
+        mean, std = standardisation(z[train])
+        weight, bias = fit_logistic((z[train] - mean) / std, y[train], classes, l2)
+        logits[test] = ((z[test] - mean) / std) @ weight.T + bias
+    return logits
 
 
 def choose_l2(
     z: np.ndarray, y: np.ndarray, classes: int, seed: int
 ) -> tuple[float, float | None, float | None]:
     """The L2 strength of :data:`L2_GRID` with the lowest cross-validated log-loss on
-    the training crops' raw features ``z`` (stratified folds, up to :data:`CV_FOLDS`,
-    each standardised on its own training part; ties go to the stronger penalty).
+    the training crops' raw features ``z`` (the folds of :func:`cv_folds`, each
+    standardised on its own training part; ties go to the stronger penalty).
     Returns (l2, its cross-validated accuracy, its log-loss); :data:`DEFAULT_L2` and
     None when a class has fewer than two crops."""
-    smallest = min(int((y == c).sum()) for c in range(classes))
-    folds = min(CV_FOLDS, smallest)
-    if folds < 2:
+    tests = cv_folds(y, classes, seed)
+    if tests is None:
         return DEFAULT_L2, None, None
-    tests = stratified_folds(y, folds, seed)
     best: tuple[float, float, float] | None = None
     for l2 in sorted(L2_GRID, reverse=True):
-        losses, hits = [], 0
-        for test in tests:
-            train = np.setdiff1d(np.arange(len(y)), test)
-            mean, std = standardisation(z[train])
-            weight, bias = fit_logistic((z[train] - mean) / std, y[train], classes, l2)
-            zs = (z[test] - mean) / std
-            losses.append(_log_loss(zs, y[test], weight, bias) * len(test))
-            hits += int(((zs @ weight.T + bias).argmax(1) == y[test]).sum())
-        loss = sum(losses) / len(y)
+        logits = cross_validated_logits(z, y, classes, l2, tests)
+        loss = nll(logits, y)
         if best is None or loss < best[2] - 1e-12:
-            best = (l2, hits / len(y), loss)
+            best = (l2, float((logits.argmax(1) == y).mean()), loss)
     assert best is not None
     return best
 
 
 @dataclass(frozen=True)
 class FittedFeatures:
-    """A trained :class:`FeatureClassifier` and the normalisation of its input."""
+    """A trained :class:`FeatureClassifier`, the normalisation of its input and the
+    temperature of its probabilities (the export divides the logits by it too)."""
 
     model: FeatureClassifier
     norm: Normalization
+    temperature: float = 1.0
 
-    def predict_proba(self, opd: np.ndarray) -> np.ndarray:
-        """(N, H, W) OPD in nm -> (N, classes) probabilities."""
+    def logits(self, opd: np.ndarray) -> np.ndarray:
+        """(N, H, W) OPD in nm -> (N, classes) logits (before the temperature)."""
         x = torch.from_numpy(self.norm.apply(opd))[:, None]
         with torch.no_grad():
-            return torch.softmax(self.model(x), dim=1).numpy()
+            return self.model(x).numpy()
+
+    def predict_proba(self, opd: np.ndarray) -> np.ndarray:
+        """(N, H, W) OPD in nm -> (N, classes) calibrated probabilities."""
+        return softmax(self.logits(opd), self.temperature)
 
 
 def fit_features(
@@ -398,8 +412,15 @@ def fit_features(
     """The features method on (N, H, W) OPD crops in nm with ``labels``: the
     standardisation from these crops, the L2 strength by :func:`choose_l2` (unless
     ``l2`` is given), then the regression on all of them. Returns the model and a
-    record (train size, the chosen L2 and its cross-validated accuracy, seconds, and
-    per feature its unit, mean, standard deviation and coefficients)."""
+    record (train size, the chosen L2 and its cross-validated accuracy, seconds, per
+    feature its unit, mean, standard deviation and coefficients, and ``calibration``).
+
+    The temperature is fitted on the out-of-fold logits of every training crop at the
+    chosen L2 (:func:`cross_validated_logits`): the regression's own logits of the
+    crops it was fitted on are over-confident, and with 10 labels a held-out split
+    would leave 2 crops, against 10 out-of-fold ones. Without cross-validation (a
+    class of one crop), or on fewer crops than :data:`training.calibration.MIN_CROPS`,
+    it stays 1."""
     started = time.monotonic()
     norm = FEATURE_NORMALIZATION
     features = QPIFeatures(opd.shape[1], pixel_size_um, norm).eval()
@@ -412,6 +433,14 @@ def fit_features(
     mean, std = standardisation(z)
     weight, bias = fit_logistic((z - mean) / std, y, classes, l2)
     model = FeatureClassifier(features, mean, std, weight, bias).eval()
+    tests = cv_folds(y, classes, seed)
+    if tests is None:
+        calibration = uncalibrated("a class has fewer than two crops: no cross-validation")
+    else:
+        oof = cross_validated_logits(z, y, classes, l2, tests)
+        calibration = fitted_record(oof, y, "out-of-fold")
+        if calibration["method"] != "none":
+            calibration["folds"] = len(tests)
     record: dict[str, Any] = {
         "train_size": len(y),
         "l2": l2,
@@ -429,5 +458,6 @@ def fit_features(
             }
             for i, (name, unit) in enumerate(FEATURES)
         ],
+        "calibration": calibration,
     }
-    return FittedFeatures(model, norm), record
+    return FittedFeatures(model, norm, float(calibration["temperature"])), record

@@ -1,6 +1,8 @@
 """Fitting one network classifier (every method but knn and features): the untrained model of its
 method, then training with early stopping and model selection on a validation split of
-the training set only, both starting once the model has left the untrained plateau."""
+the training set only, both starting once the model has left the untrained plateau;
+then the temperature of its probabilities, fitted on the same validation split
+(:mod:`training.calibration`; :mod:`training.crossfit` when that split is small)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from torch import nn
 from models.manifest import Normalization
 from models.methods import NETWORK_METHOD_NAMES, get_method
 
+from .calibration import fitted_record, uncalibrated
 from .config import ClassifierConfig
 from .data import Crops, dihedral
 from .imagenet import ImageNetClassifier
@@ -29,13 +32,29 @@ from .splits import split_validation
 PLATEAU_EXIT = 0.75
 
 
-def _loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model``'s logits of normalised crops ``x`` (N, 1, H, W), in eval mode."""
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
-        loss = nn.functional.cross_entropy(logits, y).item()
-        accuracy = (logits.argmax(1) == y).float().mean().item()
+        return torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
+
+
+def _loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    logits = logits_of(model, x)
+    loss = nn.functional.cross_entropy(logits, y).item()
+    accuracy = (logits.argmax(1) == y).float().mean().item()
     return loss, accuracy
+
+
+def calibrate(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor) -> dict[str, Any]:
+    """The ``calibration`` record of a trained ``model``: its temperature fitted on the
+    validation crops (held out from the weights, though they chose the epoch). A split
+    too small for that (:data:`training.crossfit.CROSS_FIT_BELOW`) is replaced by
+    out-of-fold logits by :func:`training.crossfit.calibrate_network`."""
+    if len(y_val) == 0:
+        return uncalibrated("no validation crops (a class has a single crop)")
+    logits = logits_of(model, x_val).double().numpy()
+    return fitted_record(logits, y_val.numpy(), "validation")
 
 
 def build_model(
@@ -73,8 +92,9 @@ def fit(
     seed: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, Normalization, dict[str, Any]]:
-    """Train one classifier on ``crops`` at ``indices``; return it, the normalisation and
-    a record of the training (validation accuracy, epochs, seconds).
+    """Train one classifier on ``crops`` at ``indices``; return it (it answers logits),
+    the normalisation and a record of the training (validation accuracy, epochs,
+    seconds, and ``calibration``: the temperature its logits are to be divided by).
 
     A method with a pretrained trunk keeps the pretraining's normalisation; the others
     fit one on their training crops."""
@@ -162,5 +182,6 @@ def fit(
         "selection_from_epoch": selected_from,
         "epochs_run": epoch,
         "train_seconds": round(time.monotonic() - started, 2),
+        "calibration": calibrate(model, x_val, y_val),
     }
     return model, norm, record

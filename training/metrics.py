@@ -1,9 +1,22 @@
 """Scores of one test fold for a two-class protocol: accuracy, sensitivity and
-specificity of the arg-max prediction, and the area under the ROC curve."""
+specificity of the arg-max prediction, the area under the ROC curve, and how well the
+probabilities are calibrated.
+
+The expected calibration error (ECE) is on the max-probability confidence, with
+:data:`ECE_BINS` equal-width bins on [0, 1] (Guo et al. 2017; bin b holds the
+confidences in (b / 15, (b + 1) / 15]): the mean |accuracy - confidence| of each bin,
+weighted by the bin's share of the crops. With two classes the confidence is at
+least 0.5, so the lower half of the bins stays empty.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+#: Equal-width bins of the ECE and of the reliability diagrams.
+ECE_BINS = 15
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -36,3 +49,51 @@ def fold_scores(probabilities: np.ndarray, truth: np.ndarray, positive: int) -> 
         "specificity": float((~predicted[negatives]).mean()) if negatives.any() else np.nan,
         "auc": auc(probabilities[:, positive], truth),
     }
+
+
+def reliability(probabilities: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """(bins, 3): per equal-width bin of the max-probability confidence, the crops in
+    it, the sum of their confidences and how many were right (summable over folds)."""
+    confidence = np.asarray(probabilities, dtype=np.float64).max(1)
+    # Bin b holds confidences in (edge b, edge b + 1]; a confidence of 0 joins bin 0.
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    table = np.zeros((bins, 3))
+    np.add.at(table[:, 0], index, 1.0)
+    np.add.at(table[:, 1], index, confidence)
+    np.add.at(table[:, 2], index, np.asarray(correct, dtype=np.float64))
+    return table
+
+
+def ece_of(table: np.ndarray) -> float:
+    """The expected calibration error of a :func:`reliability` table (NaN if empty)."""
+    count = table[:, 0]
+    total = count.sum()
+    if total == 0:
+        return float("nan")
+    used = count > 0
+    gap = np.abs(table[used, 2] - table[used, 1]) / count[used]
+    return float((count[used] / total * gap).sum())
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> float:
+    """ECE of (N, C) ``probabilities`` against the true class indices ``labels``."""
+    correct = np.asarray(probabilities).argmax(1) == np.asarray(labels)
+    return ece_of(reliability(probabilities, correct, bins))
+
+
+def calibration_scores(
+    probabilities: np.ndarray, uncalibrated: np.ndarray, truth: np.ndarray, positive: int
+) -> dict[str, Any]:
+    """The ECE of a test fold's (calibrated) ``probabilities`` and of its
+    ``uncalibrated`` ones (T = 1), and both :func:`reliability` tables as lists (the
+    reliability diagrams sum them over folds); ``truth`` and ``positive`` as in
+    :func:`fold_scores`."""
+    scores: dict[str, Any] = {}
+    for suffix, p in (("", probabilities), ("_uncalibrated", uncalibrated)):
+        table = reliability(p, (p.argmax(1) == positive) == truth)
+        scores["ece" + suffix] = ece_of(table)
+        scores["reliability" + suffix] = [[int(n), round(c, 6), int(k)] for n, c, k in table]
+    return scores

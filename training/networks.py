@@ -142,11 +142,15 @@ class Classifier(nn.Module):
 
 
 class WithSoftmax(nn.Module):
-    """What is exported: probabilities instead of logits."""
+    """What is exported: calibrated probabilities, the softmax of the logits divided by
+    the model's ``temperature`` (training.calibration), instead of logits."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
         self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
+        return torch.softmax(self.model(x) / self.temperature, dim=1)

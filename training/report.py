@@ -1,6 +1,7 @@
-"""Reports of the protocol's results: ``report.md`` and ``learning-curves.png`` of one
-evaluation, and the table pieces that ``docs/evaluation/summarize.py`` builds its
-summary from (NumPy; matplotlib only for the figure)."""
+"""Reports of the protocol's results: ``report.md``, ``learning-curves.png`` and
+``reliability.png`` of one evaluation, and the table pieces that
+``docs/evaluation/summarize.py`` builds its summary from (NumPy; matplotlib only for
+the figures)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import ECE_BINS, ece_of
 from .quantize import INT8_TOLERANCE, int8_kept
 
 #: One row of ``results.json``: a method, a training size, a fold and its scores.
@@ -97,6 +99,100 @@ def int8_section(results: Sequence[Result]) -> list[str]:
     ]
 
 
+def calibration_section(results: Sequence[Result]) -> list[str]:
+    """The expected calibration error before (T = 1) and after temperature scaling,
+    and the temperatures, per method and training size (rows that have them)."""
+    scored = [r for r in results if "ece" in r]
+    if not scored:
+        return []
+    rows = []
+    for method, size in _groups(scored):
+        t = metric_values(scored, method, size, "temperature")
+        pooled = [
+            ece_of(_pooled(scored, method, size, key))
+            for key in ("reliability_uncalibrated", "reliability")
+        ]
+        rows.append(
+            [
+                method,
+                str(size),
+                fold_range(metric_values(scored, method, size, "ece_uncalibrated")),
+                fold_range(metric_values(scored, method, size, "ece")),
+                f"{100 * pooled[0]:.1f} -> {100 * pooled[1]:.1f}",
+                f"{np.mean(t):.2f} [{np.min(t):.2f}, {np.max(t):.2f}]",
+            ]
+        )
+    header = ["method", "train size", "ECE, T = 1", "ECE, calibrated", "ECE, folds pooled"]
+    return [
+        "## Calibration",
+        "",
+        "Expected calibration error (%) of each test fold's max-probability confidence, "
+        f"{ECE_BINS} equal-width bins, mean [min, max] over folds: before (T = 1) and after "
+        "the temperature each model was given, as `topgan train classifier` fits it (network "
+        "methods: on the validation split from 32 crops, else on out-of-fold logits of 5 more "
+        "trainings; features: on its cross-validation's out-of-fold logits; knn: none; T = 1 "
+        "on fewer than 20 training crops). The pooled column bins every fold's test crops "
+        "together (T = 1 -> calibrated).",
+        "",
+        *markdown_table([*header, "temperature"], rows),
+        "",
+        "![reliability diagrams](reliability.png)",
+        "",
+    ]
+
+
+def _pooled(results: Sequence[Result], method: str, size: int, key: str) -> np.ndarray:
+    """``method``'s reliability tables ``key`` at ``size``, summed over its folds."""
+    tables = [
+        np.asarray(r[key], dtype=float)
+        for r in results
+        if (r["method"], r["train_size"]) == (method, size)
+    ]
+    return np.sum(tables, axis=0)
+
+
+def plot_reliability(results: Sequence[Result], path: Path, classes: int = 2) -> None:
+    """One panel per method: accuracy against confidence per bin (the folds pooled),
+    a line per training size, calibrated solid and T = 1 dashed (where it differs);
+    the diagonal is a calibrated model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in results if "ece" in r]
+    groups = _groups(scored)
+    methods = sorted({method for method, _ in groups})
+    fig, axes = plt.subplots(
+        1, len(methods), figsize=(3.2 * len(methods) + 0.6, 3.6), squeeze=False, sharey=True
+    )
+    lower = 1.0 / classes
+    for ax, method in zip(axes[0], methods, strict=True):
+        ax.plot([lower, 1], [lower, 1], ":", color="grey", lw=1)
+        for i, size in enumerate(s for m, s in groups if m == method):
+            colour = f"C{i}"
+            calibrated = _pooled(scored, method, size, "reliability")
+            for key, style in (("reliability", "-o"), ("reliability_uncalibrated", "--")):
+                table = _pooled(scored, method, size, key)
+                if key != "reliability" and np.array_equal(table, calibrated):
+                    continue  # T = 1: the same line
+                used = table[:, 0] > 0
+                confidence = table[used, 1] / table[used, 0]
+                accuracy = table[used, 2] / table[used, 0]
+                label = f"{size} (T = 1)" if key.endswith("uncalibrated") else str(size)
+                ax.plot(confidence, accuracy, style, color=colour, ms=3, lw=1, label=label)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlim(lower, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence (max probability)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, title="train size", title_fontsize=6)
+    axes[0][0].set_ylabel(f"accuracy per bin ({ECE_BINS} bins, folds pooled)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def plot_learning_curves(results: Sequence[Result], path: Path) -> None:
     """Like the paper's Fig. 4: mean accuracy per training size with the fold range
     (min to max) as bars, methods side by side on a log axis."""
@@ -134,7 +230,8 @@ def plot_learning_curves(results: Sequence[Result], path: Path) -> None:
 
 
 def write_report(out: Path, results: Sequence[Result], meta: dict[str, Any]) -> None:
-    """``out/report.md`` and ``out/learning-curves.png`` of one evaluation."""
+    """``out/report.md``, ``out/learning-curves.png`` and (results with calibration
+    scores) ``out/reliability.png`` of one evaluation."""
     lines = [
         f"# Evaluation: {' vs '.join(meta['classes'])} (positive class {meta['positive']})",
         "",
@@ -146,7 +243,10 @@ def write_report(out: Path, results: Sequence[Result], meta: dict[str, Any]) -> 
         "",
         "![learning curves](learning-curves.png)",
         "",
+        *calibration_section(results),
         *int8_section(results),
     ]
     (out / "report.md").write_text("\n".join(lines))
     plot_learning_curves(results, out / "learning-curves.png")
+    if any("ece" in r for r in results):
+        plot_reliability(results, out / "reliability.png", len(meta["classes"]))

@@ -83,6 +83,7 @@ def _response(
             },
             qc=qc[i] if qc else {},
             position_px=list(positions[i]) if positions else None,
+            uncertain=result.uncertain[i],
         )
         for i in range(len(result.ids))
     ]

@@ -31,6 +31,10 @@ Since = Annotated[
     float | None,
     Query(ge=0, le=1e11, description="only those created at or after this Unix time, seconds"),
 ]
+Uncertain = Annotated[
+    bool | None,
+    Query(description="true: only those flagged uncertain; false: only those not flagged"),
+]
 
 
 def _cursor(order: str, after_id: int, before_id: int | None) -> None:
@@ -61,6 +65,7 @@ async def list_results(
     label: Label = None,
     model_version: ModelVersion = None,
     since: Since = None,
+    uncertain: Uncertain = None,
 ) -> ResultsPage:
     """Stored results of the camera loop and of /classify, oldest first (or newest
     first with order=desc), optionally filtered."""
@@ -75,6 +80,7 @@ async def list_results(
             label=label,
             model_version=model_version,
             since=since,
+            uncertain=uncertain,
         )
     )
     return ResultsPage(results=[StoredResult(**r) for r in rows], **_next(rows, order, after_id))
@@ -95,6 +101,7 @@ async def list_events(
     label: Label = None,
     model_version: ModelVersion = None,
     since: Since = None,
+    uncertain: Uncertain = None,
 ) -> EventsPage:
     """The camera loop's cells, one row each (all its views combined), oldest first
     (or newest first with order=desc), optionally filtered."""
@@ -108,6 +115,7 @@ async def list_events(
             label=label,
             model_version=model_version,
             since=since,
+            uncertain=uncertain,
         )
     )
     return EventsPage(events=[StoredEvent(**r) for r in rows], **_next(rows, order, after_id))
@@ -126,9 +134,8 @@ def _next(rows: list[dict[str, Any]], order: str, after_id: int) -> dict[str, in
 async def summary(
     classification: ClassificationDep, started: StartedDep, settings: SettingsDep
 ) -> Summary:
-    """Counts per class, class fractions and rates since the service started: of
-    every stored view (also by source and by model version), and of the cells
-    (events), each counted once."""
-    return Summary(
-        **await run_in_threadpool(classification.store.summary, None, settings.flow_rate_ul_min)
-    )
+    """Counts per class, class fractions, the uncertain ones and rates since the
+    service started: of every stored view (also by source and by model version), and
+    of the cells (events), each counted once."""
+    counted = await run_in_threadpool(classification.store.summary, None, settings.flow_rate_ul_min)
+    return Summary(**counted, min_confidence=classification.min_confidence)

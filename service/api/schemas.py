@@ -27,6 +27,9 @@ class CellResult(BaseModel):
     probabilities: dict[str, float]
     qc: dict[str, float | bool | None] = Field(default_factory=dict)
     position_px: list[float] | None = Field(None, description="(y, x) in hologram pixels")
+    uncertain: bool = Field(
+        description="its largest probability is below min_confidence (it keeps its label)"
+    )
 
 
 class ClassifyResponse(BaseModel):
@@ -74,6 +77,10 @@ class StoredResult(BaseModel):
         description="the cell this view belongs to (GET /events); every view of one cell "
         "shares it; null for crops posted to the API"
     )
+    uncertain: bool | None = Field(
+        description="its largest probability was below min_confidence when it was stored; "
+        "null for results stored before the flag existed"
+    )
 
 
 class StoredEvent(BaseModel):
@@ -96,6 +103,10 @@ class StoredEvent(BaseModel):
     model_name: str
     model_version: str
     latency_s: float | None = Field(description="grab of the last view to the stored event")
+    uncertain: bool | None = Field(
+        description="the combined probabilities' largest was below min_confidence; null for "
+        "events stored before the flag existed"
+    )
 
 
 class Page(BaseModel):
@@ -120,6 +131,9 @@ class EventSummary(BaseModel):
     total: int = Field(description="cells counted once, since the service started")
     counts: dict[str, int] = Field(description="cells per class")
     fractions: dict[str, float] = Field(description="class fractions of the cells")
+    uncertain: int = Field(
+        0, description="of the cells, those flagged uncertain (also counted in their class)"
+    )
     per_second: float = Field(description="cells per second")
     per_ul: float | None = Field(
         None, description="concentration, cells per uL of sample (when flow_rate_ul_min is set)"
@@ -134,15 +148,29 @@ class CountSummary(BaseModel):
     cells: int = Field(description="stored views (and posted crops) of this group")
     counts: dict[str, int] = Field(description="of them, per class")
     fractions: dict[str, float] = Field(description="class fractions of this group")
+    uncertain: int = Field(0, description="of them, those flagged uncertain")
 
 
 class Summary(BaseModel):
     since: float = Field(description="Unix time the counts start at (the service's start)")
     seconds: float = Field(description="seconds since then")
     total_stored: int = Field(description="results stored over all time")
+    total_uncertain: int = Field(
+        0,
+        description="of them, those flagged uncertain (rows stored before the flag existed "
+        "count as not uncertain)",
+    )
     cells: int = Field(description="stored views of the camera and posted crops, since then")
     counts: dict[str, int] = Field(description="cells per class, every source and model")
     fractions: dict[str, float] = Field(description="class fractions of cells")
+    uncertain: int = Field(
+        0,
+        description="of the cells, those flagged uncertain (largest probability below "
+        "min_confidence); they are also counted in their class",
+    )
+    min_confidence: float = Field(
+        0.0, description="the service's min_confidence: below it a cell is uncertain"
+    )
     sources: dict[str, int] = Field(description="cells per source (camera, api)")
     cells_per_second: float = Field(description="cells per second since then")
     by_source: dict[str, CountSummary] = Field(

@@ -31,6 +31,8 @@ from tests.service.conftest import Server, replay_settings, start_server, wait_u
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = 90
 PIXEL_UM = SceneConfig().optics.pixel_size_um
+#: Flags some of the bundled model's views and cells of this flow, not all.
+MIN_CONFIDENCE = 0.9
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +134,8 @@ def test_a_failing_release_does_not_stop_the_order():
 
 
 def test_each_cell_is_one_event_classified_from_all_its_views(tmp_path, flow_folder):
-    services = Services.start(settings_for(flow_folder, tmp_path))
+    settings = settings_for(flow_folder, tmp_path, min_confidence=MIN_CONFIDENCE)
+    services = Services.start(settings)
     try:
         wait_until_replayed(services)
         store = services.classification.store
@@ -140,6 +143,11 @@ def test_each_cell_is_one_event_classified_from_all_its_views(tmp_path, flow_fol
         events = store.list_events(limit=1000)
         summary = store.summary(since=0)
         counts = services.metrics.loop_counts()
+        registry = services.metrics.registry
+        uncertain_metric = {
+            kind: registry.get_sample_value("topgan_uncertain_total", {"kind": kind})
+            for kind in ("view", "event")
+        }
     finally:
         services.close()
     assert len(rows) < 1000
@@ -182,6 +190,15 @@ def test_each_cell_is_one_event_classified_from_all_its_views(tmp_path, flow_fol
             np.mean([v["qc"]["area_um2"] for v in views])
         )
     assert summary["events"]["counts"] == dict(Counter(e["label"] for e in events))
+
+    # Uncertain: views by their own probabilities, events by the combined ones.
+    for kind, stored in (("view", rows), ("event", events)):
+        flags = [max(r["probabilities"].values()) < MIN_CONFIDENCE for r in stored]
+        assert [r["uncertain"] for r in stored] == flags, kind
+        assert 0 < sum(flags) < len(flags), kind
+        assert uncertain_metric[kind] == sum(flags), kind
+    assert summary["uncertain"] == sum(r["uncertain"] for r in rows)
+    assert summary["events"]["uncertain"] == sum(e["uncertain"] for e in events)
 
     # Speeds: from the grab times of a replay as fast as it can go; their spread
     # follows the parabolic profile (the fastest lanes several times the slowest).

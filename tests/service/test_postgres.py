@@ -111,8 +111,9 @@ def test_service_on_postgres_survives_a_restart(tmp_path, models_root, postgres_
 
 
 def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
-    """A results table from before events gains event_id; events are stored and
-    listed; event ids continue after the database's largest."""
+    """A results table from before events gains event_id, and it, events and tallies
+    from before the uncertain flag gain it; events are stored and listed; event ids
+    continue after the database's largest."""
     import sqlalchemy as sa
 
     from service.store import EventRow
@@ -140,14 +141,39 @@ def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
                 " model_version, qc) VALUES (1.0, 'camera', 'sw480', '{}', 'm', '1', '{}')"
             )
         )
+        conn.execute(
+            sa.text(
+                "CREATE TABLE events (id INTEGER PRIMARY KEY, created FLOAT NOT NULL,"
+                " ended FLOAT NOT NULL, source VARCHAR(16) NOT NULL,"
+                " first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL,"
+                " views INTEGER NOT NULL, sightings INTEGER NOT NULL, label VARCHAR(64) NOT NULL,"
+                " probabilities TEXT NOT NULL, speed_um_s FLOAT, qc TEXT NOT NULL,"
+                " model_name VARCHAR(128) NOT NULL, model_version VARCHAR(64) NOT NULL,"
+                " latency_s FLOAT)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TABLE tallies (kind VARCHAR(16), source VARCHAR(16), label VARCHAR(64),"
+                " model_version VARCHAR(64), n BIGINT NOT NULL,"
+                " PRIMARY KEY (kind, source, label, model_version))"
+            )
+        )
     old.dispose()
     store = ResultStore(url)
     try:
         [before] = store.list()
         assert before["event_id"] is None
+        assert before["uncertain"] is None
         event_id = store.new_event_id()
         view = ResultRow(
-            "camera", "sw620", {"sw480": 0.2, "sw620": 0.8}, "m", "1", event_id=event_id
+            "camera",
+            "sw620",
+            {"sw480": 0.2, "sw620": 0.8},
+            "m",
+            "1",
+            event_id=event_id,
+            uncertain=True,
         )
         store.add([view]).result(30)
         event = EventRow(
@@ -164,6 +190,7 @@ def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
             model_version="1",
             speed_um_s=1800.0,
             qc={"area_um2": 90.0},
+            uncertain=False,
         )
         assert store.add_event(event).result(30) == [event_id]
         [listed] = store.list_events()
@@ -172,6 +199,10 @@ def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
         assert store.summary(since=0)["events"]["counts"] == {"sw620": 1}
         assert store.summary()["total_stored"] == 2, "the old row counted once, at start"
         assert store.summary()["events"]["counts"] == {"sw620": 1}
+        assert store.summary()["total_uncertain"] == store.summary()["uncertain"] == 1
+        assert store.summary(since=0)["uncertain"] == 1
+        assert store.list_events()[0]["uncertain"] is False
+        assert [r["id"] for r in store.list(uncertain=True)] == [store.list()[-1]["id"]]
     finally:
         store.close()
     again = ResultStore(url, retention_s=60)
@@ -180,6 +211,7 @@ def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
         # retention: every row is older than a minute an hour from now
         assert again.prune(time.time() + 3600) == 3
         assert again.summary()["total_stored"] == 0
+        assert again.summary()["total_uncertain"] == 0
         assert again.list() == []
         assert again.list_events() == []
     finally:

@@ -306,6 +306,7 @@ def test_results_newest_first_filtered_and_split_by_source_and_model(served):
         "cells": 4,
         "counts": {"sw480": 3, "sw620": 1},
         "fractions": {"sw480": 0.75, "sw620": 0.25},
+        "uncertain": 0,
     }
     expected_api = {label: api_labels.count(label) for label in set(api_labels)}
     assert summary["by_source"]["api"]["cells"] == 2
@@ -314,6 +315,7 @@ def test_results_newest_first_filtered_and_split_by_source_and_model(served):
         "cells": 2,
         "counts": {"sw480": 1, "sw620": 1},
         "fractions": {"sw480": 0.5, "sw620": 0.5},
+        "uncertain": 0,
     }
     assert summary["by_model"]["new"]["counts"] == {"sw480": 2}
     assert summary["by_model"][version]["counts"] == expected_api

@@ -4,6 +4,7 @@ what counting the rows gives."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 
@@ -11,28 +12,32 @@ import pytest
 
 from service.store import EventRow, ResultRow, ResultStore
 
-KEYS = ("cells", "counts", "sources", "by_source", "by_model")
+KEYS = ("cells", "counts", "sources", "by_source", "by_model", "uncertain")
 
 
 def fill(store: ResultStore) -> int:
+    """15 views (every third uncertain, 5 in all) and 3 events (one uncertain)."""
     rows = [
         ResultRow(source, label, {label: 1.0}, "m", version)
         for source, label, version, n in (
             ("camera", "sw480", "1", 5),
             ("camera", "sw620", "1", 3),
-            ("api", "sw620", "1", 2),
+            ("api", "sw620", "1", 3),
             ("camera", "sw480", "2", 4),
         )
         for _ in range(n)
     ]
+    for i, row in enumerate(rows):
+        row.uncertain = i % 3 == 0
     store.add(rows[:7]).result(timeout=10)
     store.add(rows[7:]).result(timeout=10)
-    for label in ("sw480", "sw480", "sw620"):
-        store.add_event(event(store.new_event_id(), label, time.time())).result(timeout=10)
+    for label, uncertain in (("sw480", False), ("sw480", True), ("sw620", False)):
+        cell = event(store.new_event_id(), label, time.time(), uncertain)
+        store.add_event(cell).result(timeout=10)
     return len(rows)
 
 
-def event(event_id: int, label: str, created: float) -> EventRow:
+def event(event_id: int, label: str, created: float, uncertain: bool = False) -> EventRow:
     """A cell of one view, seen in one frame, of model version 1."""
     return EventRow(
         id=event_id,
@@ -46,6 +51,7 @@ def event(event_id: int, label: str, created: float) -> EventRow:
         probabilities={label: 1.0},
         model_name="m",
         model_version="1",
+        uncertain=uncertain,
     )
 
 
@@ -62,7 +68,10 @@ def test_the_kept_figures_equal_the_counted_ones(tmp_path):
     assert kept["events"]["counts"] == counted["events"]["counts"] == {"sw480": 2, "sw620": 1}
     assert kept["total_stored"] == counted["total_stored"] == n
     assert kept["by_model"]["2"]["counts"] == {"sw480": 4}
-    assert kept["by_source"]["api"]["cells"] == 2
+    assert kept["by_source"]["api"]["cells"] == 3
+    assert kept["uncertain"] == kept["total_uncertain"] == 5
+    assert kept["by_source"]["api"]["uncertain"] == 1  # rows 8 to 10: row 9
+    assert kept["events"]["uncertain"] == counted["events"]["uncertain"] == 1
 
 
 def test_all_time_tallies_survive_a_restart_and_are_counted_once_for_an_old_database(tmp_path):
@@ -89,12 +98,16 @@ def test_all_time_tallies_survive_a_restart_and_are_counted_once_for_an_old_data
             rows = conn.exec_driver_sql(
                 "SELECT kind, label, SUM(n) FROM tallies GROUP BY kind, label ORDER BY 1, 2"
             ).all()
+            counted_uncertain = conn.exec_driver_sql(
+                "SELECT kind, SUM(uncertain) FROM tallies GROUP BY kind ORDER BY 1"
+            ).all()
         assert [tuple(r) for r in rows] == [
             ("events", "sw480", 2),
             ("events", "sw620", 1),
             ("results", "sw480", 10),
-            ("results", "sw620", 5),
+            ("results", "sw620", 6),
         ]
+        assert [tuple(r) for r in counted_uncertain] == [("events", 1), ("results", 5)]
     finally:
         old.close()
 
@@ -129,13 +142,16 @@ def test_retention_deletes_old_rows_and_the_tallies_follow(tmp_path):
     try:
         now = time.time()
         old = [ResultRow("camera", "sw480", {"sw480": 1.0}, "m", "1", created=now - 7200)] * 5
+        old[0] = dataclasses.replace(old[0], uncertain=True)
         new = [ResultRow("camera", "sw620", {"sw620": 1.0}, "m", "1", created=now)] * 3
         store.add(old + new).result(timeout=10)
         for created in (now - 7200, now):
             store.add_event(event(store.new_event_id(), "sw480", created)).result(timeout=10)
+        assert store.summary()["total_uncertain"] == 1
         assert store.prune(now) == 5 + 1
         assert _counted(store) == {"results": 3, "events": 1}
         assert store.summary()["total_stored"] == 3, "the tallies follow the deletions"
+        assert store.summary()["total_uncertain"] == 0, "so do their uncertain counts"
         assert [r["label"] for r in store.list()] == ["sw620"] * 3
         assert store.prune(now) == 0, "nothing more to delete"
     finally:

@@ -27,6 +27,7 @@ from training.features import (
     fit_features,
     fit_logistic,
 )
+from training.metrics import ece_of
 
 N, PX = 128, 0.25
 C = (N - 1) / 2
@@ -170,7 +171,7 @@ def test_onnx_export_matches_pytorch():
     opd, labels = _two_classes(6, seed=7)
     fitted, _ = fit_features(opd, labels, 2, PX, seed=0)
     x = FEATURE_NORMALIZATION.apply(opd)[:, None]
-    data = export_onnx(fitted.model, N, torch.from_numpy(x[:4]))
+    data = export_onnx(fitted.model, N, torch.from_numpy(x[:4]), fitted.temperature)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     other, _ = _two_classes(5, seed=8)
     got = session.run(None, {"x": FEATURE_NORMALIZATION.apply(other)[:, None]})[0]
@@ -242,6 +243,14 @@ def test_train_classifier_features_is_served_and_separates_the_classes(tmp_path)
     assert all(len(f["coefficients"]) == 2 and f["std"] > 0 for f in listed)
     assert manifest["metrics"]["precision"] == "fp32"
     assert manifest["metrics"]["l2"] in L2_GRID
+    # The temperature from the cross-validation's out-of-fold logits of all 20 crops.
+    calibration = manifest["calibration"]
+    assert (calibration["method"], calibration["folds"], calibration["crops"]) == (
+        "out-of-fold",
+        5,
+        20,
+    )
+    assert calibration["temperature"] > 0
     assert b"QuantizeLinear" not in (model / "model.onnx").read_bytes()
     runtime = ModelRuntime(model, "cpu")
     test_opd, test_labels = _two_classes(15, seed=11)
@@ -259,5 +268,19 @@ def test_evaluate_takes_features_but_not_for_int8(data, tmp_path):
     results = json.loads((out / "results.json").read_text())["results"]
     assert sorted(r["method"] for r in results) == ["features", "features", "knn", "knn"]
     assert all(0 <= r["accuracy"] <= 1 for r in results)
-    assert "| features | 6 |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| features | 6 |" in report
+    # Calibration: each fold's ECE is that of its reliability table; knn keeps T = 1.
+    for r in results:
+        table = np.array(r["reliability"])
+        assert table.shape == (15, 3)
+        assert table[:, 0].sum() == 12  # the test fold's crops
+        assert r["ece"] == pytest.approx(ece_of(table))
+        assert r["ece_uncalibrated"] == pytest.approx(
+            ece_of(np.array(r["reliability_uncalibrated"]))
+        )
+    knn = [r for r in results if r["method"] == "knn"]
+    assert all(r["temperature"] == 1.0 and r["ece"] == r["ece_uncalibrated"] for r in knn)
+    assert "## Calibration" in report
+    assert (out / "reliability.png").stat().st_size > 1000
     assert main([*args, "--methods", "features", "--int8", "features"]) == 2

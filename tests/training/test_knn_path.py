@@ -25,8 +25,11 @@ def test_fit_knn_is_the_papers_knn_on_normalised_crops(data):
     np.testing.assert_array_equal(knn.predict_proba(crops.opd[test]), expected)
     # Evaluation scores a test fold with exactly that model.
     config = classifier_preset("cpu")
-    probabilities, _, _ = scores_for("knn", crops, train, test, config, None, seed=0)
-    np.testing.assert_array_equal(probabilities, expected)
+    scored = scores_for("knn", crops, train, test, config, None, seed=0)
+    np.testing.assert_array_equal(scored.probabilities, expected)
+    # No temperature for knn: its vote fractions are its probabilities.
+    assert scored.temperature == 1.0
+    np.testing.assert_array_equal(scored.uncalibrated, expected)
 
 
 def test_train_knn_validates_on_a_split_and_exports_every_crop(data):

@@ -16,6 +16,7 @@ import torch
 from models.manifest import read_model_dir
 from models.runtime import ModelRuntime
 from service.cli import main
+from training.calibration import too_few
 from training.classifier import result_lines
 from training.config import classifier_preset, gan_preset, override
 from training.gan import train_gan
@@ -232,6 +233,7 @@ def test_a_real_run_prints_only_the_projects_lines_and_ends_with_its_result(data
             "validation on 2 crops cannot mean much: one crop moves the accuracy by 50 points; "
             "train on more crops for figures that do"
         ),
+        re.escape(f"temperature: 1, uncalibrated: {too_few(10)}"),
         r"precision: (int8, kept|fp32; int8 refused) \(validation accuracy [\d.]+, fp32 .*\)",
         r"training: [\d.]+ s on 10 crops",
         re.escape(f"wrote the model directory {model}"),
@@ -262,7 +264,8 @@ def test_a_real_run_prints_only_the_projects_lines_and_ends_with_its_result(data
     lines = result_lines(replace(manifest, metrics=metrics), int8=True)
     assert lines[0].startswith("validation: accuracy 0.9000 on 40 crops, loss ")
     assert lines[0].endswith(", best epoch 7 (selection from epoch 3, 30 epochs run)")
-    assert lines[1] == (
+    assert lines[1] == f"temperature: 1, uncalibrated: {too_few(10)}"
+    assert lines[2] == (
         "precision: fp32; int8 refused (validation accuracy 0.8750, fp32 0.9000: "
         "more than 0.5 points lost)"
     )
@@ -369,12 +372,20 @@ def test_evaluate_follows_the_protocol(data, tmp_path):
         "auc",
         "train_seconds",
         "test_seconds_per_cell",
+        "temperature",
+        "ece",
+        "ece_uncalibrated",
+        "reliability",
+        "reliability_uncalibrated",
     }
     assert all(set(r) == keys for r in results)
+    # Training sets of 4 and 8 crops: too few to fit a temperature on.
+    assert all(r["temperature"] == 1.0 for r in results)
     assert {r["fold"] for r in results} == {0, 1, 2}
     assert all(0 <= r["accuracy"] <= 1 and r["test_seconds_per_cell"] > 0 for r in results)
     assert "| knn | 4 |" in (out / "report.md").read_text()
     assert (out / "learning-curves.png").stat().st_size > 1000
+    assert (out / "reliability.png").stat().st_size > 1000
 
 
 def test_evaluate_scores_int8_on_the_test_folds(data, tmp_path):
