@@ -117,6 +117,7 @@ def train_classifier(
         crops.label, train_size, np.random.default_rng(seed), crops.class_names
     )
     features: list[dict[str, Any]] | None = None
+    norm_source: str | None = None
     if spec.features:
         fitted, record = fit_features(
             crops.opd[indices],
@@ -141,6 +142,7 @@ def train_classifier(
         model, norm, record = fit(method, crops, indices, config, start, seed, progress)
         calibration = calibrate_network(method, crops, indices, config, start, seed, record)
         del record["calibration"]
+        norm_source = record.pop("normalization_source")
         # Parity on real crops: noise can saturate the softmax and hide differences.
         probe = torch.from_numpy(norm.apply(crops.opd[indices[:16]]))[:, None]
         onnx_bytes = export_onnx(model, config.network.crop_size, probe, calibration["temperature"])
@@ -168,6 +170,9 @@ def train_classifier(
             "seed": seed,
             "preset": preset,
             **trunk_record(start, out),
+            # Where the input's OPD scale came from (training.fit.input_normalization).
+            # Network methods only (features and knn have their own fixed inputs).
+            "normalization_source": norm_source,
             "imagenet_weights": pretrained_record() if spec.imagenet else None,
             # features: each one's name, unit, training mean and std, coefficients.
             "features": features,

@@ -57,6 +57,28 @@ def calibrate(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor) -> dic
     return fitted_record(logits, y_val.numpy(), "validation")
 
 
+def input_normalization(
+    start: Pretrained | None, train_opd_nm: np.ndarray
+) -> tuple[Normalization, str]:
+    """The network's OPD scale and where it came from. A pretrained trunk's scale
+    travels with it, physically fixed, so its filters see OPD as they learnt it,
+    unless it would clip these cells: a range fitted to the training crops that
+    reaches beyond the pretraining's (the bundled sperm GAN's -10..90 nm against
+    cells of 300-700 nm) would flatten every cell's body to one value, and on the dev
+    data that cost 3-9 points against refitting (docs/evaluation/dev/ssl.md); then,
+    and without a trunk, the range is fitted to the training crops."""
+    fitted = Normalization.fit(train_opd_nm)
+    if start is None:
+        return fitted, "training crops"
+    own = start.normalization
+    if own.opd_min_nm <= fitted.opd_min_nm and fitted.opd_max_nm <= own.opd_max_nm:
+        return own, f"pretraining ({start.kind})"
+    return fitted, (
+        f"training crops: the {start.kind} pretraining's {own.opd_min_nm:g}..{own.opd_max_nm:g} "
+        f"nm would clip these cells ({fitted.opd_min_nm:g}..{fitted.opd_max_nm:g} nm)"
+    )
+
+
 def build_model(
     method: str, classes: int, config: ClassifierConfig, start: Pretrained | None
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
@@ -96,8 +118,9 @@ def fit(
     the normalisation and a record of the training (validation accuracy, epochs,
     seconds, and ``calibration``: the temperature its logits are to be divided by).
 
-    A method with a pretrained trunk keeps the pretraining's normalisation; the others
-    fit one on their training crops."""
+    A method with a pretrained trunk keeps the pretraining's normalisation where it
+    covers the training crops (:func:`input_normalization`); the others fit one on
+    their training crops."""
     if method not in NETWORK_METHOD_NAMES:
         raise ValueError(f"method must be one of {', '.join(NETWORK_METHOD_NAMES)}, got {method!r}")
     torch.manual_seed(seed)
@@ -107,7 +130,7 @@ def fit(
     model, groups = build_model(method, len(crops.class_names), config, start)
     labels = crops.label[indices]
     train_pos, val_pos = split_validation(labels, config.val_fraction, rng)
-    norm = start.normalization if start else Normalization.fit(crops.opd[indices[train_pos]])
+    norm, norm_source = input_normalization(start, crops.opd[indices[train_pos]])
     x = torch.from_numpy(norm.apply(crops.opd[indices]))[:, None]
     y = torch.from_numpy(labels.astype(np.int64))
     x_train, y_train, x_val, y_val = x[train_pos], y[train_pos], x[val_pos], y[val_pos]
@@ -183,5 +206,6 @@ def fit(
         "epochs_run": epoch,
         "train_seconds": round(time.monotonic() - started, 2),
         "calibration": calibrate(model, x_val, y_val),
+        "normalization_source": norm_source,
     }
     return model, norm, record

@@ -87,13 +87,18 @@ def test_a_dry_run_writes_a_folder_that_resume_continues(data, ssl_dir, tmp_path
     assert main(["-q", "train", "ssl", "--data", str(data), "--out", str(again)]) == 2
 
 
-def test_a_classifier_starts_from_the_ssl_trunk_at_its_normalisation(data, ssl_dir, tmp_path):
+def test_a_classifier_starts_from_the_ssl_trunk(data, ssl_dir, tmp_path):
     model = tmp_path / "model"
     assert _classifier("ssl", data, ssl_dir, model) == 0
     manifest = json.loads((model / "manifest.json").read_text())
     pretrained = load_pretrained(ssl_dir)
     assert pretrained.kind == "ssl"
-    assert manifest["input"]["normalization"] == pretrained.normalization.to_dict()
+    # The pool is sperm (-10..90 nm or so), the cells reach hundreds of nm: the trunk's
+    # scale would clip them, so the classifier fits its own and says why.
+    assert manifest["input"]["normalization"]["opd_max_nm"] > pretrained.normalization.opd_max_nm
+    assert manifest["training"]["normalization_source"].startswith(
+        "training crops: the ssl pretraining's"
+    )
     record = manifest["training"]["pretrained"]
     assert record["kind"] == "ssl"
     assert record["sha256"] == sha256_of(ssl_dir / "ssl.pt")
@@ -107,13 +112,14 @@ def test_a_classifier_starts_from_the_ssl_trunk_at_its_normalisation(data, ssl_d
     assert all(torch.equal(pretrained.trunk[k], v) for k, v in trunk.items())
 
 
-def test_topgan_keeps_the_gans_normalisation_and_gan_is_an_alias(data, gan_dir, tmp_path):
+def test_topgan_records_its_gan_and_gan_is_an_alias(data, gan_dir, tmp_path):
     model = tmp_path / "topgan"
     assert _classifier("topgan", data, gan_dir, model, option="--gan") == 0
     manifest = json.loads((model / "manifest.json").read_text())
     gan = json.loads((gan_dir / "gan.json").read_text())
-    assert manifest["input"]["normalization"] == gan["normalization"]
     training = manifest["training"]
+    assert training["normalization_source"].startswith("training crops: the gan pretraining's")
+    assert manifest["input"]["normalization"] != gan["normalization"]
     assert training["pretrained"]["kind"] == "gan"
     assert training["gan_sha256"] == training["pretrained"]["sha256"] == gan["weights_sha256"]
     assert training["gan"] == training["pretrained"]["path"]
@@ -191,3 +197,19 @@ def test_nt_xent_and_the_config():
         override(ssl_preset("cpu"), temprature=0.1)
     with pytest.raises(ValueError, match="noise_nm must be >= 0"):
         override(ssl_preset("cpu"), noise_nm=-1.0)
+
+
+def test_a_trunks_scale_travels_unless_it_would_clip_the_cells(ssl_dir):
+    from training.fit import input_normalization
+
+    trunk = load_pretrained(ssl_dir)
+    lo, hi = trunk.normalization.opd_min_nm, trunk.normalization.opd_max_nm
+    inside = np.random.default_rng(0).uniform(lo, hi, (4, 16, 16)).astype(np.float32)
+    norm, source = input_normalization(trunk, inside)
+    assert (norm, source) == (trunk.normalization, "pretraining (ssl)")
+    beyond = inside + (hi - lo)  # cells reaching far above the pool's range
+    norm, source = input_normalization(trunk, beyond)
+    assert norm.opd_max_nm > hi
+    assert source.startswith("training crops: the ssl pretraining's")
+    assert "would clip these cells" in source
+    assert input_normalization(None, inside)[1] == "training crops"
