@@ -12,7 +12,7 @@ from acquisition.cameras import Camera
 from acquisition.cameras.spec import CameraSpec, build_camera
 
 from .archive import ArchiveWriter, CropArchive
-from .classification import Classification
+from .classification import Classification, is_uncertain
 from .live import LiveView
 from .loop.events import TrackedFrame
 from .loop.runner import AcquisitionRunner, LoopStatus, StoredCells
@@ -33,14 +33,21 @@ class CameraLoop:
     live : shows every tracked frame (in grab order, with the cells' paths) and every
         stored cell
     archive : archives every stored crop, when configured
+    min_confidence : the live view marks cells whose largest probability is below it
+        uncertain, as the store flags them
     """
 
     def __init__(
-        self, runner: AcquisitionRunner, live: LiveView, archive: ArchiveWriter | None = None
+        self,
+        runner: AcquisitionRunner,
+        live: LiveView,
+        archive: ArchiveWriter | None = None,
+        min_confidence: float = 0.0,
     ) -> None:
         self.runner = runner
         self.live = live
         self.archive = archive
+        self.min_confidence = min_confidence
         runner.on_tracked.append(self._show_frame)
         runner.on_stored.append(self._show_cells)
         if archive is not None:
@@ -91,7 +98,7 @@ class CameraLoop:
             reference_refresh=settings.refresh_config(),
         )
         archive = _archive_writer(settings, classification) if settings.crop_archive else None
-        return cls(runner, live, archive)
+        return cls(runner, live, archive, settings.min_confidence)
 
     # -- control ---------------------------------------------------------------------
 
@@ -159,6 +166,7 @@ class CameraLoop:
             probabilities,
             stored.event_ids,
             [c.qc for c in stored.cells],
+            [is_uncertain(p, self.min_confidence) for p in stored.prediction.probabilities],
         )
 
     def _archive_cells(self, stored: StoredCells) -> None:

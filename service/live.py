@@ -115,6 +115,8 @@ class _Crop:
     event_id: int | None = None
     #: The cell's QC features (segmentation's QC_FEATURES), when known.
     qc: tuple[tuple[str, float | bool], ...] = ()
+    #: Its largest probability below the service's min_confidence (None: not judged).
+    uncertain: bool | None = None
 
 
 class LiveView:
@@ -231,9 +233,11 @@ class LiveView:
         probabilities: Sequence[Mapping[str, float]],
         event_ids: Sequence[int] | None = None,
         qc: Sequence[Mapping[str, float | bool]] | None = None,
+        uncertain: Sequence[bool] | None = None,
     ) -> None:
         """Hand over classified crops: (N, 128, 128) float32 OPD in nm, with their stored
-        result ids, labels, class probabilities, (camera) event ids and QC features.
+        result ids, labels, class probabilities, (camera) event ids, QC features and
+        uncertain flags.
         Only the last ``max_crops`` stay."""
         n = len(result_ids)
         if crops.ndim != 3 or not len(crops) == len(labels) == len(probabilities) == n:
@@ -252,6 +256,7 @@ class LiveView:
                 opd_nm=crops[i],
                 event_id=int(event_ids[i]) if event_ids else None,
                 qc=tuple(qc[i].items()) if qc else (),
+                uncertain=bool(uncertain[i]) if uncertain else None,
             )
             for i in keep
         ]
@@ -343,6 +348,7 @@ class LiveView:
                     "peak_opd_nm": c.peak_opd_nm,
                     "event_id": c.event_id,
                     "qc": {k: _plain(v) for k, v in c.qc},
+                    "uncertain": c.uncertain,
                 }
                 for c in reversed(crops)
             ],

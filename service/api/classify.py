@@ -205,7 +205,9 @@ async def classify_hologram(
         raise HTTPException(503, NO_MODEL) from None
     classes = result.manifest.classes
     probabilities = [dict(zip(classes, p.tolist(), strict=True)) for p in result.probabilities]
-    live.results(frame_id, crops, result.ids, result.labels, probabilities, qc=qc)
+    live.results(
+        frame_id, crops, result.ids, result.labels, probabilities, qc=qc, uncertain=result.uncertain
+    )
     return _response(result, qc, positions, rejected, used)
 
 

@@ -65,6 +65,10 @@ class LiveCrop(BaseModel):
         "is fixed (crop_opd_range_nm)"
     )
     event_id: int | None = Field(None, description="the cell this view is of (camera crops)")
+    uncertain: bool | None = Field(
+        None,
+        description="its largest probability is below TOPGAN_MIN_CONFIDENCE (null: not judged)",
+    )
     qc: dict[str, float | bool | None] = Field(
         default_factory=dict,
         description="the cell's QC features (area_um2, dry_mass_pg, mean_opd_nm, peak_opd_nm, "

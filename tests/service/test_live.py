@@ -304,6 +304,7 @@ def test_crops_ring_buffer(real_frames):
         "peak_opd_nm": pytest.approx(float(batch[2].max())),
         "event_id": 9,
         "qc": {},
+        "uncertain": None,
     }
     assert state["crops"][-1]["event_id"] is None, "crops without an event (posted ones)"
     assert state["crops_sequence"] == 1, "one selection of crops shown so far"
@@ -328,7 +329,15 @@ def test_a_fixed_opd_scale_colours_every_image_alike(real_frames):
     feed(view, frame)
     crops = np.stack([cell.crop_nm, cell.crop_nm * 0.5])
     probs = [{"sw480": 0.5, "sw620": 0.5}] * 2
-    view.results(7, crops, [1, 2], ["sw480"] * 2, probs, qc=[cell.qc, {"clipped": True}])
+    view.results(
+        7,
+        crops,
+        [1, 2],
+        ["sw480"] * 2,
+        probs,
+        qc=[cell.qc, {"clipped": True}],
+        uncertain=[True, False],
+    )
     state = view.snapshot()
     assert state["opd_scale"] == "fixed"
     assert state["crop_opd_range_nm"] == [0.0, 800.0]
@@ -336,6 +345,7 @@ def test_a_fixed_opd_scale_colours_every_image_alike(real_frames):
     by_id = {c["result_id"]: c for c in state["crops"]}
     assert by_id[1]["qc"]["area_um2"] == pytest.approx(cell.qc["area_um2"])
     assert by_id[2]["qc"] == {"clipped": True}
+    assert (by_id[1]["uncertain"], by_id[2]["uncertain"]) == (True, False)
     full, half = (np.asarray(decode(view.crop_png(i))) for i in (1, 2))
     # Half the OPD, half the colour level: the level is OPD / 800 nm of the map's 254.
     peak = np.unravel_index(np.argmax(cell.crop_nm), cell.crop_nm.shape)
@@ -490,6 +500,7 @@ def test_live_routes_before_and_after_a_hologram(live_server, real_dir):
             (cells[0]["id"], cells[0]["label"])
         ]
         assert state["crops"][0]["probabilities"] == pytest.approx(cells[0]["probabilities"])
+        assert state["crops"][0]["uncertain"] == cells[0]["uncertain"]
         holo = c.get("/live/hologram.png", params={"seq": state["sequence"]})
         assert holo.headers["content-type"] == "image/png"
         assert decode(holo.content).size == hologram.shape[::-1]
