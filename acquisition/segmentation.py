@@ -281,7 +281,10 @@ class Segmenter:
         """Segment every frame of ``maps``; returns one result per frame."""
         return [self.segment_frame(maps, i) for i in range(maps.opd_nm.shape[0])]
 
-    def segment_frame(self, maps: OPDMaps, index: int) -> FrameSegmentation:
+    def segment_frame(self, maps: OPDMaps, index: int, cut: bool = True) -> FrameSegmentation:
+        """Frame ``index`` of ``maps``: its kept cells (each with its crop unless ``cut``
+        is False: then ``crop_nm`` is an empty (0, 0) array, for QC alone) and what
+        was rejected and why."""
         cfg = self.config
         opd = maps.opd_nm[index]
         amplitude = maps.amplitude[index]
@@ -374,7 +377,11 @@ class Segmenter:
                 "touching": touching,
                 "out_of_focus": amp_std > cfg.max_amplitude_std,
             }
-            crop = self._crop(opd, labels, number, (cy, cx), (dy, dx))
+            crop = (
+                self._crop(opd, labels, number, (cy, cx), (dy, dx))
+                if cut
+                else np.empty((0, 0), np.float32)
+            )
             result.cells.append(
                 Cell(
                     crop_nm=crop,
@@ -385,6 +392,41 @@ class Segmenter:
                 )
             )
         return result
+
+    def crop_qc(
+        self, crop_nm: np.ndarray, pixel_size_um: float
+    ) -> tuple[dict[str, float | bool] | None, str | None]:
+        """The QC of a crop posted as a cell: the crop segmented as a frame of its own
+        (at ``pixel_size_um``), by the rules the camera's cells pass. Returns the QC of
+        the kept cell nearest the crop's centre and None, or None and why no cell was
+        kept: ``empty`` (no object at all: an all-zero or noise-only crop) or the
+        segmentation's most frequent reason (``too_small``, ``too_large``, ``clipped``:
+        cut by the crop's edge, ``touching``, ``not_round``). A crop holds OPD only,
+        so ``amplitude_std`` and ``out_of_focus`` are not measured (NaN, False)."""
+        opd = np.asarray(crop_nm, dtype=np.float32)[None]
+        maps = OPDMaps(
+            opd_nm=opd,
+            amplitude=np.ones_like(opd),
+            pixel_size_um=(pixel_size_um, pixel_size_um),
+            scale=(1.0, 1.0),
+            origin_px=(0.0, 0.0),
+            carrier=(0.0, 0.0),
+            sign=1,
+            wavelength_nm=float("nan"),
+        )
+        found = self.segment_frame(maps, 0, cut=False)
+        if not found.cells:
+            if not found.rejected:
+                return None, "empty"
+            return None, max(found.rejected.items(), key=lambda kv: kv[1])[0]
+        centre = ((opd.shape[1] - 1) / 2, (opd.shape[2] - 1) / 2)
+        cell = min(
+            found.cells,
+            key=lambda c: math.hypot(c.position_px[0] - centre[0], c.position_px[1] - centre[1]),
+        )
+        qc = dict(cell.qc)
+        qc["amplitude_std"], qc["out_of_focus"] = float("nan"), False
+        return qc, None
 
     def _touching(
         self, opd: np.ndarray, mask: np.ndarray, pixel_size_um: tuple[float, float]

@@ -51,7 +51,7 @@ def is_uncertain(probabilities: Iterable[float], min_confidence: float) -> bool:
 class Classified:
     manifest: Manifest
     probabilities: np.ndarray
-    ids: list[int]
+    ids: list[int | None]  # None: not stored (a posted crop that failed its QC)
     labels: list[str]
     uncertain: list[bool]
 
@@ -187,13 +187,18 @@ class Classification:
         qc: list[dict[str, Any]] | None = None,
         positions: list[tuple[float, float]] | None = None,
         frame_id: int | None = None,
+        keep: list[bool] | None = None,
     ) -> Classified:
-        """Classify ``crops`` and commit one result row each (from the event loop)."""
+        """Classify ``crops`` and commit one result row each (from the event loop); with
+        ``keep``, only the crops it marks are stored (the others' ids are None)."""
         prediction = await asyncio.wrap_future(self.batcher.submit(crops))
         rows, labels = result_rows(
             prediction, source, started, qc, positions, frame_id, min_confidence=self.min_confidence
         )
-        ids = await asyncio.wrap_future(self.store.add(rows))
+        kept = [r for i, r in enumerate(rows) if keep is None or keep[i]]
+        stored_ids: list[int] = await asyncio.wrap_future(self.store.add(kept)) if kept else []
+        stored = iter(stored_ids)
+        ids = [next(stored) if keep is None or keep[i] else None for i in range(len(rows))]
         uncertain = [bool(r.uncertain) for r in rows]
         return Classified(prediction.manifest, prediction.probabilities, ids, labels, uncertain)
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from acquisition.frames import CropGeometry, FrameProcessor, ProcessedFrames
 from acquisition.reconstruction import ReconstructionConfig
+from acquisition.segmentation import SegmentationConfig, Segmenter
 from models.runtime import ModelNotLoadedError
 
 from .deps import ApiKey, ClassificationDep, HologramsDep, LiveDep, SettingsDep
@@ -66,10 +69,11 @@ NO_MODEL = "no model is loaded: POST /model/reload with a model directory"
 
 def _response(
     result: Any,
-    qc: list[dict[str, Any]] | None = None,
+    qc: list[dict[str, Any] | None] | None = None,
     positions: list[tuple[float, float]] | None = None,
     rejected: dict[str, int] | None = None,
     optics: Optics | None = None,
+    reasons: list[str | None] | None = None,
 ) -> Response:
     """The answer, serialised once by pydantic (it is a ClassifyResponse by construction)."""
     m = result.manifest
@@ -81,7 +85,8 @@ def _response(
             probabilities={
                 c: float(p) for c, p in zip(m.classes, result.probabilities[i], strict=True)
             },
-            qc=qc[i] if qc else {},
+            qc=_plain_qc(qc[i] or {}) if qc else {},
+            rejected=reasons[i] if reasons else None,
             position_px=list(positions[i]) if positions else None,
             uncertain=result.uncertain[i],
         )
@@ -94,6 +99,21 @@ def _response(
         else HologramClassifyResponse(model=model, cells=cells, rejected=rejected, optics=optics)
     )
     return Response(body.model_dump_json(), media_type="application/json")
+
+
+def _plain_qc(qc: dict[str, Any]) -> dict[str, Any]:
+    """QC values as JSON takes them: NaN (not measured) as null."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in qc.items()}
+
+
+def _crop_checks(
+    crops: np.ndarray, pixel_size_um: float, config: SegmentationConfig
+) -> tuple[list[dict[str, Any] | None], list[str | None]]:
+    """Each posted crop's QC and, for one that is not a cell by the camera's rules,
+    why (``Segmenter.crop_qc``)."""
+    segmenter = Segmenter(config)
+    checked = [segmenter.crop_qc(c, pixel_size_um) for c in crops]
+    return [dict(q) if q is not None else None for q, _ in checked], [r for _, r in checked]
 
 
 def _crop_geometry(classification: ClassificationDep) -> CropGeometry:
@@ -111,20 +131,43 @@ def _crop_geometry(classification: ClassificationDep) -> CropGeometry:
     summary="Classify OPD crops",
 )
 async def classify(
-    request: Request, classification: ClassificationDep, settings: SettingsDep
+    request: Request,
+    classification: ClassificationDep,
+    settings: SettingsDep,
+    qc: Annotated[
+        bool,
+        Query(
+            description="check each crop as the camera's cells are checked (default); "
+            "false: every crop is taken as a cell"
+        ),
+    ] = True,
 ) -> Response:
     """Classify single-cell OPD crops (nm): a .npy or TIFF of shape (128, 128) or
-    (N, 128, 128), or JSON ``{"opd": nested lists}``. Every result is stored."""
+    (N, 128, 128), or JSON ``{"opd": nested lists}``. Each crop is first segmented by
+    the camera's rules (its ``qc``); one that holds no cell (``rejected``: empty,
+    too small, cut by the crop's edge, ...) is classified but neither stored nor
+    counted. Every other result is stored."""
     started = time.monotonic()
     kind = media_type(request, (NPY, TIFF, JSON))
     body = await read_body(request, settings.max_body_bytes)
     crop = _crop_geometry(classification)
     crops = crops_from(parse_array(body, kind), crop.shape, settings.max_crops_per_request)
+    qcs: list[dict[str, Any] | None] | None = None
+    reasons: list[str | None] | None = None
+    if qc:
+        config = settings.segmentation_config().for_crop(crop.size_px, crop.pixel_size_um)
+        qcs, reasons = await run_in_threadpool(_crop_checks, crops, crop.pixel_size_um, config)
     try:
-        result = await classification.classify(crops, "api", started)
+        result = await classification.classify(
+            crops,
+            "api",
+            started,
+            qc=[q or {} for q in qcs] if qcs else None,
+            keep=[r is None for r in reasons] if reasons else None,
+        )
     except ModelNotLoadedError:
         raise HTTPException(503, NO_MODEL) from None
-    return _response(result)
+    return _response(result, qcs, reasons=reasons)
 
 
 @router.post(
@@ -205,10 +248,11 @@ async def classify_hologram(
         raise HTTPException(503, NO_MODEL) from None
     classes = result.manifest.classes
     probabilities = [dict(zip(classes, p.tolist(), strict=True)) for p in result.probabilities]
+    ids = [i for i in result.ids if i is not None]  # every cell of a hologram is stored
     live.results(
-        frame_id, crops, result.ids, result.labels, probabilities, qc=qc, uncertain=result.uncertain
+        frame_id, crops, ids, result.labels, probabilities, qc=qc, uncertain=result.uncertain
     )
-    return _response(result, qc, positions, rejected, used)
+    return _response(result, list(qc), positions, rejected, used)
 
 
 def _request_optics(

@@ -22,13 +22,22 @@ class ModelSummary(BaseModel):
 
 class CellResult(BaseModel):
     index: int = Field(description="position of the crop (or cell) in the request")
-    id: int = Field(description="the stored result's id")
+    id: int | None = Field(
+        description="the stored result's id; null for a posted crop that failed its QC "
+        "(not stored, not counted: see rejected)"
+    )
     label: str
     probabilities: dict[str, float]
     qc: dict[str, float | bool | None] = Field(default_factory=dict)
     position_px: list[float] | None = Field(None, description="(y, x) in hologram pixels")
     uncertain: bool = Field(
         description="its largest probability is below min_confidence (it keeps its label)"
+    )
+    rejected: str | None = Field(
+        None,
+        description="POST /classify: why the crop is not a cell by the camera's rules "
+        "(empty, too_small, too_large, clipped, touching, not_round); it is classified "
+        "but not stored or counted. null: a cell",
     )
 
 

@@ -456,3 +456,28 @@ def test_hologram_route_says_why_objects_were_rejected(tmp_path, rejecting_scene
             assert "rejected" in schema["HologramClassifyResponse"]["properties"]
     finally:
         services.close()
+
+
+def test_posted_crops_pass_the_camera_qc_or_are_not_counted(client):
+    """An all-zero crop (no cell) and a cell cut by the crop's edge are classified but
+    neither stored nor counted, and say why; ?qc=false takes every crop as a cell."""
+    cell = crops(1, seed=3)[0]
+    cut = np.roll(cell, 64, axis=1)  # the disc split across the crop's left and right edges
+    batch = np.stack([cell, np.zeros_like(cell), cut])
+    before = client.get("/results/summary").json()["cells"]
+    body = client.post("/classify", content=npy(batch), headers=NPY).json()
+    first, empty, clipped = body["cells"]
+    assert first["rejected"] is None
+    assert first["id"] is not None
+    assert first["qc"]["area_um2"] > 20
+    assert first["qc"]["amplitude_std"] is None, "a crop holds no amplitude"
+    assert (empty["rejected"], empty["id"], empty["qc"]) == ("empty", None, {})
+    assert empty["label"] in ("sw480", "sw620"), "still classified, for whoever asks"
+    assert (clipped["rejected"], clipped["id"]) == ("clipped", None)
+    assert client.get("/results/summary").json()["cells"] == before + 1
+    stored = client.get("/results", params={"order": "desc", "limit": 1}).json()["results"][0]
+    assert stored["id"] == first["id"]
+
+    taken = client.post("/classify", params={"qc": "false"}, content=npy(batch), headers=NPY)
+    assert all(c["id"] is not None and c["rejected"] is None for c in taken.json()["cells"])
+    assert client.get("/results/summary").json()["cells"] == before + 4
