@@ -4,7 +4,8 @@ Starts ``topgan serve --camera none`` (a real uvicorn process on 127.0.0.1) and
 drives it with a light raw-asyncio HTTP/1.1 client over keep-alive connections:
 
 1. closed loop, as fast as it answers: requests/s for single-crop and 32-crop
-   ``POST /classify`` (npy bodies);
+   ``POST /classify`` (npy bodies of simulated cells), and single crops with
+   ``?qc=false`` beside them (what the posted crops' QC costs);
 2. open loop at half that rate: p50 / p99 latency;
 3. server memory (VmRSS) before and after ``--requests`` single-crop requests;
 4. side by side, the peer floor: the same ONNX model run directly in ONNX Runtime
@@ -32,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from acquisition.simulator.datasets import simulate_direct
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,9 +44,9 @@ def npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def request_bytes(port: int, body: bytes) -> bytes:
+def request_bytes(port: int, body: bytes, path: str = "/classify") -> bytes:
     head = (
-        f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-npy\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-npy\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -211,30 +214,35 @@ def main() -> int:
                     break
             except OSError:
                 time.sleep(0.1)
-        rng = np.random.default_rng(0)
-        one = request_bytes(port, npy(rng.normal(200, 50, (128, 128))))
-        many = request_bytes(port, npy(rng.normal(200, 50, (32, 128, 128))))
+        # Real (simulated) cells: each passes the QC a posted crop goes through, and
+        # is stored, as an instrument's crops would be.
+        cells_nm = simulate_direct(["sw480", "sw620"], 16, seed=0).opd
+        one = request_bytes(port, npy(cells_nm[0]))
+        many = request_bytes(port, npy(cells_nm[:32]))
+        # The same crop without the QC a posted crop passes: what that check costs.
+        unchecked = request_bytes(port, npy(cells_nm[0]), "/classify?qc=false")
         print(f"# service benchmark: {os.cpu_count()} cores, model {model}")
         asyncio.run(closed_loop(port, one, args.connections, 2000))  # warm-up
         rows = []
         for name, payload, cells, count in (
             ("1 crop", one, 1, 20_000),
             ("32 crops", many, 32, 2_000),
+            ("1 crop, ?qc=false", unchecked, 1, 20_000),
         ):
             rate, lat = asyncio.run(closed_loop(port, payload, args.connections, count))
             before = server_buckets(port)
             open_lat, late = asyncio.run(open_loop(port, payload, rate / 2, 10.0, args.connections))
             server_p99 = server_p99_ms(before, server_buckets(port))
             rows.append((name, cells, rate, lat, open_lat, late, server_p99))
-        direct1 = direct_onnx(model, rng.normal(200, 50, (1, 128, 128)).astype(np.float32))
-        direct32 = direct_onnx(model, rng.normal(200, 50, (32, 128, 128)).astype(np.float32))
+        direct1 = direct_onnx(model, cells_nm[:1])
+        direct32 = direct_onnx(model, cells_nm[:32])
         print(
             "| request | requests/s (closed loop) | cells/s | p50 / p99 at full load | "
             "p50 / p99 at half rate | server p99 at half rate | client lateness p99 | "
             "ONNX Runtime direct, calls/s | HTTP / direct |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
-        for row, direct in zip(rows, (direct1, direct32), strict=True):
+        for row, direct in zip(rows, (direct1, direct32, direct1), strict=True):
             name, cells, rate, lat, open_lat, late, server_p99 = row
             print(
                 f"| {name} | {rate:.0f} | {rate * cells:.0f} | {percentile(lat, 50):.1f} / "
