@@ -1,13 +1,15 @@
 """Data-parallel pretraining under PyTorch's own launcher, ``torchrun``.
 
-``torchrun --nproc-per-node N -m service.cli train gan ...`` starts N processes and
-tells each its place in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR``, ``MASTER_PORT``). :func:`launched` reads it, joins the process group
-(gloo on the CPU, NCCL on CUDA) and always leaves it; without a launcher it is one
-process, rank 0 of 1, and every method of :class:`Distributed` is a no-op, so that a
-plain run computes exactly what it did before this module existed.
+``torchrun --nproc-per-node N -m service.cli train gan ...`` (or ``train ssl``)
+starts N processes and tells each its place in the environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). :func:`launched`
+reads it, joins the process group (gloo on the CPU, NCCL on CUDA) and always leaves
+it; without a launcher it is one process, rank 0 of 1, and every method of
+:class:`Distributed` is a no-op, so that a plain run computes exactly what it did
+before this module existed.
 
-How a training loop divides the work (the ``training.gan`` loop is the model):
+How a training loop divides the work (the ``training.gan`` and ``training.ssl``
+loops):
 
 - **The batch is global.** The config's ``batch_size`` is the batch of one
   optimiser step whatever the number of processes; each process trains on its

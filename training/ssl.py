@@ -21,7 +21,11 @@ state, the losses so far), ``ssl.pt`` (the trunk's weights, network and
 normalisation: what a classifier starts from, :mod:`training.pretrained`) and
 ``ssl.json`` (how it was made). Under torchrun the processes share each batch and
 gather their projections, so that each crop's negatives are the whole batch's
-(:mod:`training.distributed`).
+(:mod:`training.distributed`). Batch norm stays per process there, which SimCLR
+feels more than the GAN: both views of a crop are normalised with one process's
+statistics and most of its negatives with others', a cue the loss can use without
+learning better features (the SimCLR paper's reason for global batch norm); large
+shares keep it small.
 """
 
 from __future__ import annotations
