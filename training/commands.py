@@ -58,7 +58,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
             help="continue from DIR/checkpoint.pt, on the data given now, until --epochs "
             "(a total, counted from the first run; default the preset's) are done",
         )
-    gan.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+        k.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     clf = what.add_parser("classifier", help="one classifier, exported to ONNX")
     add_common_options(clf)
     clf.add_argument(
@@ -172,40 +172,26 @@ def run_train(args: argparse.Namespace) -> None:
     elif not args.resume:
         _refuse_to_overwrite(out, "--resume continues its training, --force trains afresh into it")
     try:
-        if args.what == "gan":
+        if args.what in ("gan", "ssl"):
             from .distributed import launched
             from .gan import train_gan
+            from .ssl import train_ssl
 
-            gan = _configure(gan_preset(args.preset), args, dry_run_batch=8)
+            preset = gan_preset if args.what == "gan" else ssl_preset
+            config = _configure(preset(args.preset), args, dry_run_batch=8)
+            options: dict[str, Any] = {
+                "seed": args.seed,
+                "resume": args.resume,
+                "progress": ProgressPrinter(f"{args.what.upper()} steps"),
+                "command": _command_line(),
+            }
             # Under torchrun every process checked --out above, and joining waits for
             # all of them: none writes before all have checked.
             with launched(args.device) as ddp:
-                weights = train_gan(
-                    args.data,
-                    out,
-                    gan,
-                    seed=args.seed,
-                    resume=args.resume,
-                    progress=ProgressPrinter("GAN steps"),
-                    command=_command_line(),
-                    ddp=ddp,
-                )
+                train = train_gan if args.what == "gan" else train_ssl
+                weights = train(args.data, out, config, ddp=ddp, **options)
             if ddp.is_main:
                 print(f"wrote {weights}", file=sys.stderr)
-        elif args.what == "ssl":
-            from .ssl import train_ssl
-
-            ssl = _configure(ssl_preset(args.preset), args, dry_run_batch=8)
-            weights = train_ssl(
-                args.data,
-                out,
-                ssl,
-                seed=args.seed,
-                resume=args.resume,
-                progress=ProgressPrinter("SSL steps"),
-                command=_command_line(),
-            )
-            print(f"wrote {weights}", file=sys.stderr)
         else:
             from .classifier import train_classifier
 

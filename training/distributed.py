@@ -1,13 +1,15 @@
 """Data-parallel pretraining under PyTorch's own launcher, ``torchrun``.
 
-``torchrun --nproc-per-node N -m service.cli train gan ...`` starts N processes and
-tells each its place in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR``, ``MASTER_PORT``). :func:`launched` reads it, joins the process group
-(gloo on the CPU, NCCL on CUDA) and always leaves it; without a launcher it is one
-process, rank 0 of 1, and every method of :class:`Distributed` is a no-op, so that a
-plain run computes exactly what it did before this module existed.
+``torchrun --nproc-per-node N -m service.cli train gan ...`` (or ``train ssl``)
+starts N processes and tells each its place in the environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). :func:`launched`
+reads it, joins the process group (gloo on the CPU, NCCL on CUDA) and always leaves
+it; without a launcher it is one process, rank 0 of 1, and every method of
+:class:`Distributed` is a no-op, so that a plain run computes exactly what it did
+before this module existed.
 
-How a training loop divides the work (the ``training.gan`` loop is the model):
+How a training loop divides the work (the ``training.gan`` and ``training.ssl``
+loops):
 
 - **The batch is global.** The config's ``batch_size`` is the batch of one
   optimiser step whatever the number of processes; each process trains on its
@@ -22,6 +24,13 @@ How a training loop divides the work (the ``training.gan`` loop is the model):
   noise for the whole batch, then keeps its share. The generators stay in step, the
   shares of a batch are disjoint and cover it, and resuming with another number of
   processes continues the same stream.
+- **A loss across the batch is gathered.** A loss that compares each item with the
+  others in its batch (SimCLR's NT-Xent takes its negatives from the batch) must see
+  the whole batch, not a share: :meth:`Distributed.gather` collects the shares'
+  outputs in batch order and passes each process the gradient of its own rows from
+  every process's loss. Each process's loss is then the mean over its own rows
+  against the whole batch, weighted by its share's size, so that the mean over the
+  processes (what DDP's gradient averaging takes) is the whole batch's loss.
 - **Batch norm per process.** Each process normalises with its own share's
   statistics (PyTorch's SyncBatchNorm refuses CPU modules, torch 2.13: "SyncBatchNorm
   layers only work with GPU modules"; and one behaviour on every device is easier to
@@ -49,6 +58,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.autograd.function import FunctionCtx
 from torch.nn.parallel import DistributedDataParallel
 
 from .config import DEVICES, DeviceName
@@ -91,6 +101,24 @@ class Distributed:
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (self.rank < extra))
 
+    def shares(self, size: int) -> list[slice]:
+        """Every rank's :meth:`share` of a batch of ``size`` items, in rank order."""
+        return [Distributed(rank, self.world_size).share(size) for rank in range(self.world_size)]
+
+    def gather(self, mine: torch.Tensor, size: int) -> torch.Tensor:
+        """The whole batch of ``size`` items, from every process's ``mine`` (the rows of
+        its :meth:`share`, on :attr:`device`), in batch order; the gradient each process
+        gets for its ``mine`` is the sum of every process's gradient for those rows (so
+        a loss over the gathered batch trains each share on all of it). Alone:
+        ``mine`` itself. A collective every process must join."""
+        if self.world_size == 1:
+            return mine
+        expected = len(range(size)[self.share(size)])
+        if len(mine) != expected:
+            raise ValueError(f"rank {self.rank} holds {len(mine)} rows of its share of {expected}")
+        gathered: torch.Tensor = _Gather.apply(mine, self.shares(size), self.rank)
+        return gathered
+
     def mean(self, value: float) -> float:
         """The mean of ``value`` over the processes (e.g. a loss for the log)."""
         if self.world_size == 1:
@@ -118,6 +146,35 @@ class Distributed:
         """Wait until every process gets here (e.g. until rank 0 has written)."""
         if self.world_size > 1:
             dist.barrier()
+
+
+class _Gather(torch.autograd.Function):
+    """All-gather along the first axis whose backward sends each process the summed
+    gradient of its own rows. Written here rather than taken from
+    ``torch.distributed.nn.functional.all_gather`` (deprecated in torch 2.13) because
+    the shares may differ by one row and that one shapes every part like the caller's
+    tensor: here the shorter shares are padded to the longest and cut after."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, mine: torch.Tensor, shares: list[slice], rank: int
+    ) -> torch.Tensor:
+        longest = max(s.stop - s.start for s in shares)
+        padded = mine.new_zeros((longest, *mine.shape[1:]))
+        padded[: len(mine)] = mine
+        parts = [torch.empty_like(padded) for _ in shares]
+        dist.all_gather(parts, padded)
+        ctx.mine = shares[rank]  # type: ignore[attr-defined]
+        return torch.cat([part[: s.stop - s.start] for part, s in zip(parts, shares, strict=True)])
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        # Every process holds its loss's gradient for the whole batch; the sum over the
+        # processes is the gradient of their summed losses. An all_reduce of the whole
+        # (a batch of projections is small) works on gloo and NCCL alike.
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total[ctx.mine], None, None  # type: ignore[attr-defined]
 
 
 def _launch_env() -> tuple[int, int, int] | None:

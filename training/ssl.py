@@ -19,7 +19,13 @@ The output folder holds ``checkpoint.pt`` (everything needed to resume: network,
 optimizer, config, epoch, step, normalisation, seed, the augmentation generator's
 state, the losses so far), ``ssl.pt`` (the trunk's weights, network and
 normalisation: what a classifier starts from, :mod:`training.pretrained`) and
-``ssl.json`` (how it was made).
+``ssl.json`` (how it was made). Under torchrun the processes share each batch and
+gather their projections, so that each crop's negatives are the whole batch's
+(:mod:`training.distributed`). Batch norm stays per process there, which SimCLR
+feels more than the GAN: both views of a crop are normalised with one process's
+statistics and most of its negatives with others', a cue the loss can use without
+learning better features (the SimCLR paper's reason for global batch norm); large
+shares keep it small.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from models.provenance import portable_command, portable_path
 
 from .config import NetworkConfig, SslConfig
 from .data import dihedral, load_crops
+from .distributed import Distributed
 from .networks import encoder, input_pool, trunk
 
 logger = logging.getLogger(__name__)
@@ -75,16 +82,37 @@ class ContrastiveNet(nn.Module):
         return self.projection(self.trunk(self.encode(self.pool(x))))
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """SimCLR's loss: for each of the 2N projections, cross-entropy of picking its
-    other view among the 2N - 1 others by cosine similarity / ``temperature``."""
+    other view among the 2N - 1 others by cosine similarity / ``temperature``; the mean
+    over all 2N, or over ``rows`` of them (indices into ``cat([z1, z2])``: a process's
+    share of a gathered batch), each still against all 2N."""
     z = nn.functional.normalize(torch.cat([z1, z2]), dim=1)
     n = len(z1)
-    similarity = (z @ z.T) / temperature
-    self_pairs = torch.eye(2 * n, dtype=torch.bool)
-    similarity = similarity.masked_fill(self_pairs, -math.inf)
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
-    return nn.functional.cross_entropy(similarity, partner)
+    every = torch.arange(2 * n, device=z.device)
+    anchors, rows = (z, every) if rows is None else (z[rows], rows)
+    similarity = (anchors @ z.T) / temperature
+    similarity = similarity.masked_fill(rows[:, None] == every, -math.inf)
+    return nn.functional.cross_entropy(similarity, (rows + n) % (2 * n))
+
+
+def gathered_nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float, ddp: Distributed, size: int
+) -> torch.Tensor:
+    """NT-Xent of a batch of ``size`` crops of which this process holds its share's
+    projections (``z1``, ``z2``: the share's two views): the share's rows against the
+    whole batch, gathered from every process, and weighted by the share's size so
+    that the mean over the processes, which DDP's gradient averaging takes, is
+    :func:`nt_xent` of the whole batch (to rounding). Alone: :func:`nt_xent`."""
+    if ddp.world_size == 1:
+        return nt_xent(z1, z2, temperature)
+    both = ddp.gather(torch.stack([z1, z2], dim=1), size)  # one collective for both views
+    mine = ddp.share(size)
+    first = torch.arange(mine.start, mine.stop, device=z1.device)
+    weight = ddp.world_size * len(first) / size  # 1 when the processes divide the batch
+    return nt_xent(both[:, 0], both[:, 1], temperature, torch.cat([first, first + size])) * weight
 
 
 class OpdViews:
@@ -93,7 +121,11 @@ class OpdViews:
     map is interpolated without blurring); defocus by ``dz`` um (the field
     exp(i 2 pi OPD / lambda) propagated by the angular spectrum, its phase change
     added back as OPD: what a quantitative-phase instrument would read out of focus);
-    additive white noise in nm. No intensity rescale."""
+    additive white noise in nm. No intensity rescale.
+
+    A call draws the whole batch's randomness and computes the views of the crops it
+    ``keep``s (a process's share), so that the generator's stream does not depend on
+    how many processes share the batch."""
 
     def __init__(
         self,
@@ -137,17 +169,19 @@ class OpdViews:
         moved = torch.fft.ifft2(torch.fft.fft2(field) * propagator)
         return opd_nm + torch.angle(moved * field.conj()) / k
 
-    def __call__(self, opd_nm: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(
+        self, opd_nm: torch.Tensor, generator: torch.Generator, keep: slice = slice(None)
+    ) -> torch.Tensor:
         c, n = self.config, len(opd_nm)
-        x = dihedral(opd_nm, generator)
+        x = dihedral(opd_nm, generator)[keep]
         if c.shift_px:
             dy, dx = (self._uniform(n, c.shift_px, generator) for _ in range(2))
-            x = self.shift(x, dy, dx)
+            x = self.shift(x, dy[keep], dx[keep])
         if c.defocus_um:
-            x = self.defocus(x, self._uniform(n, c.defocus_um, generator))
+            x = self.defocus(x, self._uniform(n, c.defocus_um, generator)[keep])
         if c.noise_nm:
             sigma = torch.rand(n, 1, 1, 1, generator=generator) * c.noise_nm
-            x = x + sigma * torch.randn(x.shape, generator=generator)
+            x = x + sigma[keep] * torch.randn(opd_nm.shape, generator=generator)[keep]
         return x
 
 
@@ -159,9 +193,15 @@ def train_ssl(
     resume: bool = False,
     progress: Progress | None = None,
     command: str = "",
+    ddp: Distributed | None = None,
 ) -> Path:
     """Train (or resume) SimCLR on the crops in ``data`` (their labels, if any, are not
-    read); return ``out/ssl.pt``."""
+    read); return ``out/ssl.pt``.
+
+    ``ddp``: this process's place in a distributed launch (default: alone, on the
+    CPU); every process returns once rank 0 has written the outputs."""
+    ddp = ddp or Distributed()
+    device = ddp.device
     torch.manual_seed(seed)
     generator_rng = torch.Generator().manual_seed(seed)
     crops = load_crops(data)
@@ -170,16 +210,17 @@ def train_ssl(
         raise ValueError(
             f"the crops are {crops.opd.shape[1]} px, the network takes {net.crop_size}"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.pt"
 
-    model = ContrastiveNet(net, config.projection_hidden, config.projection_dim)
+    model = ContrastiveNet(net, config.projection_hidden, config.projection_dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     epoch, step = 0, 0
     losses: list[dict[str, float]] = []
     norm = Normalization.fit(crops.opd)
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if state["network"] != asdict(net):
             raise ValueError(
                 f"{checkpoint_path} was trained with another network: {state['network']}"
@@ -194,8 +235,11 @@ def train_ssl(
                 "to keep pretraining"
             )
         norm = Normalization.from_dict(state["normalization"])
-        generator_rng.set_state(state["rng"])
-        logger.info("resuming from epoch %d, step %d", epoch, step)
+        generator_rng.set_state(state["rng"].cpu())
+        if ddp.is_main:
+            logger.info("resuming from epoch %d, step %d", epoch, step)
+    ddp.agree(step, "the step to resume from")
+    train_model = ddp.wrap(model)  # what trains; model itself is saved
 
     views = OpdViews(config, crops.opd.shape[1:], crops.pixel_size_um, crops.wavelength_nm)
     x_all = torch.from_numpy(crops.opd)[:, None]
@@ -206,91 +250,96 @@ def train_ssl(
     total = step + (config.epochs - epoch) * steps_per_epoch
     if config.max_steps is not None:  # a cap on this run's steps
         total = min(total, step + config.max_steps)
-    logger.info(
-        "SSL: %d crops, %d steps per epoch, seed %d, normalisation %s",
-        n,
-        steps_per_epoch,
-        seed,
-        norm.to_dict(),
-    )
+    if ddp.is_main:
+        logger.info(
+            "SSL: %d crops, %d steps per epoch, seed %d, normalisation %s",
+            n,
+            steps_per_epoch,
+            seed,
+            norm.to_dict(),
+        )
 
     def normalised(opd_nm: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(norm.apply(opd_nm.numpy()))
+        return torch.from_numpy(norm.apply(opd_nm.numpy())).to(device)
 
     started = time.monotonic()
     while step < total:
-        model.train()
+        train_model.train()
         order = torch.randperm(n, generator=generator_rng)
         epoch_loss, batches = 0.0, 0
         for b in range(steps_per_epoch):
             if step >= total:
                 break
             crops_nm = x_all[order[b * config.batch_size : (b + 1) * config.batch_size]]
-            v1 = normalised(views(crops_nm, generator_rng))
-            v2 = normalised(views(crops_nm, generator_rng))
+            # Every process draws the whole batch's views (the generators stay in step)
+            # and computes its share's; the loss gathers the projections.
+            mine = ddp.share(len(crops_nm))
+            v1 = normalised(views(crops_nm, generator_rng, mine))
+            v2 = normalised(views(crops_nm, generator_rng, mine))
             optimizer.zero_grad()
-            z1, z2 = model(torch.cat([v1, v2])).chunk(2)
-            loss = nt_xent(z1, z2, config.temperature)
+            z1, z2 = train_model(torch.cat([v1, v2])).chunk(2)
+            loss = gathered_nt_xent(z1, z2, config.temperature, ddp, len(crops_nm))
             loss.backward()
             optimizer.step()
             epoch_loss, batches, step = epoch_loss + loss.item(), batches + 1, step + 1
-            if progress:
+            if progress and ddp.is_main:
                 progress(step, total)
         epoch += 1
-        losses.append({"epoch": epoch, "step": step, "loss": round(epoch_loss / batches, 4)})
-        _save(
-            checkpoint_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "network": asdict(net),
-                "config": asdict(config),
-                "epoch": epoch,
-                "step": step,
-                "normalization": norm.to_dict(),
-                "seed": seed,
-                "rng": generator_rng.get_state(),
-                "losses": losses,
-            },
-        )
-        logger.info("epoch %d: step %d, NT-Xent %.3f", epoch, step, losses[-1]["loss"])
+        # The processes' mean is the whole batch's loss (gathered_nt_xent).
+        epoch_mean = ddp.mean(epoch_loss / batches)
+        losses.append({"epoch": epoch, "step": step, "loss": round(epoch_mean, 4)})
+        if ddp.is_main:  # only rank 0 writes
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "network": asdict(net),
+                    "config": asdict(config),
+                    "epoch": epoch,
+                    "step": step,
+                    "normalization": norm.to_dict(),
+                    "seed": seed,
+                    "rng": generator_rng.get_state(),
+                    "losses": losses,
+                },
+                checkpoint_path,
+            )
+            logger.info("epoch %d: step %d, NT-Xent %.3f", epoch, step, losses[-1]["loss"])
 
     weights = out / "ssl.pt"
-    _save(
-        weights,
-        {
-            "trunk": model.trunk.state_dict(),
+    if ddp.is_main:
+        torch.save(
+            {
+                "trunk": model.trunk.state_dict(),
+                "network": asdict(net),
+                "normalization": norm.to_dict(),
+                "epoch": epoch,
+                "step": step,
+                "seed": seed,
+            },
+            weights,
+        )
+        info: dict[str, Any] = {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "method": "simclr",
             "network": asdict(net),
+            "config": asdict(config),
             "normalization": norm.to_dict(),
-            "epoch": epoch,
-            "step": step,
+            "pixel_size_um": crops.pixel_size_um,
+            "wavelength_nm": crops.wavelength_nm,
+            "data": [{"file": portable_path(f, out), "sha256": sha256_of(f)} for f in crops.files],
+            "crops": n,
             "seed": seed,
-        },
-    )
-    info: dict[str, Any] = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "method": "simclr",
-        "network": asdict(net),
-        "config": asdict(config),
-        "normalization": norm.to_dict(),
-        "pixel_size_um": crops.pixel_size_um,
-        "wavelength_nm": crops.wavelength_nm,
-        "data": [{"file": portable_path(f, out), "sha256": sha256_of(f)} for f in crops.files],
-        "crops": n,
-        "seed": seed,
-        "epochs": epoch,
-        "steps": step,
-        # This run's training time (a resumed run: since it resumed).
-        "seconds": round(time.monotonic() - started, 1),
-        "losses": losses,
-        "command": portable_command(command),
-        "weights_sha256": sha256_of(weights),
-    }
-    (out / "ssl.json").write_text(json.dumps(info, indent=2) + "\n")
+            "epochs": epoch,
+            "steps": step,
+            "processes": ddp.world_size,
+            "device": device.type,
+            # This run's training time (a resumed run: since it resumed).
+            "seconds": round(time.monotonic() - started, 1),
+            "losses": losses,
+            "command": portable_command(command),
+            "weights_sha256": sha256_of(weights),
+        }
+        (out / "ssl.json").write_text(json.dumps(info, indent=2) + "\n")
+    ddp.barrier()
     return weights
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    """Every file the training writes goes through here: the one place a distributed
-    run would restrict to rank 0."""
-    torch.save(state, path)

@@ -1,6 +1,7 @@
-"""Data-parallel pretraining: the ranks' shares, the launch, and a real two-process
-run under PyTorch's launcher (gloo on 127.0.0.1) that resumes a checkpoint, and whose
-checkpoint a single process resumes and whose weights a classifier's trunk loads."""
+"""Data-parallel pretraining: the ranks' shares, the launch, the gathered NT-Xent of
+two gloo processes against one process's, and real two-process runs under PyTorch's
+launcher (gloo on 127.0.0.1) of the GAN (resuming a checkpoint) and of SSL, whose
+checkpoints a single process resumes and whose weights a classifier's trunk loads."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from service.cli import main
 from training.config import gan_preset, override
@@ -21,6 +23,7 @@ from training.distributed import Distributed, launched
 from training.gan import train_gan
 from training.networks import Classifier
 from training.pretrained import load_pretrained
+from training.ssl import gathered_nt_xent, nt_xent
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,15 +68,63 @@ def test_without_a_launcher_training_is_one_process(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there to train on")
-def test_cuda_without_a_device_is_a_one_line_error(data, tmp_path, capsys):
-    args = ["train", "gan", "--data", str(data / "pool.h5"), "--out", str(tmp_path / "g")]
+@pytest.mark.parametrize("what", ["gan", "ssl"])
+def test_cuda_without_a_device_is_a_one_line_error(what, data, tmp_path, capsys):
+    args = ["train", what, "--data", str(data / "pool.h5"), "--out", str(tmp_path / "g")]
     assert main([*args, "--dry-run", "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err == (
-        "topgan train gan: error: device cuda: PyTorch sees no CUDA device "
+        f"topgan train {what}: error: device cuda: PyTorch sees no CUDA device "
         "(--device auto uses the CPU)\n"
     )
     assert not (tmp_path / "g").exists()
+
+
+#: Batches the gathered NT-Xent is checked on: two processes divide the first, not
+#: the second (shares of 3 and 2 crops).
+GATHERED_SIZES = (6, 5)
+
+
+def _projections(size: int) -> torch.Tensor:
+    """(size, 2, 16): two views' projections of each crop of a batch."""
+    return torch.randn(size, 2, 16, generator=torch.Generator().manual_seed(size))
+
+
+def _gathered_nt_xent_process(rank: int, world_size: int, folder: Path) -> None:
+    """One gloo process: NT-Xent of its share of each batch, and its share's gradient."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder / 'rendezvous'}", rank=rank, world_size=world_size
+    )
+    try:
+        ddp = Distributed(rank, world_size)
+        results = {}
+        for size in GATHERED_SIZES:
+            mine = _projections(size)[ddp.share(size)].requires_grad_()
+            loss = gathered_nt_xent(mine[:, 0], mine[:, 1], 0.5, ddp, size)
+            loss.backward()
+            results[size] = (loss.detach(), mine.grad)
+        torch.save(results, folder / f"rank-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_gather_the_whole_batchs_nt_xent(tmp_path):
+    mp.spawn(_gathered_nt_xent_process, args=(2, tmp_path), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank-{r}.pt") for r in range(2)]
+    for size in GATHERED_SIZES:
+        z = _projections(size).requires_grad_()
+        expected = nt_xent(z[:, 0], z[:, 1], 0.5)
+        expected.backward()
+        assert z.grad is not None
+        # DDP averages over the processes: the mean of their losses and of their
+        # gradients is the whole batch's, negatives from the other process included.
+        losses = torch.stack([r[size][0] for r in ranks])
+        torch.testing.assert_close(losses.mean(), expected.detach())
+        gradient = torch.cat([r[size][1] for r in ranks]) / 2
+        torch.testing.assert_close(gradient, z.grad)
+        # Not a share's NT-Xent among its own crops alone.
+        alone = nt_xent(z[:3, 0], z[:3, 1], 0.5)
+        assert abs(losses[0].item() - alone.item()) > 0.1, size
 
 
 def _free_port() -> int:
@@ -82,19 +133,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_processes_pretrain_and_a_single_process_resumes(data, tmp_path):
-    gan = tmp_path / "gan"
-    # One epoch alone first (the cpu preset's batch of 64 takes the whole pool of 24:
-    # one step per epoch), then two processes resume it for two more.
-    one_epoch = override(gan_preset("cpu"), epochs=1)
-    train_gan([data / "pool.h5"], gan, one_epoch, seed=3)
+def _two_processes(*args: str) -> list[str]:
+    """stderr's lines of ``topgan ARGS`` run by two gloo processes under torchrun (this
+    repository's code), which must succeed."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     launcher += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
-    command = ["-m", "service.cli", "--seed", "3", "train", "gan", "--data", str(data / "pool.h5")]
-    command += ["--out", str(gan), "--resume", "--epochs", "3", "--device", "cpu"]
     paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
     result = subprocess.run(
-        [*launcher, *command],
+        [*launcher, "-m", "service.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -102,7 +148,17 @@ def test_two_processes_pretrain_and_a_single_process_resumes(data, tmp_path):
         env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
     )
     assert result.returncode == 0, result.stderr
-    lines = result.stderr.splitlines()
+    return result.stderr.splitlines()
+
+
+def test_two_processes_pretrain_and_a_single_process_resumes(data, tmp_path):
+    gan = tmp_path / "gan"
+    # One epoch alone first (the cpu preset's batch of 64 takes the whole pool of 24:
+    # one step per epoch), then two processes resume it for two more.
+    one_epoch = override(gan_preset("cpu"), epochs=1)
+    train_gan([data / "pool.h5"], gan, one_epoch, seed=3)
+    command = ["--seed", "3", "train", "gan", "--data", str(data / "pool.h5"), "--out", str(gan)]
+    lines = _two_processes(*command, "--resume", "--epochs", "3", "--device", "cpu")
     assert sum("training.distributed: 2 processes (gloo), device cpu" in x for x in lines) == 1
     assert sum("resuming from epoch 1, step 1" in x for x in lines) == 1  # rank 0 reports
     assert lines.count(f"wrote {gan / 'gan.pt'}") == 1
@@ -128,3 +184,33 @@ def test_two_processes_pretrain_and_a_single_process_resumes(data, tmp_path):
     classifier.trunk.load_state_dict(trunk.trunk)
     for key, value in classifier.trunk.state_dict().items():
         assert torch.equal(value, state["discriminator"][f"trunk.{key}"]), key
+
+
+def test_two_processes_pretrain_ssl_and_a_single_process_resumes(data, tmp_path):
+    ssl = tmp_path / "ssl"
+    train = ["train", "ssl", "--data", str(data / "pool.h5"), "--out", str(ssl), "--dry-run"]
+    lines = _two_processes(*train, "--device", "cpu")
+    assert sum("training.distributed: 2 processes (gloo), device cpu" in x for x in lines) == 1
+    assert sum("SSL: 24 crops, 3 steps per epoch" in x for x in lines) == 1  # rank 0 reports
+    assert lines.count(f"wrote {ssl / 'ssl.pt'}") == 1
+    state = torch.load(ssl / "checkpoint.pt", weights_only=False)
+    assert (state["epoch"], state["step"]) == (1, 2)
+    assert not any(k.startswith("module.") for k in state["model"])
+    info = json.loads((ssl / "ssl.json").read_text())
+    assert (info["processes"], info["device"], info["steps"]) == (2, "cpu", 2)
+    assert info["losses"][0]["loss"] > 0
+
+    assert main(["-q", *train, "--resume"]) == 0  # alone: two steps more
+    state = torch.load(ssl / "checkpoint.pt", weights_only=False)
+    assert (state["epoch"], state["step"]) == (2, 4)
+    info = json.loads((ssl / "ssl.json").read_text())
+    assert (info["processes"], info["steps"]) == (1, 4)
+    assert [r["step"] for r in info["losses"]] == [2, 4]
+
+    # The classifier's trunk takes the one the processes and the resume trained.
+    trunk = load_pretrained(ssl)
+    assert trunk.kind == "ssl"
+    classifier = Classifier(trunk.network, classes=2)
+    classifier.trunk.load_state_dict(trunk.trunk)
+    for key, value in classifier.trunk.state_dict().items():
+        assert torch.equal(value, state["model"][f"trunk.{key}"]), key
