@@ -1,5 +1,5 @@
 """Pipeline ids: which configuration every stored result ran with (docs/design.md,
-"Pipelines").
+"Data flow and threads", "Provenance").
 
 A pipeline is everything besides the hologram and its reference that decides what a
 result says: the reconstruction and segmentation settings (the segmentation with the

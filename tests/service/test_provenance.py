@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 from typing import Any
 
@@ -73,7 +74,8 @@ def export(*argv: str) -> int:
     return run_command(args.run, args, args.command_prog)
 
 
-def test_results_record_the_reference_and_the_pipeline_they_ran_with(tmp_path, models_root):
+def test_results_record_the_reference_and_the_pipeline_they_ran_with(tmp_path, models_root, caplog):
+    caplog.set_level(logging.INFO, logger="service")
     folder = emulator_replay_folder(tmp_path, FRAMES)
     settings = replay_settings(
         folder,
@@ -155,6 +157,7 @@ def test_results_record_the_reference_and_the_pipeline_they_ran_with(tmp_path, m
             hologram = _resolves(client, posted["pipeline_id"])
             assert (hologram["camera"], hologram["tracking"]) == (None, None)
             assert hologram["reconstruction"] == reloaded["reconstruction"]
+            assert hologram["segmentation"] == reloaded["segmentation"]
             assert hologram["model"] == reloaded["model"]
             own = client.post(
                 "/classify/hologram", content=frame, headers=NPY, params={"wavelength_nm": 650}
@@ -186,6 +189,11 @@ def test_results_record_the_reference_and_the_pipeline_they_ran_with(tmp_path, m
             assert client.get("/results", params={"pipeline_id": "xyz"}).status_code == 422
     finally:
         services.close()
+    logged = caplog.text
+    assert f"acquisition pipeline {first['pipeline_id']}" in logged  # at start
+    assert f"acquisition pipeline {second['pipeline_id']} (was {first['pipeline_id']})" in logged
+    assert f"pipeline {posted['pipeline_id']}: {canonical_json(hologram)}" in logged
+    assert f"reference in use: {expected_reference}" in logged
 
     # a restart: the pipelines are still there, whatever this process remembered
     store = ResultStore(settings.database_url)
