@@ -19,6 +19,7 @@ from .loop.runner import AcquisitionRunner, LoopStatus, StoredCells
 from .loop.states import RunState
 from .loop.workers import WorkerConfig
 from .metrics import Metrics
+from .pipelines import CameraSettings
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class CameraLoop:
             trigger=settings.trigger,
             tracking=settings.tracker_config(),
             reference_refresh=settings.refresh_config(),
+            camera_settings=CameraSettings.of(spec),
         )
         archive = _archive_writer(settings, classification) if settings.crop_archive else None
         return cls(runner, live, archive, settings.min_confidence)

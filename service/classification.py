@@ -31,6 +31,7 @@ from models.manifest import Manifest, ModelError
 from models.runtime import MicroBatcher, ModelHolder, ModelRuntime, Prediction
 
 from .metrics import Metrics
+from .pipelines import Pipeline, Pipelines, Stages
 from .reloads import ServedModelFile
 from .settings import Settings
 from .store import EventRow, ResultRow, ResultStore
@@ -54,6 +55,7 @@ class Classified:
     ids: list[int | None]  # None: not stored (a posted crop that failed its QC)
     labels: list[str]
     uncertain: list[bool]
+    pipeline_id: str | None = None
 
 
 class Classification:
@@ -88,6 +90,7 @@ class Classification:
         self.crop_pixel_size_um = crop_pixel_size_um
         self.served = served
         self.min_confidence = min_confidence
+        self.pipelines = Pipelines(store, min_confidence)
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> Classification:
@@ -188,19 +191,49 @@ class Classification:
         positions: list[tuple[float, float]] | None = None,
         frame_id: int | None = None,
         keep: list[bool] | None = None,
+        stages: Stages | None = None,
+        reference_id: str | None = None,
     ) -> Classified:
-        """Classify ``crops`` and commit one result row each (from the event loop); with
-        ``keep``, only the crops it marks are stored (the others' ids are None)."""
+        """Classify ``crops`` and commit one result row each (from the event loop);
+        with ``keep``, only the crops it marks are stored (the others' ids are None);
+        cut from a hologram by ``stages`` (against the reference ``reference_id``),
+        the rows record them (posted crops: no stages, no pipeline)."""
         prediction = await asyncio.wrap_future(self.batcher.submit(crops))
+        pipeline = self.pipelines.of(stages, prediction.manifest) if stages else None
         rows, labels = result_rows(
-            prediction, source, started, qc, positions, frame_id, min_confidence=self.min_confidence
+            prediction,
+            source,
+            started,
+            qc,
+            positions,
+            frame_id,
+            min_confidence=self.min_confidence,
+            reference_id=reference_id,
+            pipeline_id=pipeline.id if pipeline else None,
         )
         kept = [r for i, r in enumerate(rows) if keep is None or keep[i]]
         stored_ids: list[int] = await asyncio.wrap_future(self.store.add(kept)) if kept else []
         stored = iter(stored_ids)
         ids = [next(stored) if keep is None or keep[i] else None for i in range(len(rows))]
         uncertain = [bool(r.uncertain) for r in rows]
-        return Classified(prediction.manifest, prediction.probabilities, ids, labels, uncertain)
+        return Classified(
+            prediction.manifest,
+            prediction.probabilities,
+            ids,
+            labels,
+            uncertain,
+            pipeline.id if pipeline else None,
+        )
+
+    def pipeline(self, stages: Stages, model: Manifest | None = None) -> Pipeline | None:
+        """The pipeline of ``stages`` with ``model`` (default: the served model; None
+        while none is loaded)."""
+        if model is None:
+            runtime = self.holder.current
+            if runtime is None:
+                return None
+            model = runtime.manifest
+        return self.pipelines.of(stages, model)
 
     # -- the camera loop's side (service.loop.Classifier) ---------------------------
 
@@ -213,6 +246,8 @@ class Classification:
         frame: GrabbedFrame,
         cells: list[Cell],
         event_ids: list[int] | None = None,
+        reference_id: str | None = None,
+        pipeline_id: str | None = None,
     ) -> tuple[list[str], Future[list[int]]]:
         rows, labels = result_rows(
             prediction,
@@ -224,6 +259,8 @@ class Classification:
             created=frame.grabbed_at,
             event_ids=event_ids,
             min_confidence=self.min_confidence,
+            reference_id=reference_id,
+            pipeline_id=pipeline_id,
         )
         return labels, self.store.add(rows)
 
@@ -251,9 +288,12 @@ def result_rows(
     created: float | None = None,
     event_ids: list[int] | None = None,
     min_confidence: float = 0.0,
+    reference_id: str | None = None,
+    pipeline_id: str | None = None,
 ) -> tuple[list[ResultRow], list[str]]:
     """One result row per crop of ``prediction`` (flagged uncertain below
-    ``min_confidence``), and the predicted labels."""
+    ``min_confidence``; with the reference and pipeline they came from), and the
+    predicted labels."""
     manifest = prediction.manifest
     classes = manifest.classes
     labels = [classes[i] for i in prediction.probabilities.argmax(axis=1)]
@@ -274,6 +314,8 @@ def result_rows(
             started=started,
             event_id=event_ids[i] if event_ids else None,
             uncertain=is_uncertain(prediction.probabilities[i], min_confidence),
+            reference_id=reference_id,
+            pipeline_id=pipeline_id,
             **extra,
         )
         for i in range(len(prediction.probabilities))

@@ -7,7 +7,11 @@ one **representative view**, the middle one (by frame) of its views whose crops 
 in the archive (the cell farthest from where it entered and left the field). With
 no events (an archive alone, or a database of views only) one row per **view**.
 The feature mapping (:data:`QC_FEATURES`, :data:`USERDEF`) is written into the
-file's log ``topgan-export`` and described in docs/design.md, "Files".
+file's log ``topgan-export`` and described in docs/design.md, "Files". dclab's
+metadata keys are fixed and its per-row features numbers: each row's reference and
+pipeline ids (16 hex digits, more than a float carries) are mapped in that log by
+ranges of dclab's ``index``, and each pipeline's description is a log of its own,
+``topgan-pipeline-<id>``.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ class Row:
     model: tuple[str, str]
     crop: Crop | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    reference_id: str | None = None
+    pipeline_id: str | None = None
 
 
 def index_archive(folder: Path) -> dict[int, Crop]:
@@ -231,6 +237,8 @@ def database_rows(
             model=(v["model_name"], v["model_version"]),
             crop=crop,
             extra={"result_id": int(v["id"])},
+            reference_id=v["reference_id"],
+            pipeline_id=v["pipeline_id"],
         )
 
     if not event_rows:
@@ -256,6 +264,8 @@ def database_rows(
                 views=int(e["views"]),
                 speed_um_s=e["speed_um_s"],
                 model=(e["model_name"], e["model_version"]),
+                reference_id=e["reference_id"],
+                pipeline_id=e["pipeline_id"],
             )
         else:
             middle = view_row(views[(len(views) - 1) // 2])
@@ -272,9 +282,45 @@ def database_rows(
                 model=(e["model_name"], e["model_version"]),
                 crop=middle.crop,
                 extra=middle.extra,
+                reference_id=e["reference_id"],
+                pipeline_id=e["pipeline_id"],
             )
         out.append(row)
     return out, "event"
+
+
+def stored_pipelines(url: str, ids: set[str]) -> dict[str, str]:
+    """The stored descriptions (canonical JSON) of the pipelines ``ids``."""
+    import sqlalchemy as sa
+
+    from .store import pipelines
+
+    if not ids:
+        return {}
+    try:
+        engine = sa.create_engine(url, future=True)
+        with engine.connect() as conn:
+            query = sa.select(pipelines.c.id, pipelines.c.description)
+            found = {str(i): str(d) for i, d in conn.execute(query.where(pipelines.c.id.in_(ids)))}
+        engine.dispose()
+    except sa.exc.SQLAlchemyError as exc:
+        reason = " ".join(str(exc.orig if hasattr(exc, "orig") and exc.orig else exc).split())
+        raise CommandError(f"cannot read the database {url}: {reason}") from None
+    return found
+
+
+def provenance_log(rows: Sequence[Row]) -> list[str]:
+    """Each row's reference and pipeline ids, as ranges of dclab's ``index`` (from 1)."""
+    lines: list[str] = []
+    start = 0
+    for i in range(1, len(rows) + 1):
+        here = (rows[start].reference_id, rows[start].pipeline_id)
+        if i < len(rows) and (rows[i].reference_id, rows[i].pipeline_id) == here:
+            continue
+        span = f"{start + 1}" if i == start + 1 else f"{start + 1}-{i}"
+        lines.append(f"index {span}: reference {here[0] or 'none'}, pipeline {here[1] or 'none'}")
+        start = i
+    return lines
 
 
 @dataclass
@@ -291,11 +337,19 @@ class Optics:
     channel_width_um: float | None = None
 
 
-def write_rtdc(out: Path, rows: Sequence[Row], kind: str, optics: Optics, command: str) -> int:
+def write_rtdc(
+    out: Path,
+    rows: Sequence[Row],
+    kind: str,
+    optics: Optics,
+    command: str,
+    pipelines: Mapping[str, str] | None = None,
+) -> int:
     """Write ``rows`` to ``out`` with dclab's writer; returns the rows written.
 
     Rows without an archived crop are left out when any row has one (every row of a
-    file has the same features)."""
+    file has the same features). ``pipelines``: the stored descriptions (canonical
+    JSON) of the rows' pipelines, each written as a log of its own."""
     import h5py
     import hdf5plugin  # noqa: F401  (dclab's compression filters)
     from dclab import RTDCWriter
@@ -449,7 +503,14 @@ def write_rtdc(out: Path, rows: Sequence[Row], kind: str, optics: Optics, comman
         f"ml_class: index into {[codes[c] for c in ordered]}",
         *(f"{d}: {name}, {how}" for name, (d, how) in QC_FEATURES.items()),
         *(f"userdef{i}: {name}, {USERDEF_MEANING[name]}" for i, name in enumerate(USERDEF, 1)),
+        "reference, pipeline: the ids each row was reconstructed against and ran with "
+        "(none: not recorded)",
+        *provenance_log(rows),
     ]
+    used = sorted({r.pipeline_id for r in rows if r.pipeline_id is not None})
+    described = {p: (pipelines or {})[p] for p in used if p in (pipelines or {})}
+    log += [f"pipeline {p}: log topgan-pipeline-{p}" for p in described]
+    log += [f"pipeline {p}: not stored" for p in used if p not in described]
     if out.exists():
         out.unlink()
     with RTDCWriter(out, mode="reset") as writer:
@@ -461,6 +522,9 @@ def write_rtdc(out: Path, rows: Sequence[Row], kind: str, optics: Optics, comman
                 warnings.simplefilter("ignore", RuntimeWarning)
                 writer.store_feature(name, values)
         writer.store_log("topgan-export", log)
+        for p, text in described.items():  # one key a line: lines dclab keeps short
+            lines = json.dumps(json.loads(text), indent=1, sort_keys=True).splitlines()
+            writer.store_log(f"topgan-pipeline-{p}", lines)
     return n
 
 
@@ -548,7 +612,8 @@ def run(args: argparse.Namespace) -> None:
         exposure_us=settings.exposure_us,
         channel_width_um=args.channel_width_um,
     )
-    n = write_rtdc(out, rows, kind, optics, " ".join(["topgan", *sys.argv[1:]]))
+    pipelines = stored_pipelines(url, {r.pipeline_id for r in rows if r.pipeline_id})
+    n = write_rtdc(out, rows, kind, optics, " ".join(["topgan", *sys.argv[1:]]), pipelines)
     print(f"wrote {n} {kind}s to {out}", file=sys.stderr)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,11 +17,26 @@ from acquisition.reconstruction import ReconstructionConfig
 
 from .camera import CameraLoop
 from .live import LiveView, bit_depth_of
+from .loop.reference import reference_id
 from .metrics import Metrics
+from .pipelines import Stages
 from .settings import Settings
 
 #: Processors kept for optics a request asked for (the oldest goes beyond).
 MAX_REQUEST_OPTICS = 8
+
+
+@dataclass(frozen=True)
+class PostedHologram:
+    """One posted hologram after reconstruction and segmentation: its live frame id,
+    what was found, the processor that found it, the id of the reference it was
+    reconstructed against (None: none) and the stages of its pipeline."""
+
+    frame_id: int
+    processed: ProcessedFrames
+    processor: FrameProcessor
+    reference_id: str | None
+    stages: Stages
 
 
 class HologramPath:
@@ -49,6 +65,7 @@ class HologramPath:
         self._processor: FrameProcessor | None = None
         self._unreferenced: FrameProcessor | None = None
         self._reference: np.ndarray | None = None
+        self._reference_id: str | None = None
         self._by_optics: collections.OrderedDict[ReconstructionConfig, FrameProcessor] = (
             collections.OrderedDict()
         )
@@ -78,22 +95,24 @@ class HologramPath:
                 self._by_optics.popitem(last=False)
             return processor
 
-    def processor(self, shape: tuple[int, int]) -> FrameProcessor:
+    def processor(self, shape: tuple[int, int]) -> tuple[FrameProcessor, str | None]:
         """The frame processor for a hologram of ``shape``, with the reference in
-        force now when it has that shape."""
+        force now when it has that shape, and that reference's id (None: none)."""
         with self._lock:
             if self._processor is None:
                 self._reference = self._configured_reference()
+                self._reference_id = reference_id(self._reference)
                 self._processor = self._new_processor(self._reference)
             loop_reference = self.camera.reference if self.camera is not None else None
             if loop_reference is not None and loop_reference is not self._reference:
                 self._processor.set_reference(loop_reference)
                 self._reference = loop_reference
+                self._reference_id = reference_id(loop_reference)
             if self._reference is None or self._reference.shape == shape:
-                return self._processor
+                return self._processor, self._reference_id
             if self._unreferenced is None:
                 self._unreferenced = self._new_processor(None)
-            return self._unreferenced
+            return self._unreferenced, None
 
     def process(
         self,
@@ -101,16 +120,16 @@ class HologramPath:
         hologram: np.ndarray,
         crop: CropGeometry,
         optics: ReconstructionConfig | None = None,
-    ) -> tuple[int, ProcessedFrames, FrameProcessor]:
+    ) -> PostedHologram:
         """Reconstruct and segment ``hologram`` : (H, W) (with the request's ``optics``
         when given, else the service's), time the stages and show it in the live view
-        (``raw``: the counts as posted); returns its live frame id, what was found and
-        the processor that found it. Raises ``ValueError`` when the hologram cannot
-        be reconstructed."""
+        (``raw``: the counts as posted). Raises ``ValueError`` when the hologram
+        cannot be reconstructed."""
         frame_id, grabbed_at = self.live.api_frame_id(), time.time()
-        processor = (
-            self.optics_processor(optics) if optics is not None else self.processor(hologram.shape)
-        )
+        if optics is not None:
+            processor, used = self.optics_processor(optics), None
+        else:
+            processor, used = self.processor(hologram.shape)
         processed = processor.process(hologram, crop)
         self.metrics.stage_seconds.labels("reconstruct").observe(processed.reconstruct_s)
         self.metrics.stage_seconds.labels("segment").observe(processed.segment_s)
@@ -127,4 +146,5 @@ class HologramPath:
             "api",
             quality=processed.quality(),
         )
-        return frame_id, processed, processor
+        stages = Stages(processor.reconstruction, processor.segmentation)
+        return PostedHologram(frame_id, processed, processor, used, stages)

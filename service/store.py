@@ -51,6 +51,10 @@ results = sa.Table(
     sa.Column("event_id", sa.Integer, nullable=True, index=True),
     # Its largest probability was below min_confidence; None: stored before the flag.
     sa.Column("uncertain", sa.Boolean, nullable=True),
+    # The reference hologram it was reconstructed against (service.loop.reference_id)
+    # and its pipeline (the pipelines table); None: none, a posted crop, or stored before.
+    sa.Column("reference_id", sa.String(16), nullable=True, index=True),
+    sa.Column("pipeline_id", sa.String(16), nullable=True, index=True),
 )
 #: Counts of the stored rows, kept in the transaction that stores them, so that the
 #: summary never counts a table: per kind ("results" or "events"), source, label and
@@ -86,6 +90,18 @@ events = sa.Table(
     sa.Column("latency_s", sa.Float, nullable=True),  # last view's grab to stored
     # The combined probabilities' largest was below min_confidence (None: stored before).
     sa.Column("uncertain", sa.Boolean, nullable=True),
+    # Its last view's reference and pipeline (None: stored before they were recorded).
+    sa.Column("reference_id", sa.String(16), nullable=True),
+    sa.Column("pipeline_id", sa.String(16), nullable=True),
+)
+#: One row per configuration that stored a result (service.pipelines): its id and
+#: the canonical JSON the id is the SHA-256 of. Never pruned: a handful of rows.
+pipelines = sa.Table(
+    "pipelines",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("created", sa.Float, nullable=False),  # first registered, Unix s
+    sa.Column("description", sa.Text, nullable=False),
 )
 #: A tally's key: kind, source, label, model version, and whether the rows are
 #: uncertain (rows stored before the flag count as not uncertain).
@@ -109,6 +125,8 @@ class ResultRow:
     started: float | None = None  # monotonic time the cell's frame or request began
     event_id: int | None = None
     uncertain: bool | None = None  # largest probability below min_confidence
+    reference_id: str | None = None
+    pipeline_id: str | None = None
 
 
 @dataclass
@@ -131,6 +149,17 @@ class EventRow:
     source: str = "camera"
     started: float | None = None  # monotonic grab time of the last view
     uncertain: bool | None = None  # the combined probabilities' largest below min_confidence
+    reference_id: str | None = None  # its last view's
+    pipeline_id: str | None = None  # its last view's
+
+
+@dataclass(frozen=True)
+class PipelineRow:
+    """A pipeline to keep (service.pipelines): its id and canonical JSON."""
+
+    id: str
+    description: str
+    created: float = field(default_factory=time.time)
 
 
 class ResultStore:
@@ -208,6 +237,13 @@ class ResultStore:
         """Queue ``event``; the future gives ``[event.id]`` once it is committed."""
         future: Future[list[int]] = Future()
         self._queue.put(_Pending([event], future))
+        return future
+
+    def add_pipeline(self, pipeline: PipelineRow) -> Future[list[int]]:
+        """Queue ``pipeline`` (kept once: a pipeline already stored stays as it is);
+        committed before, or with, the rows queued after it."""
+        future: Future[list[int]] = Future()
+        self._queue.put(_Pending([pipeline], future))
         return future
 
     def close(self, timeout: float = 30.0) -> None:
@@ -292,6 +328,7 @@ class ResultStore:
         start = time.perf_counter()
         rows = [r for p in pending for r in p.rows if isinstance(r, ResultRow)]
         event_rows = [e for p in pending for e in p.rows if isinstance(e, EventRow)]
+        pipeline_rows = [q for p in pending for q in p.rows if isinstance(q, PipelineRow)]
         tally = collections.Counter(
             [("results", r.source, r.label, r.model_version, bool(r.uncertain)) for r in rows]
             + [
@@ -301,6 +338,7 @@ class ResultStore:
         )
         try:
             with self.engine.begin() as conn:
+                _insert_pipelines(conn, pipeline_rows)
                 ids = _insert_results(conn, [_values(r) for r in rows])
                 if event_rows:
                     conn.execute(events.insert(), [_values(e) for e in event_rows])
@@ -322,10 +360,26 @@ class ResultStore:
         for p in pending:
             if p.rows and isinstance(p.rows[0], EventRow):
                 p.future.set_result([e.id for e in p.rows if isinstance(e, EventRow)])
+            elif p.rows and isinstance(p.rows[0], PipelineRow):
+                p.future.set_result([])
             else:
                 p.future.set_result([next(result_ids) for _ in p.rows])
 
     # -- reading --------------------------------------------------------------------
+
+    def pipeline(self, pipeline_id: str) -> dict[str, Any] | None:
+        """The stored pipeline ``pipeline_id``: its id, when it was first stored and
+        its description; None when there is none."""
+        query = sa.select(pipelines).where(pipelines.c.id == pipeline_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _pipeline_dict(row)
+
+    def list_pipelines(self) -> list[dict[str, Any]]:
+        """Every stored pipeline, the oldest first."""
+        query = sa.select(pipelines).order_by(pipelines.c.created, pipelines.c.id)
+        with self.engine.connect() as conn:
+            return [_pipeline_dict(r) for r in conn.execute(query).mappings()]
 
     def list_events(
         self,
@@ -338,11 +392,19 @@ class ResultStore:
         model_version: str | None = None,
         since: float | None = None,
         uncertain: bool | None = None,
+        reference_id: str | None = None,
+        pipeline_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Events with an id above ``after_id`` (oldest first), or with ``descending``
         below ``before_id`` (newest first), matching every filter given."""
         filters = _filters(
-            events, label=label, model_version=model_version, since=since, uncertain=uncertain
+            events,
+            label=label,
+            model_version=model_version,
+            since=since,
+            uncertain=uncertain,
+            reference_id=reference_id,
+            pipeline_id=pipeline_id,
         )
         query = _page(events, filters, after_id, limit, descending, before_id)
         with self.engine.connect() as conn:
@@ -360,6 +422,8 @@ class ResultStore:
         model_version: str | None = None,
         since: float | None = None,
         uncertain: bool | None = None,
+        reference_id: str | None = None,
+        pipeline_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Results with an id above ``after_id`` (oldest first), or with ``descending``
         below ``before_id`` (newest first), matching every filter given."""
@@ -370,6 +434,8 @@ class ResultStore:
             model_version=model_version,
             since=since,
             uncertain=uncertain,
+            reference_id=reference_id,
+            pipeline_id=pipeline_id,
         )
         query = _page(results, filters, after_id, limit, descending, before_id)
         with self.engine.connect() as conn:
@@ -514,6 +580,24 @@ def _page(
     return sa.select(table).where(*bound, *filters).order_by(order).limit(limit)
 
 
+def _insert_pipelines(conn: sa.Connection, rows: list[PipelineRow]) -> None:
+    """Insert the pipelines not stored yet (a stored one keeps its first ``created``)."""
+    values = list({r.id: dataclasses.asdict(r) for r in reversed(rows)}.values())
+    if not values:
+        return
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+        statement = dialect.insert(pipelines).on_conflict_do_nothing(index_elements=["id"])
+        conn.execute(statement, values)
+        return
+    for value in values:  # pragma: no cover - other databases: read, then write
+        if conn.execute(sa.select(pipelines.c.id).where(pipelines.c.id == value["id"])).first():
+            continue
+        conn.execute(pipelines.insert(), value)
+
+
 def _insert_results(conn: sa.Connection, values: list[dict[str, Any]]) -> list[int]:
     """Insert result rows; their ids in the order of ``values``."""
     if not values:
@@ -534,18 +618,32 @@ def _insert_results(conn: sa.Connection, values: list[dict[str, Any]]) -> list[i
 class _Pending:
     """Rows waiting for the writer (results, or events), and their future."""
 
-    rows: list[ResultRow] | list[EventRow]
+    rows: list[ResultRow] | list[EventRow] | list[PipelineRow]
     future: Future[list[int]]
 
 
 #: Columns added since the first schema: (table, column, its SQL, an index to create).
 #: Rows stored before a column existed keep NULL there (never tracked, never
-#: judged), the tallies' uncertain counts 0 for them.
+#: judged, reference and pipeline not recorded), the tallies' uncertain counts 0 for them.
 ADDED_COLUMNS = (
     ("results", "event_id", "INTEGER", "CREATE INDEX ix_results_event_id ON results (event_id)"),
     ("results", "uncertain", "BOOLEAN", None),
     ("events", "uncertain", "BOOLEAN", None),
     ("tallies", "uncertain", "BIGINT NOT NULL DEFAULT 0", None),
+    (
+        "results",
+        "reference_id",
+        "VARCHAR(16)",
+        "CREATE INDEX ix_results_reference_id ON results (reference_id)",
+    ),
+    (
+        "results",
+        "pipeline_id",
+        "VARCHAR(16)",
+        "CREATE INDEX ix_results_pipeline_id ON results (pipeline_id)",
+    ),
+    ("events", "reference_id", "VARCHAR(16)", None),
+    ("events", "pipeline_id", "VARCHAR(16)", None),
 )
 
 
@@ -643,3 +741,11 @@ def _row_dict(row: Any) -> dict[str, Any]:
     out["probabilities"] = json.loads(out["probabilities"])
     out["qc"] = json.loads(out["qc"])
     return out
+
+
+def _pipeline_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "created": row["created"],
+        "description": json.loads(row["description"]),
+    }

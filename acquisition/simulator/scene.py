@@ -136,9 +136,10 @@ class FlowSimulator:
         amplitude = illumination(config.shape, rng, config.illumination_nonuniformity)
         amplitude = amplitude * (1 + 0.02 * ndi.gaussian_filter(rng.normal(size=config.shape), 1.5))
         self._stationary = (amplitude * np.exp(1j * (aberration + speckle))).astype(np.complex64)
-        # The drift's shape: drawn after everything else, so a drift-free instrument of
-        # this seed is the same as before drift existed.
-        drift = smooth_aberration(config.shape, rng, 1.0)
+        # The drift's shape, from a generator of its own: the instrument's other draws
+        # (and so every frame and reference of a seed) are those of before drift existed.
+        drift_rng = np.random.default_rng([seed, 0xD21F7])
+        drift = smooth_aberration(config.shape, drift_rng, 1.0)
         self._drift = (drift / max(float(drift.std()), 1e-12)).astype(np.float32)
         self.reference = record_hologram(
             band_limit(self._stationary, config.optics.cutoff_cycles_per_px), config.optics, rng

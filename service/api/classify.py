@@ -11,11 +11,12 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from acquisition.frames import CropGeometry, FrameProcessor, ProcessedFrames
+from acquisition.frames import CropGeometry
 from acquisition.reconstruction import ReconstructionConfig
 from acquisition.segmentation import SegmentationConfig, Segmenter
 from models.runtime import ModelNotLoadedError
 
+from ..holograms import PostedHologram
 from .deps import ApiKey, ClassificationDep, HologramsDep, LiveDep, SettingsDep
 from .payloads import JSON, NPY, TIFF, check_numbers, crops_from, media_type, parse_array, read_body
 from .schemas import (
@@ -74,6 +75,7 @@ def _response(
     rejected: dict[str, int] | None = None,
     optics: Optics | None = None,
     reasons: list[str | None] | None = None,
+    reference_id: str | None = None,
 ) -> Response:
     """The answer, serialised once by pydantic (it is a ClassifyResponse by construction)."""
     m = result.manifest
@@ -96,7 +98,14 @@ def _response(
     body = (
         ClassifyResponse(model=model, cells=cells)
         if rejected is None
-        else HologramClassifyResponse(model=model, cells=cells, rejected=rejected, optics=optics)
+        else HologramClassifyResponse(
+            model=model,
+            cells=cells,
+            rejected=rejected,
+            optics=optics,
+            reference_id=reference_id,
+            pipeline_id=result.pipeline_id,
+        )
     )
     return Response(body.model_dump_json(), media_type="application/json")
 
@@ -220,39 +229,49 @@ async def classify_hologram(
             413, f"hologram {hologram.shape} exceeds {MAX_HOLOGRAM_SIDE} pixels a side"
         )
     try:
-        frame_id, processed, processor = await run_in_threadpool(
-            holograms.process, raw, hologram, crop, optics
-        )
+        posted = await run_in_threadpool(holograms.process, raw, hologram, crop, optics)
     except ValueError as exc:  # HologramError and friends: the hologram is at fault
         raise HTTPException(422, " ".join(str(exc).split())) from None
+    processed = posted.processed
     cells = processed.cells
     rejected = dict(processed.segmentations[0].rejected)
-    used = _optics_used(processed, processor)
+    used = _optics_used(posted)
     if not cells:
         runtime = classification.runtime
         if runtime is None:
             raise HTTPException(503, NO_MODEL)
+        pipeline = classification.pipeline(posted.stages, runtime.manifest)
         empty = HologramClassifyResponse(
             model=ModelSummary(**runtime.manifest.summary()),
             cells=[],
             rejected=rejected,
             optics=used,
+            reference_id=posted.reference_id,
+            pipeline_id=pipeline.id if pipeline else None,
         )
         return Response(empty.model_dump_json(), media_type="application/json")
     crops = processed.crops()
     qc = [dict(c.qc) for c in cells]
     positions = [c.position_px for c in cells]
     try:
-        result = await classification.classify(crops, "api", started, qc=qc, positions=positions)
+        result = await classification.classify(
+            crops,
+            "api",
+            started,
+            qc=qc,
+            positions=positions,
+            stages=posted.stages,
+            reference_id=posted.reference_id,
+        )
     except ModelNotLoadedError:
         raise HTTPException(503, NO_MODEL) from None
     classes = result.manifest.classes
     probabilities = [dict(zip(classes, p.tolist(), strict=True)) for p in result.probabilities]
     ids = [i for i in result.ids if i is not None]  # every cell of a hologram is stored
     live.results(
-        frame_id, crops, ids, result.labels, probabilities, qc=qc, uncertain=result.uncertain
+        posted.frame_id, crops, ids, result.labels, probabilities, qc=qc, uncertain=result.uncertain
     )
-    return _response(result, list(qc), positions, rejected, used)
+    return _response(result, list(qc), positions, rejected, used, reference_id=posted.reference_id)
 
 
 def _request_optics(
@@ -291,12 +310,12 @@ def _request_optics(
         raise HTTPException(422, str(exc)) from None
 
 
-def _optics_used(processed: ProcessedFrames, processor: FrameProcessor) -> Optics:
-    config = processor.reconstruction
+def _optics_used(posted: PostedHologram) -> Optics:
+    config = posted.processor.reconstruction
     return Optics(
         sample_half=config.sample_half,
         pixel_size_um=config.pixel_size_um,
         wavelength_nm=config.wavelength_nm,
-        carrier=[float(v) for v in processed.maps.carrier],
-        reference=processor.reconstructor.has_reference,
+        carrier=[float(v) for v in posted.processed.maps.carrier],
+        reference=posted.processor.reconstructor.has_reference,
     )

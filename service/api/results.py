@@ -1,14 +1,23 @@
-"""GET /results, GET /results/summary and GET /events."""
+"""GET /results, GET /results/summary, GET /events and GET /pipelines."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.concurrency import run_in_threadpool
 
 from .deps import ClassificationDep, SettingsDep, StartedDep
-from .schemas import ErrorResponse, EventsPage, ResultsPage, StoredEvent, StoredResult, Summary
+from .schemas import (
+    ErrorResponse,
+    EventsPage,
+    PipelinesPage,
+    ResultsPage,
+    StoredEvent,
+    StoredPipeline,
+    StoredResult,
+    Summary,
+)
 
 router = APIRouter(tags=["results"])
 
@@ -34,6 +43,14 @@ Since = Annotated[
 Uncertain = Annotated[
     bool | None,
     Query(description="true: only those flagged uncertain; false: only those not flagged"),
+]
+ID_PATTERN = "^[0-9a-f]{16}$"
+ReferenceId = Annotated[
+    str | None,
+    Query(pattern=ID_PATTERN, description="only those reconstructed against this reference"),
+]
+PipelineId = Annotated[
+    str | None, Query(pattern=ID_PATTERN, description="only those of this pipeline")
 ]
 
 
@@ -66,6 +83,8 @@ async def list_results(
     model_version: ModelVersion = None,
     since: Since = None,
     uncertain: Uncertain = None,
+    reference_id: ReferenceId = None,
+    pipeline_id: PipelineId = None,
 ) -> ResultsPage:
     """Stored results of the camera loop and of /classify, oldest first (or newest
     first with order=desc), optionally filtered."""
@@ -81,6 +100,8 @@ async def list_results(
             model_version=model_version,
             since=since,
             uncertain=uncertain,
+            reference_id=reference_id,
+            pipeline_id=pipeline_id,
         )
     )
     return ResultsPage(results=[StoredResult(**r) for r in rows], **_next(rows, order, after_id))
@@ -102,6 +123,8 @@ async def list_events(
     model_version: ModelVersion = None,
     since: Since = None,
     uncertain: Uncertain = None,
+    reference_id: ReferenceId = None,
+    pipeline_id: PipelineId = None,
 ) -> EventsPage:
     """The camera loop's cells, one row each (all its views combined), oldest first
     (or newest first with order=desc), optionally filtered."""
@@ -116,6 +139,8 @@ async def list_events(
             model_version=model_version,
             since=since,
             uncertain=uncertain,
+            reference_id=reference_id,
+            pipeline_id=pipeline_id,
         )
     )
     return EventsPage(events=[StoredEvent(**r) for r in rows], **_next(rows, order, after_id))
@@ -139,3 +164,28 @@ async def summary(
     of the cells (events), each counted once."""
     counted = await run_in_threadpool(classification.store.summary, None, settings.flow_rate_ul_min)
     return Summary(**counted, min_confidence=classification.min_confidence)
+
+
+@router.get("/pipelines", response_model=PipelinesPage)
+async def list_pipelines(classification: ClassificationDep) -> PipelinesPage:
+    """Every configuration results were stored with, the oldest first."""
+    rows = await run_in_threadpool(classification.store.list_pipelines)
+    return PipelinesPage(pipelines=[StoredPipeline(**r) for r in rows])
+
+
+@router.get(
+    "/pipelines/{pipeline_id}",
+    response_model=StoredPipeline,
+    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def pipeline(
+    classification: ClassificationDep,
+    pipeline_id: Annotated[
+        str, Path(pattern=ID_PATTERN, description="a pipeline_id of /results or /acquisition")
+    ],
+) -> StoredPipeline:
+    """The configuration a pipeline id stands for: the JSON its id is the hash of."""
+    row = await run_in_threadpool(classification.store.pipeline, pipeline_id)
+    if row is None:
+        raise HTTPException(404, f"no pipeline {pipeline_id} is stored")
+    return StoredPipeline(**row)

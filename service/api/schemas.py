@@ -67,6 +67,17 @@ class HologramClassifyResponse(ClassifyResponse):
         "too_large, clipped (cut by the sample region's border), touching (cells "
         "pressed together), not_round; reasons that did not occur are absent",
     )
+    reference_id: str | None = Field(
+        None,
+        description="the reference hologram subtracted: 16 hex digits of its SHA-256 (null: "
+        "none, with the request's own optics or a hologram of another shape)",
+    )
+    pipeline_id: str | None = Field(
+        None,
+        description="the configuration the cells were found and classified with: the "
+        "service's or the request's optics, its segmentation and the served model "
+        "(GET /pipelines/{id})",
+    )
 
 
 class StoredResult(BaseModel):
@@ -89,6 +100,16 @@ class StoredResult(BaseModel):
     uncertain: bool | None = Field(
         description="its largest probability was below min_confidence when it was stored; "
         "null for results stored before the flag existed"
+    )
+    reference_id: str | None = Field(
+        description="the reference hologram it was reconstructed against: 16 hex digits of its "
+        "SHA-256, as GET /acquisition's reference_id; null without one (a background "
+        "surface was fitted), for crops posted to /classify and for rows stored before "
+        "it was recorded"
+    )
+    pipeline_id: str | None = Field(
+        description="the configuration it ran with (GET /pipelines/{id}); null for crops posted "
+        "to /classify and for rows stored before it was recorded"
     )
 
 
@@ -116,6 +137,34 @@ class StoredEvent(BaseModel):
         description="the combined probabilities' largest was below min_confidence; null for "
         "events stored before the flag existed"
     )
+    reference_id: str | None = Field(
+        description="its last view's reference_id (a refresh while the cell crossed the "
+        "field: its views' own are in GET /results); null for events stored before it was "
+        "recorded"
+    )
+    pipeline_id: str | None = Field(
+        description="its last view's pipeline_id (a model reload while the cell crossed "
+        "the field: its views' own are in GET /results); null for events stored before it "
+        "was recorded"
+    )
+
+
+class StoredPipeline(BaseModel):
+    id: str = Field(
+        description="16 hex digits of the SHA-256 of the description's canonical JSON "
+        "(keys sorted, separators ',' and ':')"
+    )
+    created: float = Field(description="Unix time it was first stored, seconds")
+    description: dict[str, Any] = Field(
+        description="reconstruction, segmentation (with the model's crop geometry), camera "
+        "(the settings that shape the frames; null for posted holograms), tracking (null: "
+        "off, or a posted hologram), min_confidence, model (name, version, method, "
+        "onnx_sha256, input)"
+    )
+
+
+class PipelinesPage(BaseModel):
+    pipelines: list[StoredPipeline]
 
 
 class Page(BaseModel):
@@ -247,6 +296,12 @@ class AcquisitionStatus(BaseModel):
         None,
         description="the reference hologram in use: 16 hex digits of its SHA-256 (null: none, "
         "a background surface is fitted instead); changes when it is refreshed",
+    )
+    pipeline_id: str | None = Field(
+        None,
+        description="the configuration its results are stored with now (GET "
+        "/pipelines/{id}): the loop's reconstruction, segmentation, camera and tracking "
+        "settings with the served model; changes with POST /model/reload; null: no model",
     )
     counts: dict[Count, int] = Field(
         default_factory=dict,

@@ -117,6 +117,8 @@ class _Event:
     qc: list[dict[str, Any]] = field(default_factory=list)
     model: tuple[str, str] = ("", "")
     last_view_monotonic: float | None = None
+    reference_id: str | None = None  # the last stored view's
+    pipeline_id: str | None = None  # the last stored view's
 
     def seen(self, frame: GrabbedFrame, position: tuple[float, float]) -> None:
         self.sightings += 1
@@ -251,9 +253,18 @@ class EventBook:
     # -- from the store's thread ----------------------------------------------------
 
     def stored(
-        self, ids: list[int], prediction: Prediction, qc: list[dict[str, Any]], started: float
+        self,
+        ids: list[int],
+        prediction: Prediction,
+        qc: list[dict[str, Any]],
+        started: float,
+        reference_id: str | None = None,
+        pipeline_id: str | None = None,
     ) -> None:
-        """The views of ``ids`` (one per row of ``prediction``) are committed."""
+        """The views of ``ids`` (one per row of ``prediction``, reconstructed against
+        ``reference_id`` in ``pipeline_id``) are committed. An event records its last
+        view's reference and pipeline, as it does its model: a refresh or a reload
+        while a cell crosses the field changes them between its views."""
         classes = tuple(prediction.manifest.classes)
         model = (prediction.manifest.name, prediction.manifest.version)
         to_store = []
@@ -269,6 +280,7 @@ class EventBook:
                 event.qc.append(qc[i])
                 event.model = model
                 event.last_view_monotonic = started
+                event.reference_id, event.pipeline_id = reference_id, pipeline_id
                 if event.ended and event.pending == 0:
                     to_store.append(event)
         self._store(to_store)
@@ -364,6 +376,8 @@ class EventBook:
             speed_um_s=speed,
             qc=_mean_qc(event.qc),
             started=event.last_view_monotonic,
+            reference_id=event.reference_id,
+            pipeline_id=event.pipeline_id,
         )
 
 

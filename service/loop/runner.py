@@ -59,8 +59,10 @@ from acquisition.cameras import (
 from acquisition.frames import CropGeometry, ProcessedFrames
 from acquisition.segmentation import Cell
 from acquisition.tracking import TrackerConfig
+from models.manifest import Manifest
 from models.runtime import Prediction
 
+from ..pipelines import CameraSettings, Pipeline, Stages
 from ..store import EventRow
 from .events import EventBook, FrameSequencer, TrackedFrame
 from .frame_queue import FrameQueue
@@ -99,6 +101,8 @@ class StoredCells:
     labels: list[str]
     ids: list[int]
     event_ids: list[int] = field(default_factory=list)
+    reference_id: str | None = None
+    pipeline_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class LoopStatus:
     queue_depth: int
     queue_size: int
     reference_id: str | None
+    pipeline_id: str | None
     counts: Mapping[Count, int]
     errors: Mapping[ErrorReason, int]
     last_error: str | None
@@ -121,11 +126,14 @@ class LoopStatus:
 
 class Classifier(Protocol):
     """What the loop needs from the service: the served model's crop geometry, the
-    shared micro-batcher and the store (see :class:`service.classification.Classification`)."""
+    shared micro-batcher, the pipelines and the store (see
+    :class:`service.classification.Classification`)."""
 
     def crop_geometry(self) -> CropGeometry: ...
 
     def submit(self, crops: np.ndarray) -> Future[Prediction]: ...
+
+    def pipeline(self, stages: Stages, model: Manifest | None = None) -> Pipeline | None: ...
 
     def store_cells(
         self,
@@ -133,6 +141,8 @@ class Classifier(Protocol):
         frame: GrabbedFrame,
         cells: list[Cell],
         event_ids: list[int] | None = None,
+        reference_id: str | None = None,
+        pipeline_id: str | None = None,
     ) -> tuple[list[str], Future[list[int]]]: ...
 
     def new_event_id(self) -> int: ...
@@ -174,6 +184,8 @@ class AcquisitionRunner:
     metrics : where every count and error goes
     tracking : how cells are followed across frames; None: every detection is an
         event of its own
+    camera_settings : the camera settings that shape the frames, for the pipeline id
+        of every result (:mod:`service.pipelines`)
     """
 
     def __init__(
@@ -191,6 +203,7 @@ class AcquisitionRunner:
         trigger: str = "free",
         tracking: TrackerConfig | None = None,
         reference_refresh: RefreshConfig | None = None,
+        camera_settings: CameraSettings | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"at least one worker is needed, got {workers}")
@@ -205,6 +218,11 @@ class AcquisitionRunner:
         self.reconnect_max_s = reconnect_max_s
         self.trigger = trigger
         self.tracking = tracking
+        #: The pipeline of every result, besides the model (service.pipelines).
+        self.stages = Stages(
+            workers_config.reconstruction, workers_config.segmentation, camera_settings, tracking
+        )
+        self._pipeline_id: str | None = None  # of the last frame's cells, for the log
         #: Called in a worker for each processed frame, for each frame in grab order
         #: after tracking, and after a frame's cells are stored (from the store's
         #: thread); all must be quick.
@@ -269,6 +287,10 @@ class AcquisitionRunner:
             self._events = self._event_book()
             self._grab_times.clear()  # the rate is this run's
             self._started_at = time.time()
+        pipeline = self.classifier.pipeline(self.stages)
+        logger.info(
+            "acquisition pipeline %s", pipeline.id if pipeline else "none (no model is loaded)"
+        )
         threads = [threading.Thread(target=self._grab_loop, name="camera-grab", daemon=True)]
         threads += [
             threading.Thread(target=self._work_loop, name=f"pipeline-{i}", daemon=True)
@@ -316,6 +338,7 @@ class AcquisitionRunner:
         """A frozen snapshot for ``GET /acquisition``."""
         counts = self.metrics.loop_counts()
         errors = self.metrics.error_counts()
+        pipeline = self.classifier.pipeline(self.stages)
         with self._lock:
             times = list(self._grab_times)
             now = time.monotonic()
@@ -332,6 +355,7 @@ class AcquisitionRunner:
                 queue_depth=len(self._queue),
                 queue_size=self.queue_size,
                 reference_id=self._reference_id,
+                pipeline_id=pipeline.id if pipeline else None,
                 counts=counts,
                 errors=errors,
                 last_error=self._last_error,
@@ -463,6 +487,7 @@ class AcquisitionRunner:
         self._reference_version += 1
         self._reference_id = reference_id(reference)
         self._reference_since = time.monotonic() if reference is not None else None
+        logger.info("reference in use: %s", self._reference_id or "none")
         return self._reference_id
 
     def _refreshed(self, reference: np.ndarray) -> str:
@@ -580,7 +605,8 @@ class AcquisitionRunner:
         crops = result.processed.crops()
         self._hold()
         future = self.classifier.submit(crops)
-        future.add_done_callback(lambda f: self._classified(f, tracked, crops, events))
+        reference = result.reference_id
+        future.add_done_callback(lambda f: self._classified(f, tracked, crops, events, reference))
 
     def _classified(
         self,
@@ -588,16 +614,27 @@ class AcquisitionRunner:
         tracked: TrackedFrame,
         crops: np.ndarray,
         events: EventBook,
+        reference_id: str | None,
     ) -> None:
         frame, cells, event_ids = tracked.frame, tracked.processed.cells, tracked.event_ids
         try:
             prediction = future.result()
-            labels, stored = self.classifier.store_cells(prediction, frame, cells, event_ids)
+            pipeline = self.classifier.pipeline(self.stages, prediction.manifest)
+            pipeline_id = pipeline.id if pipeline else None
+            labels, stored = self.classifier.store_cells(
+                prediction, frame, cells, event_ids, reference_id, pipeline_id
+            )
         except Exception as exc:
             events.lost(event_ids)
             self._lost_cells(len(cells), f"classification failed: {type(exc).__name__}: {exc}")
             return
-        result = StoredCells(frame, cells, crops, prediction, labels, [], event_ids)
+        if pipeline_id != self._pipeline_id:  # the first cells, or a model reloaded
+            if self._pipeline_id is not None:
+                logger.info("acquisition pipeline %s (was %s)", pipeline_id, self._pipeline_id)
+            self._pipeline_id = pipeline_id
+        result = StoredCells(
+            frame, cells, crops, prediction, labels, [], event_ids, reference_id, pipeline_id
+        )
         stored.add_done_callback(lambda f: self._stored(f, result, events))
 
     def _stored(self, future: Future[list[int]], result: StoredCells, events: EventBook) -> None:
@@ -608,7 +645,14 @@ class AcquisitionRunner:
             self._lost_cells(len(result.cells), f"storing failed: {type(exc).__name__}: {exc}")
             return
         qc = [dict(c.qc) for c in result.cells]
-        events.stored(result.event_ids, result.prediction, qc, result.frame.monotonic)
+        events.stored(
+            result.event_ids,
+            result.prediction,
+            qc,
+            result.frame.monotonic,
+            result.reference_id,
+            result.pipeline_id,
+        )
         try:
             for observer in self.on_stored:
                 observer(result)

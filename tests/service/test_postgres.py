@@ -216,3 +216,73 @@ def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
         assert again.list_events() == []
     finally:
         again.close()
+
+
+def test_a_postgres_database_from_before_the_ids_is_migrated(postgres_url):
+    """Results and events from before the reference and pipeline ids gain them (NULL
+    for the old rows), the pipelines table is created; both are stored and read back."""
+    import sqlalchemy as sa
+
+    from tests.service.test_provenance import check_migrated_store
+
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS before_ids"))
+        conn.execute(sa.text("CREATE DATABASE before_ids"))
+    admin.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + "/before_ids"
+    old = sa.create_engine(url)
+    with old.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE results (id SERIAL PRIMARY KEY, created FLOAT NOT NULL,"
+                " source VARCHAR(16) NOT NULL, frame_id INTEGER, y_px FLOAT, x_px FLOAT,"
+                " label VARCHAR(64) NOT NULL, probabilities TEXT NOT NULL,"
+                " model_name VARCHAR(128) NOT NULL, model_version VARCHAR(64) NOT NULL,"
+                " qc TEXT NOT NULL, latency_s FLOAT, event_id INTEGER, uncertain BOOLEAN)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO results (created, source, frame_id, label, probabilities,"
+                " model_name, model_version, qc, event_id, uncertain)"
+                " VALUES (1.0, 'camera', 1, 'sw480', '{}', 'm', '1', '{}', 7, false)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TABLE events (id INTEGER PRIMARY KEY, created FLOAT NOT NULL,"
+                " ended FLOAT NOT NULL, source VARCHAR(16) NOT NULL,"
+                " first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL,"
+                " views INTEGER NOT NULL, sightings INTEGER NOT NULL, label VARCHAR(64) NOT NULL,"
+                " probabilities TEXT NOT NULL, speed_um_s FLOAT, qc TEXT NOT NULL,"
+                " model_name VARCHAR(128) NOT NULL, model_version VARCHAR(64) NOT NULL,"
+                " latency_s FLOAT, uncertain BOOLEAN)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO events VALUES (7, 1.0, 1.1, 'camera', 1, 2, 1, 2, 'sw480', '{}',"
+                " NULL, '{}', 'm', '1', 0.01, false)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TABLE tallies (kind VARCHAR(16), source VARCHAR(16), label VARCHAR(64),"
+                " model_version VARCHAR(64), n BIGINT NOT NULL,"
+                " uncertain BIGINT NOT NULL DEFAULT 0,"
+                " PRIMARY KEY (kind, source, label, model_version))"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO tallies VALUES ('results', 'camera', 'sw480', '1', 1, 0)")
+        )
+        conn.execute(sa.text("INSERT INTO tallies VALUES ('events', 'camera', 'sw480', '1', 1, 0)"))
+    old.dispose()
+    store = ResultStore(url)
+    try:
+        check_migrated_store(store)
+        indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("results")}
+        assert {"ix_results_reference_id", "ix_results_pipeline_id"} <= indexes
+    finally:
+        store.close()

@@ -4,6 +4,7 @@ without cells, the background falls back, and no frame is lost on the way."""
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
 import time
 from pathlib import Path
@@ -123,6 +124,23 @@ def test_a_stale_reference_is_refreshed_and_no_frame_is_lost(tmp_path, drifting)
     fresh = FrameProcessor(RECONSTRUCTION, SegmentationConfig(), reference=refreshed)
     again = fresh.process(by_frame[stale].frame.image)
     np.testing.assert_allclose(again.maps.opd_nm, by_frame[stale].processed.maps.opd_nm, atol=1e-3)
+    # Every stored view names the reference its frame was reconstructed against, and
+    # every event its last view's; the pipeline stays one (a reference is not in it).
+    with sqlite3.connect(tmp_path / "r.sqlite") as conn:
+        views = conn.execute(
+            "SELECT frame_id, event_id, reference_id, pipeline_id FROM results ORDER BY id"
+        ).fetchall()
+        events = conn.execute("SELECT id, last_frame, reference_id FROM events").fetchall()
+    assert views
+    assert [(f, r) for f, _, r, _ in views] == [(f, used[f - 1]) for f, _, _, _ in views]
+    assert len({p for *_, p in views}) == 1
+    assert None not in {p for *_, p in views}
+    last_view: dict[int, tuple[int, str]] = {}
+    for frame, event, ref, _ in views:
+        if event not in last_view or frame > last_view[event][0]:
+            last_view[event] = (frame, ref)
+    assert {(e, ref) for e, _, ref in events} == {(e, ref) for e, (_, ref) in last_view.items()}
+    assert len({ref for _, _, ref in events}) > 1, "the refresh shows in the events too"
 
 
 def test_refresh_config_is_checked():

@@ -26,6 +26,7 @@ from service.loop.workers import WorkerConfig
 from service.metrics import Metrics
 from service.settings import DEFAULT_MODEL, Settings
 from service.store import EventRow, ResultRow, ResultStore
+from tests.service import test_api
 from tests.service.conftest import headless_chromium, in_process, page_text, page_wait
 
 
@@ -204,10 +205,11 @@ def test_no_model_answers_503_and_404(tmp_path):
 
 def test_classify_commits_through_the_overridden_store(served):
     capabilities, client = served
-    crops = np.full((2, 128, 128), 5.0, np.float32)
-    answer = client.post("/classify", json={"opd": crops.tolist()})
+    cells = test_api.crops(2)  # real cells: a crop without one is not stored
+    answer = client.post("/classify", json={"opd": cells.tolist()})
     assert answer.status_code == 200, answer.text
     ids = [cell["id"] for cell in answer.json()["cells"]]
+    assert None not in ids
     page = client.get("/results").json()["results"]
     assert [r["id"] for r in page] == ids
     stored = capabilities.classification.store.list()
@@ -247,7 +249,7 @@ def test_results_newest_first_filtered_and_split_by_source_and_model(served):
             ("sw480", "new", now),
         ],
     )
-    posted = client.post("/classify", json={"opd": np.zeros((2, 128, 128)).tolist()}).json()
+    posted = client.post("/classify", json={"opd": test_api.crops(2).tolist()}).json()
     api = [cell["id"] for cell in posted["cells"]]
     api_labels = [cell["label"] for cell in posted["cells"]]
     version = posted["model"]["version"]
@@ -376,7 +378,7 @@ def test_live_page_counts_the_cameras_views_not_posted_crops(served, browser_pat
         capabilities.classification.store,
         [("sw480", "1", time.time()), ("sw480", "1", time.time()), ("sw620", "1", time.time())],
     )
-    posted = client.post("/classify", json={"opd": np.zeros((4, 128, 128)).tolist()})
+    posted = client.post("/classify", json={"opd": test_api.crops(4).tolist()})
     assert posted.status_code == 200, posted.text
     assert client.get("/results/summary").json()["cells"] == 7
     driver = headless_chromium(browser_paths)
