@@ -66,7 +66,9 @@ def test_only_the_maps_and_a_few_numbers_leave_the_device(flipping_scene, with_r
     the device: the OPD and amplitude maps and three per-frame measures come back."""
     scene = flipping_scene
     numpy = get_backend("numpy")
-    backend = _CountingBackend(**{f.name: getattr(numpy, f.name) for f in dataclasses.fields(numpy)})
+    backend = _CountingBackend(
+        **{f.name: getattr(numpy, f.name) for f in dataclasses.fields(numpy)}
+    )
     object.__setattr__(backend, "moved", [])
     reference = scene.reference if with_reference else None
     rec = Reconstructor(ReconstructionConfig(sample_half="left"), backend, reference)
@@ -93,11 +95,17 @@ def test_gpu_path_matches_cpu(flipping_scene, with_reference):
     assert gpu.opd_nm.dtype == np.float32
     assert gpu.opd_nm.shape == cpu.opd_nm.shape
     assert gpu.sign == cpu.sign
-    rms = float(np.sqrt(np.mean((gpu.opd_nm - cpu.opd_nm) ** 2)))
-    assert rms < 0.5, f"GPU and CPU OPD differ by {rms:.3f} nm RMS"
     np.testing.assert_allclose(gpu.opd_nm, cpu.opd_nm, atol=0.5)
     np.testing.assert_allclose(gpu.amplitude, cpu.amplitude, rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(gpu.fringe_contrast, cpu.fringe_contrast, rtol=1e-4)
-    np.testing.assert_allclose(gpu.carrier_drift, cpu.carrier_drift, atol=1e-6)
+    measures = []
+    for maps in (gpu, cpu):
+        contrast, drift, residues = maps.fringe_contrast, maps.carrier_drift, maps.unwrap_residues
+        assert contrast is not None
+        assert drift is not None
+        assert residues is not None
+        measures.append((contrast, drift, residues))
+    (gpu_contrast, gpu_drift, gpu_residues), (cpu_contrast, cpu_drift, cpu_residues) = measures
+    np.testing.assert_allclose(gpu_contrast, cpu_contrast, rtol=1e-4)
+    np.testing.assert_allclose(gpu_drift, cpu_drift, atol=1e-6)
     # A wrapped difference within rounding of pi may fall on either side: a residue or two.
-    assert np.abs(gpu.unwrap_residues - cpu.unwrap_residues).max() <= 2
+    assert np.abs(gpu_residues - cpu_residues).max() <= 2
