@@ -39,6 +39,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,9 @@ RECONSTRUCTION_BATCHES = (1, 8)
 CLASSIFIER_BATCHES = (1, 32, 256)
 DEFAULT_RATES = "60,90,120,150,200,250,300,400"
 NVIDIA_SMI_TIMEOUT_S = 30.0
+#: The distributions that install the ``cupy`` package: from source, or a CUDA or
+#: ROCm build.
+CUPY_BUILD = re.compile(r"cupy(-cuda\d+x?|-rocm-[\d-]+)?")
 
 
 @dataclass(frozen=True)
@@ -150,15 +154,15 @@ def _name(requirement: str) -> str:
 
 def gpu_distributions(pyproject: Path = REPO / "pyproject.toml") -> tuple[set[str], set[str]]:
     """(what the GPU path needs here, what must not be installed beside it), from
-    pyproject.toml: the ``gpu`` extra, and whichever ONNX Runtime build the project
-    takes on this platform (the other build clashes with it, and so does any CuPy
-    build that is not the extra's)."""
+    pyproject.toml: the project, its ``gpu`` extra, and whichever ONNX Runtime build
+    it takes on this platform (the other build clashes with it, and so does any CuPy
+    build that is not the extra's: they all own the ``cupy`` package)."""
     import tomllib
 
     from packaging.requirements import Requirement
 
     project = tomllib.loads(pyproject.read_text())["project"]
-    needed = {_name(r) for r in project["optional-dependencies"]["gpu"]}
+    needed = {_name(project["name"])} | {_name(r) for r in project["optional-dependencies"]["gpu"]}
     runtimes = [
         Requirement(r) for r in project["dependencies"] if _name(r).startswith("onnxruntime")
     ]
@@ -167,7 +171,7 @@ def gpu_distributions(pyproject: Path = REPO / "pyproject.toml") -> tuple[set[st
             needed.add(_name(str(requirement)))
     clashing = {_name(str(r)) for r in runtimes} - needed
     installed = {_name(d.metadata["Name"]) for d in importlib.metadata.distributions()}
-    clashing |= {n for n in installed if n.startswith("cupy") and n not in needed}
+    clashing |= {n for n in installed if CUPY_BUILD.fullmatch(n) and n not in needed}
     return needed, clashing
 
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.gpu import gpu_distributions, install_steps, same_cells
+from bench.gpu import CUPY_BUILD, gpu_distributions, install_steps, same_cells
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu.py"
@@ -80,7 +80,7 @@ def test_a_gpu_without_cupy_is_one_clear_error(tmp_path):
 def test_the_install_plan_follows_pyproject():
     needed, clashing = gpu_distributions()
     runtimes = {"onnxruntime", "onnxruntime-gpu"}
-    assert "cupy-cuda13x" in needed
+    assert {"topgan", "cupy-cuda13x"} <= needed
     # One ONNX Runtime build is wanted on this platform; the other clashes with it.
     assert len(needed & runtimes) == 1
     assert runtimes - needed <= clashing
@@ -99,6 +99,7 @@ def test_the_install_plan_follows_pyproject():
                 ["install", "--quiet", "-e", f"{REPO}[gpu]"],
             ],
         ),
+        ({"cupy-cuda13x", "onnxruntime-gpu"}, [["install", "--quiet", "-e", f"{REPO}[gpu]"]]),
         (
             {"topgan", "cupy-cuda12x", "onnxruntime-gpu"},
             [["uninstall", "--yes", "cupy-cuda12x"], ["install", "--quiet", "-e", f"{REPO}[gpu]"]],
@@ -106,9 +107,17 @@ def test_the_install_plan_follows_pyproject():
     ],
 )
 def test_install_steps(installed, steps):
-    needed = {"cupy-cuda13x", "onnxruntime-gpu"}
-    clashing = {"onnxruntime"} | {n for n in installed if n.startswith("cupy") and n not in needed}
+    needed = {"topgan", "cupy-cuda13x", "onnxruntime-gpu"}
+    clashing = {"onnxruntime"} | {
+        n for n in installed if CUPY_BUILD.fullmatch(n) and n not in needed
+    }
     assert install_steps(needed, clashing, installed) == steps
+
+
+def test_cupy_builds_are_told_from_cupy_add_ons():
+    builds = ["cupy", "cupy-cuda12x", "cupy-cuda13x", "cupy-cuda110", "cupy-rocm-5-0"]
+    assert all(CUPY_BUILD.fullmatch(n) for n in builds)
+    assert not any(CUPY_BUILD.fullmatch(n) for n in ["cupy-xarray", "cupyx", "dask-cupy"])
 
 
 def _frame(positions, rejected=None):
