@@ -74,7 +74,7 @@ REAL_FILES = (
 SHAPES = ((1024, 1024), (1024, 1280))
 RECONSTRUCTION_BATCHES = (1, 8)
 CLASSIFIER_BATCHES = (1, 32, 256)
-DEFAULT_RATES = "60,90,120,150,200,250,300,400"
+DEFAULT_RATES = "30,60,90,120,150,200,250,300,400"
 NVIDIA_SMI_TIMEOUT_S = 30.0
 #: The distributions that install the ``cupy`` package: from source, or a CUDA or
 #: ROCm build.
@@ -583,7 +583,7 @@ def measure_camera_loop(
 
 
 def table(rows: list[Row], device: Side, host: Side) -> str:
-    head = ["what", "case", device.label, host.label, "ratio", "check"]
+    head = ["what", "case", device.label, host.label, "left / right", "check"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r.what, r.case, r.device, r.host, r.ratio, r.check]

@@ -151,7 +151,7 @@ def test_self_check_on_the_cpu_runs_the_whole_script(real_dir):
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("# GPU bench: none asked (--self-check-cpu)")
-    assert lines[1] == "| what | case | numpy / CPU | numpy / CPU | ratio | check |"
+    assert lines[1] == "| what | case | numpy / CPU | numpy / CPU | left / right | check |"
     rows = [line.split(" | ") for line in lines[3:] if line.startswith("| ")]
     kinds = [row[0].removeprefix("| ") for row in rows]
     assert kinds.count("reconstruction agrees") == 6  # hl60 twice, tif, h5, simulated twice
