@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -518,7 +518,10 @@ def measure_camera_loop(
         seed=0,
         flow=FLOW if flow else None,
     )
-    camera.open()
+    try:
+        camera.open()
+    except ValueError as exc:  # a pool too short for the flow to loop
+        return [Row("camera loop frames/s", f"--pool {pool}", f"cannot run: {exc}", "-", ok=False)]
     cells = float(np.mean(camera.cells_per_frame))
     sides = (device, host)
     results: tuple[dict[float, dict[str, float]], ...] = ({}, {})
@@ -687,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     log("measuring the classifier")
     rows += measure_classifier(DEFAULT_MODEL, device, host, rounds, calls)
     loop_device = device if device.provider != "cuda" or cuda_ok else Side(device.backend, "cpu")
-    rows += measure_camera_loop(
+    loop = measure_camera_loop(
         loop_device,
         host,
         rates,
@@ -698,6 +701,9 @@ def main(argv: list[str] | None = None) -> int:
         flow=not quick,
         warmup_s=2.0 if quick else 5.0,
     )
+    if loop_device != device:
+        loop = [replace(r, case=f"{r.case}; left: {loop_device.label}") for r in loop]
+    rows += loop
 
     failed = [r for r in rows if r.ok is False]
     checks = [r for r in rows if r.ok is not None]
