@@ -5,14 +5,22 @@ border, where flowing cells rarely sit (and never cover all of it); each further
 fit uses every pixel within a few standard deviations of the previous surface,
 the deviation measured on the previous background pixels only. A cell may thus
 cover most of the frame and still not pull the surface towards itself.
+
+The fit runs on the array backend the map lives on (NumPy, or CuPy on the GPU), so
+an unwrapped map never leaves the device to lose its background: only a few
+scalars per iteration (pixel counts, the spread) are read back.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import scipy.ndimage as ndi
+
+from .backend import ArrayBackend
 
 #: Pixels further than this many robust standard deviations from the fitted surface
 #: are taken for objects and left out of the next fit.
@@ -29,8 +37,9 @@ SPARSE_FIT_MIN_SIDE = 60
 
 
 @lru_cache(maxsize=16)
-def _design(shape: tuple[int, int], order: int, stride: int) -> np.ndarray:
-    """Polynomial terms up to ``order`` on a [-1, 1] grid: (rows, cols, terms), read-only."""
+def _design(shape: tuple[int, int], order: int, stride: int, xp: ModuleType = np) -> Any:
+    """Polynomial terms up to ``order`` on a [-1, 1] grid: (rows, cols, terms), on
+    ``xp``'s device (read-only on the host): built once per geometry."""
     m, n = shape
     y = np.linspace(-1.0, 1.0, m, dtype=np.float32)[::stride, None]
     x = np.linspace(-1.0, 1.0, n, dtype=np.float32)[None, ::stride]
@@ -38,7 +47,15 @@ def _design(shape: tuple[int, int], order: int, stride: int) -> np.ndarray:
     terms = [x**i * y ** (k - i) for k in range(order + 1) for i in range(k + 1)]
     design = np.stack([np.broadcast_to(t, (rows, cols)) for t in terms], axis=-1)
     design.flags.writeable = False
-    return design
+    return xp.asarray(design)
+
+
+@lru_cache(maxsize=16)
+def _ring(shape: tuple[int, int], stride: int, xp: ModuleType = np) -> Any:
+    """:func:`border_ring` at the fit's stride, on ``xp``'s device (read-only on the host)."""
+    ring = border_ring(shape)[::stride, ::stride]
+    ring.flags.writeable = False
+    return xp.asarray(ring)
 
 
 def border_ring(shape: tuple[int, int]) -> np.ndarray:
@@ -51,47 +68,52 @@ def border_ring(shape: tuple[int, int]) -> np.ndarray:
     return ring
 
 
-def remove_background(phase: np.ndarray, order: int) -> np.ndarray:
+def remove_background(phase: Any, order: int, backend: ArrayBackend | None = None) -> Any:
     """Subtract a polynomial surface of ``order`` (0: offset, 1: tilt, 2: curvature).
 
     Parameters
     ----------
-    phase : (M, N) ndarray of float
+    phase : (M, N) array of float
         One unwrapped phase (or OPD) map; objects may cover much of it.
     order : int, 0 to 3
         Highest total degree of the surface.
+    backend : the array backend ``phase`` lives on (default: NumPy)
 
     Returns
     -------
-    (M, N) ndarray, the map minus the surface fitted to its background pixels.
+    (M, N) array on the same backend, the map minus the surface fitted to its
+    background pixels.
     """
     if order not in (0, 1, 2, 3):
         raise ValueError(f"background order must be 0, 1, 2 or 3, got {order}")
+    xp = backend.xp if backend is not None else np
+    ndimage = backend.ndimage if backend is not None else ndi
+    shape = (int(phase.shape[0]), int(phase.shape[1]))
     # Small maps are fitted at full density: a sparse grid would leave too few pixels.
-    stride = FIT_STRIDE if min(phase.shape) >= SPARSE_FIT_MIN_SIDE else 1
+    stride = FIT_STRIDE if min(shape) >= SPARSE_FIT_MIN_SIDE else 1
     sub = phase[::stride, ::stride]
-    design = _design(phase.shape, order, stride)
+    design = _design(shape, order, stride, xp)
     n_terms = design.shape[-1]
-    keep = border_ring(phase.shape)[::stride, ::stride]
-    if keep.sum() < 4 * n_terms:
-        keep = np.ones(sub.shape, dtype=bool)
-    if keep.sum() < 4 * n_terms:  # a map too small for this surface: remove the offset only
-        return phase - np.median(phase)
-    coeffs = np.zeros(n_terms)
+    keep = _ring(shape, stride, xp)
+    if int(xp.count_nonzero(keep)) < 4 * n_terms:
+        keep = xp.ones(sub.shape, dtype=bool)
+    if int(xp.count_nonzero(keep)) < 4 * n_terms:
+        return phase - xp.median(phase)  # a map too small for this surface: the offset only
+    coeffs = xp.zeros(n_terms)
     for _ in range(ITERATIONS):
-        if keep.sum() < 4 * n_terms:
+        if int(xp.count_nonzero(keep)) < 4 * n_terms:
             break  # objects cover nearly everything: keep the previous surface
         a = design[keep]
-        coeffs = np.linalg.solve(a.T @ a + 1e-9 * np.eye(n_terms), a.T @ sub[keep])
-        residual = sub - design @ coeffs.astype(np.float32)
-        spread = 1.4826 * np.median(np.abs(residual[keep] - np.median(residual[keep])))
-        inside = np.abs(residual) <= OUTLIER_SIGMAS * max(float(spread), 1e-6)
+        coeffs = xp.linalg.solve(a.T @ a + 1e-9 * xp.eye(n_terms), a.T @ sub[keep])
+        residual = sub - design @ coeffs.astype(xp.float32)
+        spread = 1.4826 * xp.median(xp.abs(residual[keep] - xp.median(residual[keep])))
+        inside = xp.abs(residual) <= OUTLIER_SIGMAS * max(float(spread), 1e-6)
         # Objects' rims (halos, out-of-focus fringes) fall just inside the cut: grow
         # the excluded areas by a pixel before the next fit.
-        new_keep = ~ndi.binary_dilation(~inside, iterations=1)
-        changed = np.count_nonzero(new_keep != keep)
+        new_keep = ~ndimage.binary_dilation(~inside, iterations=1)
+        changed = int(xp.count_nonzero(new_keep != keep))
         keep = new_keep
         if changed <= CONVERGED_FRACTION * keep.size:
             break
-    surface = _design(phase.shape, order, 1) @ coeffs.astype(np.float32)
+    surface = _design(shape, order, 1, xp) @ coeffs.astype(xp.float32)
     return phase - surface

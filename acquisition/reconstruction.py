@@ -502,7 +502,8 @@ class Reconstructor:
         frames : (N, H, W) holograms -> (N, My, Mx) complex64 fields.
         """
         b, xp = self.backend, self.backend.xp
-        data = b.asarray(frames, dtype=xp.float32)
+        # Sent as recorded (8-bit frames: a quarter of the float32 bytes), cast there.
+        data = b.asarray(frames).astype(xp.float32, copy=False)
         kwargs = b.fft_kwargs(data.size)
         if geometry.blocks is not None:
             # Only the crop's columns need the second, column-wise pass of the 2-D
@@ -536,13 +537,19 @@ class Reconstructor:
         Returns
         -------
         OPDMaps with (N, h, w) maps of the sample region (N = 1 for one frame).
+
+        Notes
+        -----
+        On the GPU the frames go to the device once; the transforms, the filter, the
+        unwrapping, the background fit, the sign and the quality measures run there,
+        and only the OPD and amplitude maps and a few numbers per frame come back.
         """
         frames = validate_holograms(holograms)
         cfg, b, xp = self.config, self.backend, self.backend.xp
         shape = (int(frames.shape[1]), int(frames.shape[2]))
         geometry = self.geometry(shape, frames[0])
         fields = self._fields(frames, geometry)
-        contrast = self._fringe_contrast(frames, fields, geometry)
+        magnitude = self._sideband_magnitude(fields, geometry)
         if geometry.reference_factor is not None:
             fields *= geometry.reference_factor
             order = cfg.reference_background_order
@@ -555,79 +562,84 @@ class Reconstructor:
         drift = self._carrier_drift(fields, scale)
         phase, residues = geometry.unwrapper.unwrap(xp.angle(fields), residues=True)
         amplitude = xp.abs(fields)
-        phase_np = b.to_numpy(phase)
-        amplitude_np = b.to_numpy(amplitude).astype(np.float32, copy=False)
         if geometry.reference_factor is None:
-            amplitude_np /= np.median(amplitude_np, axis=(-2, -1), keepdims=True) + 1e-30
-        phase_np = np.stack([remove_background(p, order) for p in phase_np])
-        sign = self._sign(geometry, phase_np)
-        opd_nm = (phase_np * (sign * cfg.wavelength_nm / (2 * math.pi))).astype(np.float32)
+            amplitude /= xp.median(amplitude, axis=(-2, -1), keepdims=True) + 1e-30
+        phase = xp.stack([remove_background(p, order, b) for p in phase])
+        sign = self._sign(geometry, phase, xp)
+        opd_nm = (phase * (sign * cfg.wavelength_nm / (2 * math.pi))).astype(xp.float32)
 
         ry = geometry.region[0].indices(my)[0]
         rx = geometry.region[1].indices(mx)[0]
         return OPDMaps(
-            opd_nm=opd_nm,
-            amplitude=amplitude_np,
+            opd_nm=b.to_numpy(opd_nm),
+            amplitude=b.to_numpy(amplitude).astype(np.float32, copy=False),
             pixel_size_um=(cfg.pixel_size_um * scale[0], cfg.pixel_size_um * scale[1]),
             scale=scale,
             origin_px=(ry * scale[0], rx * scale[1]),
             carrier=geometry.carrier,
             sign=sign,
             wavelength_nm=cfg.wavelength_nm,
-            fringe_contrast=contrast,
-            carrier_drift=drift,
+            fringe_contrast=self._fringe_contrast(frames, b.to_numpy(magnitude), geometry),
+            carrier_drift=b.to_numpy(drift).astype(np.float64),
             unwrap_residues=b.to_numpy(residues).astype(np.int64),
         )
 
-    def _carrier_drift(self, fields: Any, scale: tuple[float, float]) -> np.ndarray:
-        """(N, 2) (ky, kx) cycles per camera pixel: along each axis, the phase of the
-        mean product of neighbouring map pixels' unit phasors in every line (a carrier
-        shift makes every step the same), the median over the lines (a cell cut by
-        the window adds a net step to the few lines that cross it), over 2 pi and the
-        ``scale`` camera pixels a map pixel spans. An eighth of the region on each
-        side is left out: the inverse transform is periodic, and a tilted field rings
-        where the window wraps. One arctangent per line: cheap."""
+    def _carrier_drift(self, fields: Any, scale: tuple[float, float]) -> Any:
+        """(N, 2) (ky, kx) cycles per camera pixel, on the backend's device: along each
+        axis, the phase of the mean product of neighbouring map pixels' unit phasors in
+        every line (a carrier shift makes every step the same), the median over the
+        lines (a cell cut by the window adds a net step to the few lines that cross
+        it), over 2 pi and the ``scale`` camera pixels a map pixel spans. An eighth of
+        the region on each side is left out: the inverse transform is periodic, and a
+        tilted field rings where the window wraps. One arctangent per line: cheap."""
         xp = self.backend.xp
         m, n = fields.shape[-2:]
         inner = fields[:, m // 8 : m - m // 8, n // 8 : n - n // 8]
         unit = inner * (1 / xp.maximum(xp.abs(inner), 1e-30))
         by_column = (unit[:, 1:, :] * xp.conj(unit[:, :-1, :])).sum(axis=-2)
         by_row = (unit[:, :, 1:] * xp.conj(unit[:, :, :-1])).sum(axis=-1)
-        to_numpy = self.backend.to_numpy
-        steps = [np.median(to_numpy(xp.angle(a)), axis=-1) for a in (by_column, by_row)]
-        return (np.stack(steps, axis=-1) / (2 * math.pi) / np.asarray(scale)).astype(np.float64)
+        steps = [xp.median(xp.angle(a), axis=-1) for a in (by_column, by_row)]
+        return xp.stack(steps, axis=-1) / (2 * math.pi) / xp.asarray(scale)
 
-    def _fringe_contrast(self, frames: np.ndarray, fields: Any, geometry: _Geometry) -> np.ndarray:
+    def _sideband_magnitude(self, fields: Any, geometry: _Geometry) -> Any:
+        """(N,) mean |field| over each frame's sample region, before the reference is
+        divided out, on the backend's device (see :meth:`_fringe_contrast`)."""
+        xp = self.backend.xp
+        return xp.abs(fields[(slice(None), *geometry.region)]).mean(axis=(-2, -1))
+
+    @staticmethod
+    def _fringe_contrast(
+        frames: np.ndarray, magnitude: np.ndarray, geometry: _Geometry
+    ) -> np.ndarray:
         """(N,) modulation depth: for I = A (1 + V cos(carrier phase)) the sideband's
         spectrum peak is A V h w / 2, and the inverse transform of the (my, mx) crop
-        divides by my mx, so V = 2 |field| my mx / (h w A). A and |field| are means
-        over a subsample and the sample region: cheap, and ample for a trend."""
+        divides by my mx, so V = 2 |field| my mx / (h w A). A (from the frames, on the
+        host) and |field| (``magnitude``) are means over a subsample and the sample
+        region: cheap, and ample for a trend."""
         h, w = geometry.shape
         my, mx = geometry.out_shape
-        xp = self.backend.xp
-        magnitude = self.backend.to_numpy(
-            xp.abs(fields[(slice(None), *geometry.region)]).mean(axis=(-2, -1))
-        )
         mean = frames[:, ::4, ::4].mean(axis=(-2, -1), dtype=np.float64)
         contrast = 2 * magnitude * (my * mx) / (h * w) / np.maximum(mean, 1e-12)
         return np.asarray(contrast, dtype=np.float64)
 
     @staticmethod
-    def _sign(geometry: _Geometry, phase: np.ndarray) -> int:
+    def _sign(geometry: _Geometry, phase: Any, xp: Any = np) -> int:
         """The phase sign that makes cells positive, locked once the evidence is clear.
 
         Cells stand out of a flat background on one side only: the far tail of the
         phase distribution on that side is much longer than on the other. A frame
         whose tails are short (no cells, only noise) keeps the current choice.
+        ``phase`` stays on its device (``xp``); three percentiles and a noise level
+        come back.
         """
         if geometry.sign is not None:
             return geometry.sign
         sub = phase[:, ::2, ::2]
-        low, mid, high = np.percentile(sub, [0.1, 50.0, 99.9])
+        low, mid, high = xp.percentile(sub, [0.1, 50.0, 99.9])
         up, down = float(high - mid), float(mid - low)
         sign = 1 if up >= down else -1
         # Noise from neighbour differences, which cells of any size barely affect.
-        noise = 1.4826 * float(np.median(np.abs(np.diff(sub, axis=-1)))) / math.sqrt(2)
+        noise = 1.4826 * float(xp.median(xp.abs(xp.diff(sub, axis=-1)))) / math.sqrt(2)
         if max(up, down) >= max(2 * min(up, down), 20 * noise):
             with geometry.lock:
                 if geometry.sign is None:

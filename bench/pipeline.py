@@ -42,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from acquisition.backend import BackendName  # noqa: E402
 from acquisition.cameras import CameraConfig, SimulatedCamera  # noqa: E402
 from acquisition.cameras.base import Camera  # noqa: E402
 from acquisition.cameras.basler import enable_emulator  # noqa: E402
@@ -52,6 +53,7 @@ from acquisition.segmentation import SegmentationConfig  # noqa: E402
 from acquisition.simulator.flow import FlowConfig  # noqa: E402
 from acquisition.simulator.scene import SceneConfig  # noqa: E402
 from acquisition.tracking import Tracker, TrackerConfig  # noqa: E402
+from models.runtime import Provider  # noqa: E402
 from service.loop.runner import AcquisitionRunner  # noqa: E402
 from service.loop.states import Count  # noqa: E402
 from service.loop.workers import WorkerConfig  # noqa: E402
@@ -96,18 +98,25 @@ def run(
     folder: Path,
     kind: str = "simulator",
     tracking: bool = True,
+    backend: BackendName = "numpy",
+    provider: Provider = "cpu",
+    warmup_s: float = 2.0,
 ) -> dict[str, float]:
-    """One run of ``source``, asked for ``rate`` frames/s; counts, latency
-    percentiles, stage means."""
-    db = folder / f"{kind}-{rate:g}-{seconds:g}-{'tracked' if tracking else 'untracked'}.sqlite"
+    """One run of ``source``, asked for ``rate`` frames/s, reconstructing on ``backend``
+    and classifying on ``provider`` (bench/gpu.py runs both sides); counts, latency
+    percentiles, stage means, all after ``warmup_s`` (workers start, geometry built)."""
+    db = (
+        folder / f"{kind}-{rate:g}-{seconds:g}-{'tracked' if tracking else 'untracked'}"
+        f"-{backend}-{provider}.sqlite"
+    )
     settings = Settings(
         camera="none",
         database_url=f"sqlite:///{db}",
         model_dir=DEFAULT_MODEL,
-        execution_provider="cpu",
+        execution_provider=provider,
     )
     state = Services.start(settings)
-    processing = WorkerConfig(RECONSTRUCTION, SegmentationConfig(), backend="numpy", fft_workers=1)
+    processing = WorkerConfig(RECONSTRUCTION, SegmentationConfig(), backend=backend, fft_workers=1)
     runner = AcquisitionRunner(
         kind,
         source,
@@ -122,7 +131,7 @@ def run(
         runner.start()
         while runner.state != "running":
             time.sleep(0.05)
-        time.sleep(2.0)  # warm-up: worker processes start, the first geometry is built
+        time.sleep(warmup_s)  # worker processes start, the first geometry is built
         before = runner.status()
         stages_before = _stage_sums(state)
         began, began_wall = time.monotonic(), time.time()
