@@ -165,7 +165,7 @@ def test_no_h5_is_visible_until_the_file_is_complete(crops, tmp_path):
     assert complete(tmp_path) == []
     assert len(parts(tmp_path)) == 1
     assert archive.bytes == parts(tmp_path)[0].stat().st_size > 0
-    with pytest.raises(ValueError, match=r"holds no \.h5 crop files"):
+    with pytest.raises(ValueError, match=r"holds no crop files \(\.h5, \.rtdc\)"):
         dataset_files([tmp_path])
     add(archive, crops[3:4], first_id=3)
     assert dataset_files([tmp_path]) == complete(tmp_path)
