@@ -555,7 +555,9 @@ class CropArchive:
         self._enforce_bound()
 
     def _abandon(self, writing: _Writing) -> None:
-        """After a failed write: keep the file's complete crops if it is still readable."""
+        """After a failed write: keep the file's complete crops if it is still readable
+        (rtdc: at the next start, see
+        :meth:`acquisition.rtdcfile.RtdcAppender.abort`)."""
         if self._writing is writing:
             self._writing = None
         self.files_failed += 1
@@ -565,7 +567,11 @@ class CropArchive:
             logger.error("crop archive: %s cannot be closed, dropped: %s", writing.path, exc)
             writing.path.unlink(missing_ok=True)
             return
-        if writing.path.exists():
+        if isinstance(writing.file, _RtdcFile):
+            logger.error(
+                "crop archive: %s failed and stays open; the next start salvages it", writing.path
+            )
+        elif writing.path.exists():
             self._recover(writing.path)
 
     def _recover(self, path: Path) -> None:
