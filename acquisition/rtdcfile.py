@@ -76,7 +76,7 @@ USERDEF_MEANING = {
 }
 #: Rows :class:`RtdcAppender` holds before it stores them (at most 16 MiB of 128x128
 #: phase images): dclab's writer rewrites a partly filled 1 MiB chunk of every feature
-#: on each call, about 4 ms a feature, so a call per camera frame would be far too slow.
+#: on each call, several ms a feature, so a call per camera frame would be far too slow.
 PENDING_ROWS = 256
 #: HDF5's chunk cache per dataset of the files being written: dclab's chunks are 1 MiB.
 CHUNK_CACHE_BYTES = 8 * 2**20
@@ -147,11 +147,11 @@ def dclab_features(
     *,
     t0: float,
     camera_pixel_size_um: float,
-    opd_nm: np.ndarray | None = None,
+    crops_nm: np.ndarray | None = None,
     wavelength_nm: float | None = None,
 ) -> dict[str, np.ndarray]:
     """The rows as dclab's features (docs/design.md, "Files"): ``time`` in s from
-    ``t0``; ``qpi_pha`` (and ``qpi_amp``, ones) from ``opd_nm`` (N, H, W) at
+    ``t0``; ``qpi_pha`` (and ``qpi_amp``, ones) from the OPD ``crops_nm`` (N, H, W) at
     ``wavelength_nm`` when given."""
     n = len(rows)
     codes = score_codes(rows.classes)
@@ -185,10 +185,10 @@ def dclab_features(
     }
     for i, name in enumerate(USERDEF):
         features[f"userdef{i}"] = userdef[name] if name in userdef else qc(name)
-    if opd_nm is not None:
+    if crops_nm is not None:
         if wavelength_nm is None:
             raise ValueError("phase images need the wavelength")
-        features["qpi_pha"] = phase_rad(opd_nm, wavelength_nm)
+        features["qpi_pha"] = phase_rad(crops_nm, wavelength_nm)
         features["qpi_amp"] = np.ones_like(features["qpi_pha"])
     for name, values in features.items():
         if len(values) != n:

@@ -145,7 +145,7 @@ class _RtdcFile:
             rows,
             t0=self._t0,
             camera_pixel_size_um=self._optics.camera_pixel_size_um,
-            opd_nm=crops,
+            crops_nm=crops,
             wavelength_nm=self._wavelength_nm,
         )
         self.file.append(features)

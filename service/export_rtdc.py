@@ -320,7 +320,7 @@ def write_rtdc(out: Path, rows: Sequence[Row], kind: str, optics: Optics, comman
         table,
         t0=t0,
         camera_pixel_size_um=optics.camera_pixel_size_um,
-        opd_nm=images,
+        crops_nm=images,
         wavelength_nm=wavelength,
     )
 

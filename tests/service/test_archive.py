@@ -567,6 +567,27 @@ def test_training_loads_every_crop_of_the_archive(crops, tmp_path, fmt):
     assert loaded.files == complete(tmp_path)
 
 
+def test_a_folder_may_change_format_and_is_read_whole(crops, tmp_path):
+    from acquisition.importer import import_archive
+    from training.data import load_crops
+
+    with make_archive(tmp_path, file_crops=4) as archive:
+        add(archive, crops[:4], first_id=0)
+    with make_archive(tmp_path, file_crops=4, file_format="rtdc") as archive:
+        add(archive, crops[4:8], first_id=4)
+    h5_file, rtdc_file = complete(tmp_path)
+    assert (h5_file.name[-9:], rtdc_file.name[-11:]) == ("000001.h5", "000002.rtdc")
+    np.testing.assert_allclose(load_crops([tmp_path]).opd, crops[:8], rtol=0, atol=1e-3)
+    data, picked = import_archive(tmp_path, "sw480", all_views=True, keep_flagged=True)
+    assert data.qc["result_id"].tolist() == list(range(8))
+    assert picked.files == 2
+    assert set(data.qc) >= set(QC_FEATURES)
+    # the bound counts both formats: the oldest file goes, whichever its format
+    with make_archive(tmp_path, max_bytes=rtdc_file.stat().st_size, file_format="rtdc") as archive:
+        assert archive.files_deleted == 1
+    assert complete(tmp_path) == [rtdc_file]
+
+
 def test_topgan_train_gan_accepts_the_archive_folder(crops, tmp_path):
     folder = tmp_path / "archive"
     with make_archive(folder, file_crops=5) as archive:

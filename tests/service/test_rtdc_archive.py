@@ -145,7 +145,7 @@ def test_a_served_run_archives_rotating_rtdc_files_equal_to_its_results(tmp_path
     db = f"sqlite:///{server.db}"
     assert export("rtdc", "--out", str(out), "--archive", str(archive), "--db", db) == 0
     assert "Check Complete: 0 violations" in verify(out).stdout
-    phases = {}
+    phases: dict[int, np.ndarray] = {}
     for path in files:
         with dclab.new_dataset(path) as ds:
             phases |= dict(
