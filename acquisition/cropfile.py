@@ -365,6 +365,19 @@ def read_crop_dataset(path: str | Path, rows: np.ndarray | None = None) -> CropD
         )
 
 
+def read_attributes(path: str | Path) -> tuple[list[str], float, float]:
+    """A crop file's ``class_names``, ``pixel_size_um`` and ``wavelength_nm`` alone."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        names = h5.attrs.get("class_names", [])
+        return (
+            [n.decode() if isinstance(n, bytes) else str(n) for n in names],
+            float(h5.attrs["pixel_size_um"]),
+            float(h5.attrs["wavelength_nm"]),
+        )
+
+
 def read_qc(path: str | Path) -> dict[str, np.ndarray]:
     """A crop file's ``qc/*`` columns alone (without reading its crops)."""
     import h5py

@@ -18,25 +18,19 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
-from .cropfile import (
-    HDF5_ERRORS,
-    CropDataset,
-    qc_columns,
-    read_classified,
-    read_crop_dataset,
-    read_qc,
-)
+from .archivefiles import complete_files, read_archive_crops, read_archive_file, unfinished_files
+from .cropfile import HDF5_ERRORS, CropDataset, qc_columns
 from .errors import UnreadableFileError
 from .frames import FrameProcessor
 from .io import HOLOGRAM_SUFFIXES, read_hologram
+from .rtdcfile import dataset_log, opd_nm
 from .segmentation import QC_FEATURES, QC_FLAGS
 
 MAP_SUFFIXES: tuple[str, ...] = (".npy", ".tif", ".tiff", ".mat")
@@ -235,8 +229,6 @@ def import_holograms(
 
 #: dclab's scalar features kept as QC columns, under the crop datasets' names.
 RTDC_QC = {"area_um": "area_um2", "qpi_dm": "dry_mass_pg"}
-#: The line of topgan's export log that names a score's class.
-_SCORE_LINE = re.compile(r"^ml_score_([a-z0-9]{3}): (.+)$")
 
 
 def import_rtdc(
@@ -245,14 +237,16 @@ def import_rtdc(
     labels_csv: Path | None = None,
     classes: list[str] | None = None,
     wavelength_nm: float | None = None,
+    unlabeled: bool = False,
 ) -> CropDataset:
     """A dclab ``.rtdc`` file's phase images (``qpi_pha``, rad) as OPD crops (nm).
 
     Labels: ``label`` for every cell, else a CSV (``file`` holds the event's index in
     the file, from 0), else ``ml_class`` (the class of the index into the sorted
     ``ml_score_xxx`` names, named as topgan's export log names them, or by
-    ``classes``), else none. The wavelength is the file's ``[qpi] wavelength`` unless
-    given; the pixel size is its ``[imaging] pixel size``.
+    ``classes``), else none; with ``unlabeled`` none (training's unlabeled pool: an
+    ``ml_class`` is a prediction, not ground truth). The wavelength is the file's
+    ``[qpi] wavelength`` unless given; the pixel size is its ``[imaging] pixel size``.
     """
     import dclab
 
@@ -275,10 +269,12 @@ def import_rtdc(
         pixel = float(ds.config["imaging"].get("pixel size", 0) or 0)
         if not pixel > 0:
             raise DatasetImportError(f"{path} does not say its pixel size ([imaging] pixel size)")
-        phase = np.asarray(ds["qpi_pha"][:], dtype=np.float64)
+        phase = ds["qpi_pha"]
         if phase.ndim != 3 or not len(phase):
             raise DatasetImportError(f"{path}: qpi_pha holds no images (shape {phase.shape})")
-        opd = (phase * (wavelength / (2 * math.pi))).astype(np.float32)
+        opd = np.empty(phase.shape, dtype=np.float32)
+        for start in range(0, len(opd), 256):  # not the whole file in float64 at once
+            opd[start : start + 256] = opd_nm(phase[start : start + 256], wavelength)
         n = len(opd)
         qc = {
             ours: np.asarray(ds[name], dtype=np.float64)
@@ -286,7 +282,9 @@ def import_rtdc(
             if name in ds.features
         }
         qc["event_index"] = np.arange(n, dtype=np.int32)
-        if label is not None:
+        if unlabeled:
+            names, labels = [], np.full(n, -1, dtype=np.int16)
+        elif label is not None:
             names, labels = [label], np.zeros(n, dtype=np.int16)
         elif labels_csv is not None:
             by_index = read_labels(labels_csv)
@@ -303,7 +301,7 @@ def import_rtdc(
             codes = sorted(
                 f.removeprefix("ml_score_") for f in ds.features if f.startswith("ml_score_")
             )
-            named = _score_classes(ds.logs)
+            named = dataset_log(ds).classes
             names = classes or [named.get(code, code) for code in codes]
             if len(names) != len(codes):
                 raise DatasetImportError(
@@ -323,17 +321,6 @@ def import_rtdc(
         source=source,
         qc=qc,
     )
-
-
-def _score_classes(logs: Any) -> dict[str, str]:
-    """score code -> class name, from topgan's export log (when the file has it)."""
-    named: dict[str, str] = {}
-    lines = logs["topgan-export"] if logs is not None and "topgan-export" in logs else []
-    for line in lines:
-        match = _SCORE_LINE.match(str(line).strip())
-        if match:
-            named[match.group(1)] = match.group(2).strip()
-    return named
 
 
 @dataclass(frozen=True)
@@ -375,15 +362,15 @@ def import_archive(
     """The crops of a crop archive grabbed in [``since``, ``until``) (Unix s), all
     labelled ``label``: a run of one pure cell line.
 
-    Only complete files (``*.h5``) are read; one still being written (``.h5.part``)
-    is left out, and counted. Crops with a QC flag (:data:`QC_FLAGS`: clipped,
-    touching, out of focus) are left out unless ``keep_flagged``. A cell in flow is
-    archived once per frame it was classified in (its views share an ``event_id``):
-    one view per cell is kept, the middle one by frame (the lower middle for an even
-    count), unless ``all_views``; views of one cell are nearly the same image, and a
-    training set that holds several of them counts one cell several times and lets
-    them straddle the validation split. Crops without an event (-1: archives from
-    before events were recorded) are each kept.
+    Only complete files (``*.h5``, ``*.rtdc``: the archive's two formats) are read; one
+    still being written (``.part``) is left out, and counted. Crops with a QC flag
+    (:data:`QC_FLAGS`: clipped, touching, out of focus) are left out unless
+    ``keep_flagged``. A cell in flow is archived once per frame it was classified in
+    (its views share an ``event_id``): one view per cell is kept, the middle one by
+    frame (the lower middle for an even count), unless ``all_views``; views of one
+    cell are nearly the same image, and a training set that holds several of them
+    counts one cell several times and lets them straddle the validation split. Crops
+    without an event (-1: archives from before events were recorded) are each kept.
     """
     if not label.strip():
         raise DatasetImportError("--label must name the run's cell line")
@@ -391,19 +378,18 @@ def import_archive(
         raise DatasetImportError(f"--archive {folder}: no such folder")
     if since is not None and until is not None and until <= since:
         raise DatasetImportError(f"--until ({until:.0f}) must come after --since ({since:.0f})")
-    files = sorted(folder.glob("*.h5"))
-    unfinished = len(list(folder.glob("*.h5.part")))
+    files = complete_files(folder)
+    unfinished = len(unfinished_files(folder))
     if not files:
         still = f"; {unfinished} still being written (.part)" if unfinished else ""
-        raise DatasetImportError(f"{folder} holds no complete archive files (*.h5){still}")
+        raise DatasetImportError(f"{folder} holds no complete archive files (*.h5, *.rtdc){still}")
     chosen: list[_ArchiveFile] = []
     crops = 0
     flagged = dict.fromkeys(QC_FLAGS, 0)
     flagged_crops = 0
     for path in files:
         try:
-            found = read_classified(path)
-            qc = read_qc(path) if found is not None else {}
+            found = read_archive_file(path)
         except (*HDF5_ERRORS, KeyError, TypeError, ValueError) as exc:
             raise DatasetImportError(f"{path} is not a crop archive file: {exc}") from None
         if found is None:
@@ -411,7 +397,7 @@ def import_archive(
                 f"{path} is not a crop archive file (it carries no result_id); a labelled "
                 "crop dataset joins others with 'topgan dataset merge'"
             )
-        results = found[0]
+        results, qc = found.results, found.qc
         keep = np.ones(len(results), dtype=bool)
         if since is not None:
             keep &= results.grabbed_at >= since
@@ -452,7 +438,7 @@ def import_archive(
             f"no crops to import from {folder}{window}: {crops} archived"
             + (f", {flagged_crops} of them QC-flagged (--keep-flagged keeps them)" if crops else "")
         )
-    sets = [read_crop_dataset(f.path, f.rows) for f in chosen]
+    sets = [read_archive_crops(f.path, f.rows) for f in chosen]
     _check_alike([(f.path, d) for f, d in zip(chosen, sets, strict=True)])
     names = set.intersection(*(set(d.qc) for d in sets))
     qc_out = {name: np.concatenate([d.qc[name] for d in sets]) for name in sorted(names)}

@@ -1,23 +1,32 @@
-"""The crop archive: every classified crop of the camera loop, in rotating HDF5 files.
+"""The crop archive: every classified crop of the camera loop, in rotating files.
 
-Each file is a crop dataset (docs/design.md, "Files (contract)") that carries its
-classifier's results, written by :class:`acquisition.cropfile.CropWriter` (which
-owns the layout), so ``topgan train gan --data FOLDER`` reads the folder as it is.
-Its crops are unlabeled (``label`` -1: a prediction is not ground truth); beside
-them, one value per crop of ``result_id`` (the results store's id), ``predicted``,
-``probability``, ``frame_id``, ``grabbed_at`` and ``event_id`` (the cell each crop is
-a view of; :class:`~acquisition.cropfile.Classified`), and the model's name and
-version; ``qc/<feature>`` holds the segmentation's
-:data:`~acquisition.segmentation.QC_FEATURES`.
+In the ``h5`` format (the default) each file is a crop dataset (docs/design.md,
+"Files (contract)") that carries its classifier's results, written by
+:class:`acquisition.cropfile.CropWriter` (which owns the layout), so ``topgan train
+gan --data FOLDER`` reads the folder as it is. Its crops are unlabeled (``label`` -1:
+a prediction is not ground truth); beside them, one value per crop of ``result_id``
+(the results store's id), ``predicted``, ``probability``, ``frame_id``,
+``grabbed_at`` and ``event_id`` (the cell each crop is a view of;
+:class:`~acquisition.cropfile.Classified`), and the model's name and version;
+``qc/<feature>`` holds the segmentation's :data:`~acquisition.segmentation.QC_FEATURES`.
 
-A file being written is ``crops-YYYYmmdd-HHMMSS-<seq>.h5.part`` (UTC time of its first
-crop; ``seq`` counts up across restarts and orders the files) and is renamed to
-``.h5`` once complete, so a reader of the folder never sees a half-written file. A
-file is complete at ``file_crops`` crops, when the model, its classes or the crop
-shape change, and on :meth:`CropArchive.close`. After each completed file the oldest
-complete files are deleted until the archive's files fit in ``max_bytes``. An
-interrupted ``.part`` file (a crash, a failed write) becomes ``.h5`` with its complete
-crops (:func:`~acquisition.cropfile.salvage_crop_file`), or is deleted if it has none.
+In the ``rtdc`` format each file is dclab's ``.rtdc``, one row per crop mapped as
+``topgan export rtdc`` maps a view (:func:`acquisition.rtdcfile.dclab_features`, and
+:func:`service.export_rtdc.rtdc_metadata`'s metadata), written with dclab's own
+writer (:class:`~acquisition.rtdcfile.RtdcAppender`, which stores the crops added at
+each :meth:`CropArchive.flush`); it also keeps each crop's position (``pos_x``,
+``pos_y``). :mod:`acquisition.archivefiles` reads either format back.
+
+A file being written is ``crops-YYYYmmdd-HHMMSS-<seq>.<h5|rtdc>.part`` (UTC time of
+its first crop; ``seq`` counts up across restarts and formats and orders the files)
+and is renamed without ``.part`` once complete, so a reader of the folder never sees
+a half-written file. A file is complete at ``file_crops`` crops, when the model, its
+classes or the crop shape change, and on :meth:`CropArchive.close`. After each
+completed file the oldest complete files are deleted until the archive's files fit
+in ``max_bytes``. An interrupted ``.part`` file (a crash, a failed write) is
+completed with the crops it holds whole (:func:`~acquisition.cropfile.salvage_crop_file`,
+:func:`~acquisition.rtdcfile.salvage_rtdc_file`), or deleted if it has none or
+cannot be read.
 """
 
 from __future__ import annotations
@@ -26,25 +35,34 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from acquisition.archivefiles import FILE_NAME, PART
 from acquisition.cropfile import HDF5_ERRORS, Classified, CropWriter, qc_columns, salvage_crop_file
+from acquisition.rtdcfile import (
+    FeatureRows,
+    RtdcAppender,
+    dclab_features,
+    mapping_log,
+    model_line,
+    salvage_rtdc_file,
+)
 from acquisition.segmentation import QC_FEATURES
 
 from .errors import ArchiveError
+from .export_rtdc import Optics, measured_frame_rate, rtdc_metadata
 
 logger = logging.getLogger(__name__)
 
-FILE_NAME = re.compile(r"crops-\d{8}-\d{6}-(\d+)\.h5(\.part)?")
-PART = ".part"
+#: The archive's file formats: crop datasets in HDF5, or dclab's .rtdc.
+ArchiveFormat = Literal["h5", "rtdc"]
 LOCK_NAME = ".lock"
 #: Free disk space the archive leaves by default. Below it, the file being written is
 #: completed and ``add`` raises ArchiveError before HDF5 meets a full disk: h5py cannot
@@ -60,6 +78,94 @@ class _FileKey:
     model_name: str
     model_version: str
     crop_shape: tuple[int, ...]
+    positions: bool  # the rows carry positions (rtdc: pos_x, pos_y)
+
+
+class _RtdcFile:
+    """An archive file in dclab's format: each crop a row, mapped as ``topgan export
+    rtdc`` maps a view, with the export's metadata (frame rate: the setting's, else
+    measured over the file's crops when it completes)."""
+
+    def __init__(
+        self,
+        path: Path,
+        key: _FileKey,
+        optics: Optics,
+        pixel_size_um: float,
+        wavelength_nm: float,
+        source: str,
+        t0: float,
+    ) -> None:
+        self.path = path
+        self._optics = optics
+        self._wavelength_nm = wavelength_nm
+        self._t0 = t0
+        # the smallest and largest frame number and grab time seen (the frame rate)
+        self._span = np.asarray([[np.inf, np.inf], [-np.inf, -np.inf]])
+        h, w = key.crop_shape
+        metadata = rtdc_metadata(
+            t0, "view", pixel_size_um, wavelength_nm, optics, (h, w), optics.frame_rate_hz
+        )
+        log = [
+            f"source: {source}, the crop archive"[:99],
+            model_line(key.model_name, key.model_version),
+            "rows: one per view, as the camera loop classified it",
+            "crop: the view's own",
+            "scalars: the view's",
+            *mapping_log(key.class_names, wavelength_nm),
+        ]
+        self.file = RtdcAppender(path, metadata, log)
+
+    @property
+    def count(self) -> int:
+        return self.file.count
+
+    def append(
+        self,
+        crops: np.ndarray,
+        qc: Mapping[str, np.ndarray],
+        results: Classified,
+        classes: tuple[str, ...],
+        positions_px: np.ndarray | None,
+    ) -> None:
+        n = len(results)
+        rows = FeatureRows(
+            classes=classes,
+            probabilities=results.probability,
+            qc=qc,
+            frame=results.frame_id,
+            time=results.grabbed_at,
+            result_id=results.result_id,
+            event_id=results.event_id,
+            views=np.ones(n),
+            speed_um_s=np.full(n, np.nan),
+            position_px=positions_px,
+        )
+        features = dclab_features(
+            rows,
+            t0=self._t0,
+            camera_pixel_size_um=self._optics.camera_pixel_size_um,
+            crops_nm=crops,
+            wavelength_nm=self._wavelength_nm,
+        )
+        self.file.append(features)
+        if n:
+            seen = np.stack([results.frame_id.astype(np.float64), results.grabbed_at], axis=1)
+            self._span[0] = np.minimum(self._span[0], seen.min(axis=0))
+            self._span[1] = np.maximum(self._span[1], seen.max(axis=0))
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        if not self._optics.frame_rate_hz:
+            rate = measured_frame_rate(self._span[:, 0], self._span[:, 1]) if self.count else None
+            if rate:
+                self.file.store_metadata({"imaging": {"frame rate": rate}})
+        self.file.close()
+
+    def abort(self) -> None:
+        self.file.abort()
 
 
 @dataclass
@@ -67,7 +173,7 @@ class _Writing:
     """The file being written."""
 
     key: _FileKey
-    file: CropWriter
+    file: CropWriter | _RtdcFile
 
     @property
     def path(self) -> Path:
@@ -98,8 +204,10 @@ class CropArchive:
     pixel_size_um : the crops' pixel size
     wavelength_nm : illumination wavelength
     class_names : the model's classes (``add`` may name others when the model changes)
-    source : the files' ``source`` attribute
+    source : the files' ``source`` attribute (rtdc: the log's first line)
     min_free_bytes : free space to leave on the folder's disk
+    file_format : ``h5`` (crop datasets) or ``rtdc`` (dclab's)
+    optics : the setup, for the rtdc files' metadata and positions (needed for rtdc)
     """
 
     def __init__(
@@ -113,6 +221,8 @@ class CropArchive:
         class_names: Sequence[str],
         source: str = "camera",
         min_free_bytes: int = MIN_FREE_BYTES,
+        file_format: ArchiveFormat = "h5",
+        optics: Optics | None = None,
     ) -> None:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
@@ -126,6 +236,12 @@ class CropArchive:
                 f"got {pixel_size_um} and {wavelength_nm}"
             )
         _check_class_names(class_names)
+        if file_format not in ("h5", "rtdc"):
+            raise ValueError(f"file_format must be h5 or rtdc, got {file_format!r}")
+        if file_format == "rtdc" and optics is None:
+            raise ValueError("the rtdc format needs the optics (its metadata and positions)")
+        self.file_format = file_format
+        self.optics = optics
         self.folder = Path(folder)
         self.max_bytes = int(max_bytes)
         self.file_crops = int(file_crops)
@@ -173,6 +289,7 @@ class CropArchive:
         *,
         class_names: Sequence[str] | None = None,
         event_ids: Sequence[int] | None = None,
+        positions_px: Sequence[tuple[float, float]] | None = None,
     ) -> None:
         """Archive the classified crops of one frame.
 
@@ -187,6 +304,8 @@ class CropArchive:
         model_name, model_version : the model that classified them
         class_names : the model's classes; default: the archive's ``class_names``
         event_ids : the event (cell) of each crop; default (or empty): -1, none
+        positions_px : each crop's (y, x) centre in camera pixels (rtdc: ``pos_x``,
+            ``pos_y``; the h5 format does not keep them); default: unknown
 
         Raises ValueError on inconsistent input (nothing is written) and
         :class:`ArchiveError` when the disk is nearly full or writing fails.
@@ -202,6 +321,8 @@ class CropArchive:
         event_ids = [] if event_ids is None else event_ids
         if len(event_ids):
             checked.append(("event_ids", event_ids))
+        if positions_px is not None:
+            checked.append(("positions_px", positions_px))
         for what, values in checked:
             if len(values) != n:
                 raise ValueError(f"{what} has {len(values)} entries for {n} crops")
@@ -230,18 +351,25 @@ class CropArchive:
             event_id=np.asarray(event_ids, dtype=np.int64),
         )
         columns = qc_columns(qc, QC_FEATURES)
-        key = _FileKey(names, model_name, model_version, crops.shape[1:])
+        positions = None
+        if positions_px is not None and self.file_format == "rtdc":
+            positions = np.asarray(positions_px, dtype=np.float64).reshape(n, 2)
+        key = _FileKey(names, model_name, model_version, crops.shape[1:], positions is not None)
         with self._one_caller("add"):
             self._check_free_space(crops.nbytes)
             if self._writing is not None and self._writing.key != key:
                 self._finish()
             start = 0
             while start < n:
-                writing = self._writing or self._open(key)
+                writing = self._writing or self._open(key, grabbed_at)
                 stop = min(n, start + self.file_crops - writing.file.count)
                 rows = slice(start, stop)
                 self._write(
-                    writing, crops[rows], {k: v[rows] for k, v in columns.items()}, results[rows]
+                    writing,
+                    crops[rows],
+                    {k: v[rows] for k, v in columns.items()},
+                    results[rows],
+                    None if positions is None else positions[rows],
                 )
                 self.archived += stop - start
                 start = stop
@@ -340,26 +468,40 @@ class CropArchive:
                     match = FILE_NAME.fullmatch(entry.name)
                     if match and entry.is_file():
                         size = entry.stat().st_size
-                        found.append((int(match[1]), Path(entry.path), size, bool(match[2])))
+                        found.append((int(match[1]), Path(entry.path), size, bool(match[3])))
         except OSError as exc:
             raise ArchiveError(self.folder, f"cannot list the folder: {exc}") from exc
         return sorted(found)
 
-    def _open(self, key: _FileKey) -> _Writing:
+    def _open(self, key: _FileKey, t0: float) -> _Writing:
+        """A new file for ``key``'s crops, the first of them grabbed at ``t0``."""
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        path = self.folder / f"crops-{stamp}-{self._next_seq:06d}.h5{PART}"
+        path = self.folder / f"crops-{stamp}-{self._next_seq:06d}.{self.file_format}{PART}"
         self._next_seq += 1
+        file: CropWriter | _RtdcFile
         try:
-            file = CropWriter(
-                path,
-                key.crop_shape,
-                class_names=key.class_names,
-                pixel_size_um=self.pixel_size_um,
-                wavelength_nm=self.wavelength_nm,
-                source=self.source,
-                model=(key.model_name, key.model_version),
-                expected_rows=self.file_crops,
-            )
+            if self.file_format == "rtdc":
+                assert self.optics is not None
+                file = _RtdcFile(
+                    path,
+                    key,
+                    self.optics,
+                    self.pixel_size_um,
+                    self.wavelength_nm,
+                    self.source,
+                    t0,
+                )
+            else:
+                file = CropWriter(
+                    path,
+                    key.crop_shape,
+                    class_names=key.class_names,
+                    pixel_size_um=self.pixel_size_um,
+                    wavelength_nm=self.wavelength_nm,
+                    source=self.source,
+                    model=(key.model_name, key.model_version),
+                    expected_rows=self.file_crops,
+                )
         except HDF5_ERRORS as exc:
             raise ArchiveError(path, f"cannot create the file: {exc}") from exc
         self._writing = _Writing(key, file)
@@ -371,9 +513,13 @@ class CropArchive:
         crops: np.ndarray,
         qc: Mapping[str, np.ndarray],
         results: Classified,
+        positions_px: np.ndarray | None,
     ) -> None:
         try:
-            writing.file.append(crops, qc=qc, classified=results)  # the first lays the file out
+            if isinstance(writing.file, _RtdcFile):
+                writing.file.append(crops, qc, results, writing.key.class_names, positions_px)
+            else:  # the first lays the file out
+                writing.file.append(crops, qc=qc, classified=results)
         except HDF5_ERRORS as exc:
             self._abandon(writing)
             raise ArchiveError(writing.path, f"write failed: {exc}") from exc
@@ -409,7 +555,9 @@ class CropArchive:
         self._enforce_bound()
 
     def _abandon(self, writing: _Writing) -> None:
-        """After a failed write: keep the file's complete crops if it is still readable."""
+        """After a failed write: keep the file's complete crops if it is still readable
+        (rtdc: at the next start, see
+        :meth:`acquisition.rtdcfile.RtdcAppender.abort`)."""
         if self._writing is writing:
             self._writing = None
         self.files_failed += 1
@@ -419,14 +567,20 @@ class CropArchive:
             logger.error("crop archive: %s cannot be closed, dropped: %s", writing.path, exc)
             writing.path.unlink(missing_ok=True)
             return
-        if writing.path.exists():
+        if isinstance(writing.file, _RtdcFile):
+            logger.error(
+                "crop archive: %s failed and stays open; the next start salvages it", writing.path
+            )
+        elif writing.path.exists():
             self._recover(writing.path)
 
     def _recover(self, path: Path) -> None:
-        """Rename an interrupted ``.part`` file to ``.h5`` if it is readable, else delete it."""
+        """Complete an interrupted ``.part`` file (renamed without ``.part``) if it holds
+        readable crops, else delete it."""
         crops: int | None
+        salvage = salvage_rtdc_file if path.name.endswith(f".rtdc{PART}") else salvage_crop_file
         try:
-            crops = salvage_crop_file(path)
+            crops = salvage(path)
         except ValueError as exc:
             logger.warning("crop archive: %s is unreadable: %s", path, exc)
             crops = None

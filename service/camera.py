@@ -13,6 +13,7 @@ from acquisition.cameras.spec import CameraSpec, build_camera
 
 from .archive import ArchiveWriter, CropArchive
 from .classification import Classification, is_uncertain
+from .export_rtdc import optics_from_settings
 from .live import LiveView
 from .loop.events import TrackedFrame
 from .loop.runner import AcquisitionRunner, LoopStatus, StoredCells
@@ -186,6 +187,7 @@ class CameraLoop:
             manifest.version,
             class_names=manifest.classes,
             event_ids=stored.event_ids,
+            positions_px=[c.position_px for c in stored.cells],
         )
 
 
@@ -202,9 +204,14 @@ def _archive_writer(settings: Settings, classification: Classification) -> Archi
             pixel_size_um=classification.crop_geometry().pixel_size_um,
             wavelength_nm=settings.wavelength_nm,
             class_names=runtime.manifest.classes if runtime else [],
+            file_format=settings.crop_archive_format,
+            optics=optics_from_settings(settings),
         )
 
     logger.info(
-        "archiving every crop in %s (at most %d bytes)", folder, settings.crop_archive_max_bytes
+        "archiving every crop in %s (%s files, at most %d bytes)",
+        folder,
+        settings.crop_archive_format,
+        settings.crop_archive_max_bytes,
     )
     return ArchiveWriter(make)

@@ -6,8 +6,9 @@ its combined probabilities and mean QC, and the crop, frame, time and position o
 one **representative view**, the middle one (by frame) of its views whose crops are
 in the archive (the cell farthest from where it entered and left the field). With
 no events (an archive alone, or a database of views only) one row per **view**.
-The feature mapping (:data:`QC_FEATURES`, :data:`USERDEF`) is written into the
-file's log ``topgan-export`` and described in docs/design.md, "Files". dclab's
+The feature mapping is :mod:`acquisition.rtdcfile`'s, shared with the crop archive's
+``rtdc`` format (its metadata is :func:`rtdc_metadata`'s here); it is written into
+the file's log ``topgan-export`` and described in docs/design.md, "Files". dclab's
 metadata keys are fixed and its per-row features numbers: each row's reference and
 pipeline ids (16 hex digits, more than a float carries) are mapped in that log by
 ranges of dclab's ``index``, and each pipeline's description is a log of its own,
@@ -19,17 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from acquisition.archivefiles import FILE_NAME, ArchiveFile, read_archive_crops, read_archive_file
 from acquisition.commandline import (
     Command,
     CommandError,
@@ -37,60 +37,17 @@ from acquisition.commandline import (
     parse_time,
     positive_float,
 )
-
-#: The QC features with a dclab name: topgan's name -> (dclab's, conversion).
-QC_FEATURES: dict[str, tuple[str, str]] = {
-    "area_um2": ("area_um", "as is (um^2)"),
-    "dry_mass_pg": ("qpi_dm", "as is (pg)"),
-    # dclab's circularity is 2 sqrt(pi A) / P, topgan's 4 pi A / P^2
-    "circularity": ("circ", "sqrt(circularity)"),
-    # dclab's porosity is convex area / area, topgan's solidity its inverse
-    "solidity": ("area_ratio", "1 / solidity"),
-}
-#: The values without a dclab name, in ``userdef1`` to ``userdef9``.
-USERDEF: tuple[str, ...] = (
-    "event_id",
-    "views",
-    "speed_um_s",
-    "mean_opd_nm",
-    "peak_opd_nm",
-    "amplitude_std",
-    "clipped",
-    "touching",
-    "out_of_focus",
+from acquisition.rtdcfile import (
+    FeatureRows,
+    RtdcAppender,
+    dclab_features,
+    mapping_log,
+    model_line,
 )
-#: What a userdef holds, for the log.
-USERDEF_MEANING = {
-    "event_id": "the event's id (views: their event's, -1 without one)",
-    "views": "classified views of the event (views: 1)",
-    "speed_um_s": "the event's speed, um/s (NaN when unknown)",
-    "mean_opd_nm": "mean OPD over the cell, nm",
-    "peak_opd_nm": "peak OPD, nm",
-    "amplitude_std": "relative amplitude standard deviation",
-    "clipped": "flag (events: fraction of views)",
-    "touching": "flag (events: fraction of views)",
-    "out_of_focus": "flag (events: fraction of views)",
-}
-ARCHIVE_FILE = re.compile(r"crops-\d{8}-\d{6}-\d+\.h5")
+from acquisition.segmentation import QC_FEATURES
 
-
-def phase_rad(opd_nm: np.ndarray, wavelength_nm: float) -> np.ndarray:
-    """OPD (nm) as phase (rad) at ``wavelength_nm``: 2 pi OPD / wavelength."""
-    if not wavelength_nm > 0:
-        raise ValueError(f"the wavelength must be positive, got {wavelength_nm}")
-    return (2 * np.pi / wavelength_nm * np.asarray(opd_nm, dtype=np.float64)).astype(np.float32)
-
-
-def score_codes(classes: Sequence[str]) -> dict[str, str]:
-    """Each class's three-character code for dclab's ``ml_score_xxx`` (``[a-z0-9]{3}``):
-    the first three letters or digits of its name; if those are not distinct, the
-    first two and the last; else ``c00``, ``c01``, ... in class order."""
-    clean = [re.sub(r"[^a-z0-9]", "", c.lower()) for c in classes]
-    for rule in (lambda s: s[:3], lambda s: s[:2] + s[-1:]):
-        codes = [rule(s) for s in clean]
-        if all(len(c) == 3 for c in codes) and len(set(codes)) == len(codes):
-            return dict(zip(classes, codes, strict=True))
-    return {c: f"c{i:02d}" for i, c in enumerate(classes)}
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 @dataclass
@@ -125,58 +82,57 @@ class Row:
     pipeline_id: str | None = None
 
 
-def index_archive(folder: Path) -> dict[int, Crop]:
-    """The archive's crops by result id (complete files only)."""
-    import h5py
-
+def archive_files(folder: Path) -> list[ArchiveFile]:
+    """The archive's complete files (either format), oldest first."""
     from acquisition.cropfile import HDF5_ERRORS
 
     if not folder.is_dir():
         raise CommandError(f"--archive {folder}: no such folder")
-    crops: dict[int, Crop] = {}
-    for path in sorted(p for p in folder.iterdir() if ARCHIVE_FILE.fullmatch(p.name)):
+    files = []
+    for path in sorted(folder.iterdir()):
+        if not (match := FILE_NAME.fullmatch(path.name)) or match[3]:
+            continue
         try:
-            with h5py.File(path, "r") as h5:
-                ids = h5["result_id"][()]
-                frames = h5["frame_id"][()]
-                grabbed = h5["grabbed_at"][()]
-                wavelength = float(h5.attrs["wavelength_nm"])
-                pixel = float(h5.attrs["pixel_size_um"])
-        except (*HDF5_ERRORS, KeyError) as exc:
+            found = read_archive_file(path)
+        except (*HDF5_ERRORS, KeyError, ValueError) as exc:
             raise CommandError(f"{path} is not a crop archive file: {exc}") from exc
-        for row, (rid, frame, at) in enumerate(zip(ids, frames, grabbed, strict=True)):
-            crops[int(rid)] = Crop(path, row, int(frame), float(at), wavelength, pixel)
+        if found is None:
+            raise CommandError(f"{path} is not a crop archive file: it carries no results")
+        files.append(found)
+    return files
+
+
+def index_archive(folder: Path) -> dict[int, Crop]:
+    """The archive's crops by result id (complete files only)."""
+    crops: dict[int, Crop] = {}
+    for file in archive_files(folder):
+        results = file.results
+        for row, (rid, frame, at) in enumerate(
+            zip(results.result_id, results.frame_id, results.grabbed_at, strict=True)
+        ):
+            crops[int(rid)] = Crop(
+                file.path, row, int(frame), float(at), file.wavelength_nm, file.pixel_size_um
+            )
     return crops
 
 
 def archive_views(folder: Path, since: float | None) -> list[Row]:
     """One row per archived crop (no database): the archive's own results."""
-    import h5py
-
-    from acquisition.cropfile import HDF5_ERRORS
-
-    crops = index_archive(folder)
     rows = []
-    by_file: dict[Path, list[tuple[int, Crop]]] = {}
-    for rid, crop in crops.items():
-        by_file.setdefault(crop.path, []).append((rid, crop))
-    for path, items in sorted(by_file.items()):
-        try:
-            with h5py.File(path, "r") as h5:
-                names = [str(n) for n in h5.attrs["class_names"]]
-                probability = h5["probability"][()]
-                qc = {name: h5["qc"][name][()] for name in h5["qc"]} if "qc" in h5 else {}
-                model = (str(h5.attrs["model_name"]), str(h5.attrs["model_version"]))
-        except (*HDF5_ERRORS, KeyError) as exc:
-            raise CommandError(f"{path} is not a crop archive file: {exc}") from exc
-        for _rid, crop in items:
-            if since is not None and crop.grabbed_at < since:
+    for file in archive_files(folder):
+        results, names = file.results, file.class_names
+        for i, (rid, frame, at) in enumerate(
+            zip(results.result_id, results.frame_id, results.grabbed_at, strict=True)
+        ):
+            if since is not None and at < since:
                 continue
-            i = crop.row
+            crop = Crop(file.path, i, int(frame), float(at), file.wavelength_nm, file.pixel_size_um)
             rows.append(
                 Row(
-                    probabilities={n: float(p) for n, p in zip(names, probability[i], strict=True)},
-                    qc={k: float(v[i]) for k, v in qc.items()},
+                    probabilities={
+                        n: float(p) for n, p in zip(names, results.probability[i], strict=True)
+                    },
+                    qc={k: float(v[i]) for k, v in file.qc.items()},
                     frame=crop.frame_id,
                     time=crop.grabbed_at,
                     y_px=None,
@@ -184,8 +140,9 @@ def archive_views(folder: Path, since: float | None) -> list[Row]:
                     event_id=None,
                     views=1,
                     speed_um_s=None,
-                    model=model,
+                    model=file.model,
                     crop=crop,
+                    extra={"result_id": int(rid)},
                 )
             )
     rows.sort(key=lambda r: (r.time, r.frame))
@@ -337,6 +294,22 @@ class Optics:
     channel_width_um: float | None = None
 
 
+def optics_from_settings(
+    settings: Settings, medium_index: float | None = None, channel_width_um: float | None = None
+) -> Optics:
+    """The setup as the service's settings describe it."""
+    return Optics(
+        camera_pixel_size_um=settings.pixel_size_um,
+        crop_pixel_size_um=settings.crop_pixel_size_um,
+        wavelength_nm=settings.wavelength_nm,
+        frame_rate_hz=settings.frame_rate_hz or None,
+        flow_rate_ul_min=settings.flow_rate_ul_min,
+        medium_index=medium_index,
+        exposure_us=settings.exposure_us,
+        channel_width_um=channel_width_um,
+    )
+
+
 def write_rtdc(
     out: Path,
     rows: Sequence[Row],
@@ -350,10 +323,6 @@ def write_rtdc(
     Rows without an archived crop are left out when any row has one (every row of a
     file has the same features). ``pipelines``: the stored descriptions (canonical
     JSON) of the rows' pipelines, each written as a log of its own."""
-    import h5py
-    import hdf5plugin  # noqa: F401  (dclab's compression filters)
-    from dclab import RTDCWriter
-
     with_crops = any(r.crop is not None for r in rows)
     skipped = sum(r.crop is None for r in rows) if with_crops else 0
     rows = [r for r in rows if r.crop is not None] if with_crops else list(rows)
@@ -366,55 +335,32 @@ def write_rtdc(
                 f"the selection mixes models with classes {classes} and "
                 f"{list(r.probabilities)}: export one model's results (--since)"
             )
-    codes = score_codes(classes)
-    ordered = sorted(classes, key=lambda c: codes[c])  # dclab's ml_class: sorted score names
     n = len(rows)
     t0 = min(r.time for r in rows)
-    features: dict[str, np.ndarray] = {
-        "frame": np.asarray([r.frame for r in rows], dtype=np.uint64),
-        "time": np.asarray([r.time - t0 for r in rows], dtype=np.float64),
-    }
-    for c in classes:
-        features[f"ml_score_{codes[c]}"] = np.asarray(
-            [r.probabilities[c] for r in rows], dtype=np.float64
-        )
-    features["ml_class"] = np.asarray(
-        [ordered.index(max(r.probabilities, key=r.probabilities.__getitem__)) for r in rows],
-        dtype=np.uint32,
-    )
+    positions = None
     if all(r.y_px is not None and r.x_px is not None for r in rows):
-        # pos_x along the channel: the camera's x (flow along x or y; see the log)
-        features["pos_x"] = np.asarray(
-            [float(r.x_px) * optics.camera_pixel_size_um for r in rows]  # type: ignore[arg-type]
-        )
-        features["pos_y"] = np.asarray(
-            [float(r.y_px) * optics.camera_pixel_size_um for r in rows]  # type: ignore[arg-type]
-        )
-
-    def qc(name: str) -> np.ndarray:
-        return np.asarray([float(r.qc.get(name, math.nan)) for r in rows], dtype=np.float64)
-
-    for name, (dclab_name, _) in QC_FEATURES.items():
-        values = qc(name)
-        if name == "circularity":
-            values = np.sqrt(values)
-        elif name == "solidity":
-            values = 1 / values
-        features[dclab_name] = values
-    userdef = {
-        "event_id": np.asarray([-1 if r.event_id is None else r.event_id for r in rows], float),
-        "views": np.asarray([r.views for r in rows], dtype=np.float64),
-        "speed_um_s": np.asarray(
+        positions = np.asarray([(r.y_px, r.x_px) for r in rows], dtype=np.float64)
+    table = FeatureRows(
+        classes=tuple(classes),
+        probabilities=np.asarray([[r.probabilities[c] for c in classes] for r in rows]),
+        qc={
+            name: np.asarray([float(r.qc.get(name, math.nan)) for r in rows])
+            for name in QC_FEATURES
+        },
+        frame=np.asarray([r.frame for r in rows]),
+        time=np.asarray([r.time for r in rows], dtype=np.float64),
+        result_id=np.asarray([r.extra.get("result_id", -1) for r in rows]),
+        event_id=np.asarray([-1 if r.event_id is None else r.event_id for r in rows]),
+        views=np.asarray([r.views for r in rows]),
+        speed_um_s=np.asarray(
             [math.nan if r.speed_um_s is None else r.speed_um_s for r in rows], dtype=np.float64
         ),
-    }
-    for name in USERDEF[3:]:
-        userdef[name] = qc(name)
-    for i, name in enumerate(USERDEF, start=1):
-        features[f"userdef{i}"] = userdef[name]
+        position_px=positions,
+    )
 
     wavelength = optics.wavelength_nm
     pixel = optics.crop_pixel_size_um
+    images = None
     if with_crops:
         wavelength = rows[0].crop.wavelength_nm  # type: ignore[union-attr]
         pixel = rows[0].crop.pixel_size_um  # type: ignore[union-attr]
@@ -423,25 +369,83 @@ def write_rtdc(
             for r in rows
         ):
             raise CommandError("the archive's files differ in wavelength or pixel size")
-        images = np.empty((n, 0, 0), dtype=np.float32)
-        by_file: dict[Path, list[int]] = {}
-        for i, r in enumerate(rows):
-            by_file.setdefault(r.crop.path, []).append(i)  # type: ignore[union-attr]
-        for path, indices in by_file.items():
-            with h5py.File(path, "r") as h5:
-                opd = h5["opd"]
-                if images.shape[1:] != opd.shape[1:]:
-                    if images.size:
-                        raise CommandError("the archive's crops differ in shape")
-                    images = np.empty((n, *opd.shape[1:]), dtype=np.float32)
-                for i in indices:
-                    images[i] = opd[rows[i].crop.row]  # type: ignore[union-attr]
-        features["qpi_pha"] = phase_rad(images, wavelength)
-        features["qpi_amp"] = np.ones_like(features["qpi_pha"])
+        images = _archived_crops([r.crop for r in rows if r.crop is not None])
+    features = dclab_features(
+        table,
+        t0=t0,
+        camera_pixel_size_um=optics.camera_pixel_size_um,
+        crops_nm=images,
+        wavelength_nm=wavelength,
+    )
 
     frame_rate = optics.frame_rate_hz
     if not frame_rate:
-        frame_rate = _measured_frame_rate(rows)
+        frame_rate = measured_frame_rate(table.frame, table.time)
+    roi = None if images is None else (int(images.shape[1]), int(images.shape[2]))
+    meta = rtdc_metadata(t0, kind, pixel, wavelength, optics, roi, frame_rate)
+    models = sorted({r.model for r in rows})
+    log = [
+        f"command: {command}"[:99],
+        *(model_line(name, version) for name, version in models),
+        f"rows: one per {kind}; {n} written, {skipped} left out without an archived crop",
+        "crop: the middle view by frame of those archived (qpi_pha, frame, time, pos)"
+        if kind == "event"
+        else "crop: the view's own",
+        "scalars: the event's combined probabilities and mean QC"
+        if kind == "event"
+        else "scalars: the view's",
+        *mapping_log(classes, wavelength if with_crops else None),
+        "reference, pipeline: the ids each row was reconstructed against and ran with "
+        "(none: not recorded)",
+        *provenance_log(rows),
+    ]
+    used = sorted({r.pipeline_id for r in rows if r.pipeline_id is not None})
+    described = {p: (pipelines or {})[p] for p in used if p in (pipelines or {})}
+    log += [f"pipeline {p}: log topgan-pipeline-{p}" for p in described]
+    log += [f"pipeline {p}: not stored" for p in used if p not in described]
+    # one key a line: lines dclab keeps short
+    logs = {
+        f"topgan-pipeline-{p}": json.dumps(json.loads(text), indent=1, sort_keys=True).splitlines()
+        for p, text in described.items()
+    }
+    file = RtdcAppender(out, meta, log, replace=True, logs=logs)
+    file.append(features)
+    file.close()
+    return n
+
+
+def _archived_crops(crops: Sequence[Crop]) -> np.ndarray:
+    """The crops' OPD (nm), read from their archive files, in the order given."""
+    by_file: dict[Path, list[int]] = {}
+    for i, crop in enumerate(crops):
+        by_file.setdefault(crop.path, []).append(i)
+    images: np.ndarray | None = None
+    for path, indices in by_file.items():
+        rows = np.asarray(sorted({crops[i].row for i in indices}))
+        opd = read_archive_crops(path, rows).opd
+        if images is None:
+            images = np.empty((len(crops), *opd.shape[1:]), dtype=np.float32)
+        elif images.shape[1:] != opd.shape[1:]:
+            raise CommandError("the archive's crops differ in shape")
+        for i in indices:
+            images[i] = opd[np.searchsorted(rows, crops[i].row)]
+    assert images is not None
+    return images
+
+
+def rtdc_metadata(
+    t0: float,
+    kind: str,
+    pixel: float,
+    wavelength: float,
+    optics: Optics,
+    roi: tuple[int, int] | None,
+    frame_rate: float | None,
+) -> dict[str, dict[str, Any]]:
+    """The metadata of a file of ``kind`` rows (event or view) from ``t0`` (Unix s):
+    crops of ``roi`` (H, W) pixels (None: no crops) of ``pixel`` um at ``wavelength``
+    nm; what topgan does not know is NaN or "unknown" (dclab's checker wants the keys).
+    """
     start = datetime.fromtimestamp(t0, UTC)
     meta: dict[str, dict[str, Any]] = {
         "experiment": {
@@ -476,63 +480,22 @@ def write_rtdc(
         },
     }
     # the crop's size; 0 without images
-    meta["imaging"]["roi size x"] = int(features["qpi_pha"].shape[2]) if with_crops else 0
-    meta["imaging"]["roi size y"] = int(features["qpi_pha"].shape[1]) if with_crops else 0
-    if frame_rate:
-        meta["imaging"]["frame rate"] = float(frame_rate)
+    meta["imaging"]["roi size x"] = roi[1] if roi is not None else 0
+    meta["imaging"]["roi size y"] = roi[0] if roi is not None else 0
+    # NaN when unknown (a file of one frame): dclab's checker wants the key
+    meta["imaging"]["frame rate"] = float(frame_rate) if frame_rate else math.nan
     if optics.medium_index is not None:
         meta["qpi"]["medium index"] = optics.medium_index
     if optics.flow_rate_ul_min:
         meta["setup"]["flow rate"] = optics.flow_rate_ul_min / 60  # uL/s
-    models = sorted({r.model for r in rows})
-    log = [
-        f"command: {command}"[:99],
-        *(f"model: {name} version {version}" for name, version in models),
-        f"rows: one per {kind}; {n} written, {skipped} left out without an archived crop",
-        "crop: the middle view by frame of those archived (qpi_pha, frame, time, pos)"
-        if kind == "event"
-        else "crop: the view's own",
-        "scalars: the event's combined probabilities and mean QC"
-        if kind == "event"
-        else "scalars: the view's",
-        f"qpi_pha: 2 pi OPD / {wavelength:g} nm; qpi_amp: ones (not archived)"
-        if with_crops
-        else "no crops: no qpi_pha, qpi_amp",
-        "time: s since the first row; pos_x, pos_y: camera x, y times the pixel size",
-        *(f"ml_score_{codes[c]}: {c}" for c in classes),
-        f"ml_class: index into {[codes[c] for c in ordered]}",
-        *(f"{d}: {name}, {how}" for name, (d, how) in QC_FEATURES.items()),
-        *(f"userdef{i}: {name}, {USERDEF_MEANING[name]}" for i, name in enumerate(USERDEF, 1)),
-        "reference, pipeline: the ids each row was reconstructed against and ran with "
-        "(none: not recorded)",
-        *provenance_log(rows),
-    ]
-    used = sorted({r.pipeline_id for r in rows if r.pipeline_id is not None})
-    described = {p: (pipelines or {})[p] for p in used if p in (pipelines or {})}
-    log += [f"pipeline {p}: log topgan-pipeline-{p}" for p in described]
-    log += [f"pipeline {p}: not stored" for p in used if p not in described]
-    if out.exists():
-        out.unlink()
-    with RTDCWriter(out, mode="reset") as writer:
-        writer.store_metadata(meta)
-        for name, values in features.items():
-            with warnings.catch_warnings():
-                # dclab's writer takes each feature's nanmin and nanmax: a feature that
-                # is NaN throughout (the speed of views) would warn
-                warnings.simplefilter("ignore", RuntimeWarning)
-                writer.store_feature(name, values)
-        writer.store_log("topgan-export", log)
-        for p, text in described.items():  # one key a line: lines dclab keeps short
-            lines = json.dumps(json.loads(text), indent=1, sort_keys=True).splitlines()
-            writer.store_log(f"topgan-pipeline-{p}", lines)
-    return n
+    return meta
 
 
-def _measured_frame_rate(rows: Sequence[Row]) -> float | None:
-    """Frames per second over the rows (frame counter over grab time), if measurable."""
-    frames = np.asarray([r.frame for r in rows], dtype=np.float64)
-    times = np.asarray([r.time for r in rows])
-    if np.ptp(times) <= 0 or np.ptp(frames) <= 0:
+def measured_frame_rate(frames: np.ndarray, times: np.ndarray) -> float | None:
+    """Frames per second over rows (frame counter over grab time), if measurable."""
+    frames = np.asarray(frames, dtype=np.float64)
+    times = np.asarray(times, dtype=np.float64)
+    if not len(times) or np.ptp(times) <= 0 or np.ptp(frames) <= 0:
         return None
     return float(np.ptp(frames) / np.ptp(times))
 
@@ -602,17 +565,9 @@ def run(args: argparse.Namespace) -> None:
         rows, kind = database_rows(url, since, crops)
     if not rows:
         raise CommandError("nothing to export: no results in the selection")
-    optics = Optics(
-        camera_pixel_size_um=settings.pixel_size_um,
-        crop_pixel_size_um=settings.crop_pixel_size_um,
-        wavelength_nm=settings.wavelength_nm,
-        frame_rate_hz=settings.frame_rate_hz or None,
-        flow_rate_ul_min=settings.flow_rate_ul_min,
-        medium_index=args.medium_index,
-        exposure_us=settings.exposure_us,
-        channel_width_um=args.channel_width_um,
-    )
-    pipelines = stored_pipelines(url, {r.pipeline_id for r in rows if r.pipeline_id})
+    optics = optics_from_settings(settings, args.medium_index, args.channel_width_um)
+    ids = {r.pipeline_id for r in rows if r.pipeline_id}
+    pipelines = stored_pipelines(url, ids) if ids else {}
     n = write_rtdc(out, rows, kind, optics, " ".join(["topgan", *sys.argv[1:]]), pipelines)
     print(f"wrote {n} {kind}s to {out}", file=sys.stderr)
 

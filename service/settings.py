@@ -200,7 +200,12 @@ class Settings(BaseSettings):
         None, ge=1, description="at most this many stored views (the oldest go); none: no bound"
     )
     crop_archive: Path | None = Field(
-        None, description="folder where every crop of the camera loop is archived (HDF5); none: off"
+        None, description="folder where every crop of the camera loop is archived; none: off"
+    )
+    crop_archive_format: Literal["h5", "rtdc"] = Field(
+        "h5",
+        description="the archive's files: h5 (crop datasets) or rtdc (dclab's, as topgan "
+        "export rtdc maps a view)",
     )
     crop_archive_max_bytes: int = Field(
         20 * 2**30, gt=0, description="the archive's disk bound: the oldest files go beyond it"

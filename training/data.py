@@ -13,6 +13,10 @@ import numpy as np
 import torch
 
 from acquisition.cropfile import CropDataset, read_crop_dataset
+from acquisition.importer import DatasetImportError, import_rtdc
+
+#: The crop files a folder of training data may hold: crop datasets, dclab's files.
+CROP_SUFFIXES = (".h5", ".rtdc")
 
 
 @dataclass
@@ -30,14 +34,15 @@ class Crops:
 
 
 def dataset_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand folders into the .h5 files they hold (sorted); check that files exist."""
+    """Expand folders into the crop files they hold (``.h5`` crop datasets and dclab's
+    ``.rtdc``: a crop archive of either format), sorted by name; check that files exist."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(path.glob("*.h5"))
+            found = sorted(p for suffix in CROP_SUFFIXES for p in path.glob(f"*{suffix}"))
             if not found:
-                raise ValueError(f"folder {path} holds no .h5 crop files")
+                raise ValueError(f"folder {path} holds no crop files (.h5, .rtdc)")
             files += found
         elif path.is_file():
             files.append(path)
@@ -47,11 +52,19 @@ def dataset_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def load_crops(paths: Sequence[str | Path]) -> Crops:
+    """The crops of the files and folders given. A ``.rtdc`` file is read by the
+    importer (its phase images as OPD) and unlabeled: its ``ml_class`` is a
+    prediction (label one with ``topgan dataset import --rtdc`` to train on labels)."""
     files = dataset_files(paths)
     sets: list[CropDataset] = []
     for f in files:
         try:
-            sets.append(read_crop_dataset(f))
+            if f.suffix == ".rtdc":
+                sets.append(import_rtdc(f, unlabeled=True))
+            else:
+                sets.append(read_crop_dataset(f))
+        except DatasetImportError as exc:
+            raise ValueError(str(exc)) from None
         except (OSError, KeyError) as exc:
             raise ValueError(f"{f} is not a crop dataset: {exc}") from None
     shapes = {s.opd.shape[1:] for s in sets if len(s)}

@@ -107,10 +107,12 @@ ARCHIVED = [
 ]
 
 
-def write_archive(folder, pixel_size_um=0.25):
+def write_archive(folder, pixel_size_um=0.25, fmt="h5"):
     """The crop archive of :data:`ARCHIVED`, written by the service's own archive (five
-    crops a file, so events straddle files), each crop filled with its result id."""
+    crops a file, so events straddle files; ``fmt`` h5 or rtdc), each crop filled with
+    its result id."""
     from service.archive import CropArchive
+    from tests.service.test_archive import OPTICS
 
     classes = ["sw480", "sw620"]
     with CropArchive(
@@ -121,6 +123,8 @@ def write_archive(folder, pixel_size_um=0.25):
         wavelength_nm=632.8,
         class_names=classes,
         min_free_bytes=0,
+        file_format=fmt,
+        optics=OPTICS,
     ) as archive:
         for rid, frame, event, flag in ARCHIVED:
             qc = {name: 1.0 for name in ("area_um2", "dry_mass_pg", "mean_opd_nm")}
@@ -139,18 +143,19 @@ def write_archive(folder, pixel_size_um=0.25):
                 model_version="1",
                 event_ids=[event],
             )
-    (folder / "crops-20250101-000000-000099.h5.part").write_bytes(b"being written")
+    (folder / f"crops-20250101-000000-000099.{fmt}.part").write_bytes(b"being written")
     return folder
 
 
 def ids(data):
-    return data.opd[:, 0, 0].astype(int).tolist()
+    return np.rint(data.opd[:, 0, 0]).astype(int).tolist()  # rtdc: to float rounding
 
 
-def test_archive_runs_become_labelled_crops_one_view_per_cell(tmp_path):
+@pytest.mark.parametrize("fmt", ["h5", "rtdc"])
+def test_archive_runs_become_labelled_crops_one_view_per_cell(tmp_path, fmt):
     from acquisition.importer import import_archive
 
-    archive = write_archive(tmp_path / "archive")
+    archive = write_archive(tmp_path / "archive", fmt=fmt)
     data, picked = import_archive(archive, "sw480", until=150)
     # event 1: views 0, 2, 4 -> the middle, 2; event 2: 1 is flagged, so 3, 5, 6 -> 5;
     # the crops without an event are each kept
@@ -162,6 +167,9 @@ def test_archive_runs_become_labelled_crops_one_view_per_cell(tmp_path):
     assert data.qc["event_id"].tolist() == [1, 2, -1, -1]
     assert data.qc["frame_id"].tolist() == [1, 2, 4, 4]
     assert {"area_um2", "out_of_focus"} <= set(data.qc)
+    np.testing.assert_allclose(data.qc["circularity"], 0.9, rtol=1e-6)  # rtdc: sqrt, squared
+    np.testing.assert_allclose(data.qc["solidity"], 0.95, rtol=1e-6)
+    assert data.qc["out_of_focus"].tolist() == [0, 0, 0, 0]
     assert (picked.crops, picked.kept, picked.flagged_crops, picked.other_views) == (9, 4, 1, 4)
     assert picked.flagged["out_of_focus"] == 1
     assert (picked.files, picked.unfinished) == (2, 1)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from acquisition.commandline import run_command
+from acquisition.rtdcfile import phase_rad, score_codes
 from service.cli import build_parser
-from service.export_rtdc import COMMAND, phase_rad, score_codes
+from service.export_rtdc import COMMAND
 from tests.service.test_acquisition import serve, stopped_cleanly, wait_for
 
 dclab = pytest.importorskip("dclab")
