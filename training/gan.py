@@ -33,8 +33,9 @@ from torch import nn
 from models.manifest import Normalization, sha256_of
 from models.provenance import portable_command, portable_path
 
+from . import pretraining
 from .config import GanConfig
-from .data import dihedral, load_crops
+from .data import dihedral
 from .distributed import Distributed
 from .networks import Discriminator, Generator, colour_encode, init_weights
 
@@ -74,15 +75,8 @@ def train_gan(
     device = ddp.device
     torch.manual_seed(seed)
     generator_rng = torch.Generator().manual_seed(seed)
-    crops = load_crops(data)
     net = config.network
-    if crops.opd.shape[1] != net.crop_size:
-        raise ValueError(
-            f"the crops are {crops.opd.shape[1]} px, the network takes {net.crop_size}"
-        )
-    if ddp.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out / "checkpoint.pt"
+    crops, checkpoint_path = pretraining.start(data, out, net, ddp)
 
     g, d = Generator(net).to(device), Discriminator(net).to(device)
     g.apply(init_weights)
@@ -93,22 +87,12 @@ def train_gan(
     runs: list[dict[str, Any]] = []
     norm = Normalization.fit(crops.opd)
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["network"] != asdict(net):
-            raise ValueError(
-                f"{checkpoint_path} was trained with another network: {state['network']}"
-            )
+        state = pretraining.load_checkpoint(checkpoint_path, net, config.epochs, device)
         g.load_state_dict(state["generator"])
         d.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         epoch0, step = state["epoch"], state["step"]
-        if epoch0 >= config.epochs:
-            raise ValueError(
-                f"{checkpoint_path} has already trained {epoch0} epochs, as many as --epochs "
-                f"{config.epochs} asks for in all: give --epochs above {epoch0} (a total) "
-                "to keep pretraining"
-            )
         norm = Normalization.from_dict(state["normalization"])
         generator_rng.set_state(state["rng"].cpu())
         runs = list(state.get("runs", []))
@@ -133,9 +117,7 @@ def train_gan(
         x_all = nn.functional.avg_pool2d(x_all, factor)
     n = len(x_all)
     steps_per_epoch = max(1, n // config.batch_size)
-    total = step + (config.epochs - epoch0) * steps_per_epoch
-    if config.max_steps is not None:  # a cap on this run's steps
-        total = min(total, step + config.max_steps)
+    total = pretraining.last_step(step, epoch0, config.epochs, steps_per_epoch, config.max_steps)
     run = {"from_epoch": epoch0, "to_epoch": epoch0, "crops": n, "data": data_files}
     runs.append(run)
     loss = nn.BCEWithLogitsLoss()

@@ -48,8 +48,9 @@ from acquisition.simulator.optics import defocus_phase_per_um
 from models.manifest import Normalization, sha256_of
 from models.provenance import portable_command, portable_path
 
+from . import pretraining
 from .config import NetworkConfig, SslConfig
-from .data import dihedral, load_crops
+from .data import dihedral
 from .distributed import Distributed
 from .networks import encoder, input_pool, trunk
 
@@ -204,15 +205,8 @@ def train_ssl(
     device = ddp.device
     torch.manual_seed(seed)
     generator_rng = torch.Generator().manual_seed(seed)
-    crops = load_crops(data)
     net = config.network
-    if crops.opd.shape[1] != net.crop_size:
-        raise ValueError(
-            f"the crops are {crops.opd.shape[1]} px, the network takes {net.crop_size}"
-        )
-    if ddp.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out / "checkpoint.pt"
+    crops, checkpoint_path = pretraining.start(data, out, net, ddp)
 
     model = ContrastiveNet(net, config.projection_hidden, config.projection_dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -220,20 +214,10 @@ def train_ssl(
     losses: list[dict[str, float]] = []
     norm = Normalization.fit(crops.opd)
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["network"] != asdict(net):
-            raise ValueError(
-                f"{checkpoint_path} was trained with another network: {state['network']}"
-            )
+        state = pretraining.load_checkpoint(checkpoint_path, net, config.epochs, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, losses = state["epoch"], state["step"], state["losses"]
-        if epoch >= config.epochs:
-            raise ValueError(
-                f"{checkpoint_path} has already trained {epoch} epochs, as many as --epochs "
-                f"{config.epochs} asks for in all: give --epochs above {epoch} (a total) "
-                "to keep pretraining"
-            )
         norm = Normalization.from_dict(state["normalization"])
         generator_rng.set_state(state["rng"].cpu())
         if ddp.is_main:
@@ -245,11 +229,8 @@ def train_ssl(
     x_all = torch.from_numpy(crops.opd)[:, None]
     n = len(x_all)
     steps_per_epoch = max(1, n // config.batch_size)
-    # --epochs is a total counted from the first run, as for the GAN: a resume on a
-    # grown archive trains the remaining epochs, each one pass over the data given now.
-    total = step + (config.epochs - epoch) * steps_per_epoch
-    if config.max_steps is not None:  # a cap on this run's steps
-        total = min(total, step + config.max_steps)
+    # --epochs is a total counted from the first run, as for the GAN.
+    total = pretraining.last_step(step, epoch, config.epochs, steps_per_epoch, config.max_steps)
     if ddp.is_main:
         logger.info(
             "SSL: %d crops, %d steps per epoch, seed %d, normalisation %s",
