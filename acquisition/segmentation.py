@@ -224,8 +224,17 @@ def _cubic_weights(positions: np.ndarray, size: int) -> np.ndarray:
 
 
 def _solidity(mask: np.ndarray) -> float:
-    # The hull of every pixel's corners is the hull of the boundary pixels' corners.
-    ys, xs = np.nonzero(mask & ~ndi.binary_erosion(mask))
+    """Area over convex hull area of ``mask`` (one object), the hull taken around
+    the pixels' corners: the hull of each row's first and last pixels' corners, as
+    every other pixel of a row lies between those two."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return 1.0
+    inside = mask[rows]
+    first = inside.argmax(axis=1)
+    last = inside.shape[1] - 1 - inside[:, ::-1].argmax(axis=1)
+    ys = np.concatenate([rows, rows]).astype(np.float64)
+    xs = np.concatenate([first, last]).astype(np.float64)
     corners = np.concatenate(
         [np.stack([ys + dy, xs + dx], axis=1) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)]
     )
@@ -257,11 +266,17 @@ def _neck(mask: np.ndarray, pixel_size_um: tuple[float, float], min_core: float)
         return 1.0
     # Most objects have one maximum that counts: no neck, no flooding needed.
     tops = (distance == ndi.maximum_filter(distance, size=3)) & (distance >= min_core * highest)
-    if ndi.label(tops, structure=np.ones((3, 3)))[1] < 2:
+    top_parts, count = ndi.label(tops, structure=np.ones((3, 3)))
+    if count < 2:
         return 1.0
+    # A piece's maximum is one of the tops, so the lower of two pieces' maxima is at
+    # most the second highest top: from t on, no level gives a ratio under t / that.
+    second = float(np.sort(ndi.maximum(distance, top_parts, np.arange(1, count + 1)))[-2])
     ratio = 1.0
     # Flood from the top: just above the saddle, {distance >= t} is two pieces.
     for t in np.linspace(0.0, highest, 33)[:-1]:
+        if t >= ratio * second:
+            break
         pieces, count = ndi.label(distance > t, structure=np.ones((3, 3)))
         if count < 2:
             continue
@@ -347,8 +362,11 @@ class Segmenter:
                 continue
             perimeter_um = _perimeter_px(mask) * math.sqrt(pixel_area)
             circularity = min(1.0, 4 * math.pi * area_um2 / perimeter_um**2)
-            solidity = _solidity(ndi.binary_fill_holes(mask))
-            touching = solidity < cfg.min_solidity or self._touching(opd[box], mask, (dy, dx))
+            filled = ndi.binary_fill_holes(mask)
+            solidity = _solidity(filled)
+            touching = solidity < cfg.min_solidity or self._touching(
+                opd[box], mask, filled, (dy, dx)
+            )
             if touching and cfg.touching == "reject":
                 reject("touching")
                 continue
@@ -429,7 +447,11 @@ class Segmenter:
         return qc, None
 
     def _touching(
-        self, opd: np.ndarray, mask: np.ndarray, pixel_size_um: tuple[float, float]
+        self,
+        opd: np.ndarray,
+        mask: np.ndarray,
+        filled: np.ndarray,
+        pixel_size_um: tuple[float, float],
     ) -> bool:
         """True when a (convex enough) object holds two cells or more.
 
@@ -439,7 +461,7 @@ class Segmenter:
         also falls apart into several large domes when cut at higher levels.
         """
         cfg = self.config
-        neck = _neck(ndi.binary_fill_holes(mask), pixel_size_um, cfg.min_core_fraction)
+        neck = _neck(filled, pixel_size_um, cfg.min_core_fraction)
         if neck < cfg.neck_ratio:
             return True
         return neck < cfg.split_neck_ratio and self._splits(opd, mask)
