@@ -17,13 +17,11 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.metrics import MetricWrapperBase
-
-from .metrics import Metrics
+from .metrics import Metrics, buckets, counter_by, counter_total, gauge_value
 
 #: The series of :meth:`History.series`, in the order the page plots them.
 SERIES: tuple[str, ...] = (
@@ -40,46 +38,6 @@ SERIES: tuple[str, ...] = (
     "carrier_drift_cycles_per_px",
     "unwrap_residues",
 )
-
-
-def _samples(metric: MetricWrapperBase, suffix: str) -> Iterable[tuple[Mapping[str, str], float]]:
-    for family in metric.collect():
-        for sample in family.samples:
-            if sample.name.endswith(suffix):
-                yield sample.labels, sample.value
-
-
-def counter_total(metric: MetricWrapperBase, **labels: str) -> float:
-    """A counter's value summed over its label sets that match ``labels``."""
-    return sum(
-        value
-        for got, value in _samples(metric, "_total")
-        if all(got.get(k) == v for k, v in labels.items())
-    )
-
-
-def counter_by(metric: MetricWrapperBase, label: str) -> dict[str, float]:
-    """A counter's values summed by one of its labels."""
-    by: dict[str, float] = {}
-    for got, value in _samples(metric, "_total"):
-        by[got[label]] = by.get(got[label], 0.0) + value
-    return by
-
-
-def gauge_value(metric: MetricWrapperBase) -> float:
-    """An unlabelled gauge's value."""
-    return next((value for _, value in _samples(metric, "")), math.nan)
-
-
-def buckets(metric: MetricWrapperBase, **labels: str) -> dict[float, float]:
-    """A histogram's cumulative bucket counts by upper bound (``+Inf`` included),
-    summed over its label sets that match ``labels``."""
-    counts: dict[float, float] = {}
-    for got, value in _samples(metric, "_bucket"):
-        if all(got.get(k) == v for k, v in labels.items()):
-            bound = float(got["le"])
-            counts[bound] = counts.get(bound, 0.0) + value
-    return counts
 
 
 def bucket_quantile(q: float, cumulative: Mapping[float, float]) -> float | None:

@@ -3,6 +3,9 @@ for times), in a registry of the service's own so that tests can start several."
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -11,6 +14,7 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 from .loop.states import Count, ErrorReason
 
@@ -214,20 +218,15 @@ class Metrics:
 
     def loop_counts(self) -> dict[Count, int]:
         """Every count of the camera loop, as ``/metrics`` shows it."""
-        counts = {what: int(_samples(counter)[()]) for what, counter in self._loop.items()}
-        stored = sum(
-            value
-            for labels, value in _samples(self.cells).items()
-            if ("source", "camera") in labels
-        )
-        counts[Count.CELLS_STORED] = int(stored)
-        counts[Count.EVENTS_STORED] = int(sum(_samples(self.events).values()))
+        counts = {what: int(counter_total(counter)) for what, counter in self._loop.items()}
+        counts[Count.CELLS_STORED] = int(counter_total(self.cells, source="camera"))
+        counts[Count.EVENTS_STORED] = int(counter_total(self.events))
         return {what: counts[what] for what in Count}
 
     def error_counts(self) -> dict[ErrorReason, int]:
         """Errors of the camera loop by reason (the reasons that occurred)."""
-        by_labels = _samples(self.frame_errors)
-        counts = {reason: int(by_labels[(("reason", reason.value),)]) for reason in ErrorReason}
+        by_reason = counter_by(self.frame_errors, "reason")
+        counts = {reason: int(by_reason.get(reason.value, 0)) for reason in ErrorReason}
         return {reason: n for reason, n in counts.items() if n}
 
     def set_model(self, name: str, version: str, method: str, providers: str) -> None:
@@ -237,11 +236,43 @@ class Metrics:
         self.model_loaded.set(1)
 
 
-def _samples(counter: Counter) -> dict[tuple[tuple[str, str], ...], float]:
-    """The ``_total`` samples of ``counter`` by their sorted labels."""
-    return {
-        tuple(sorted(sample.labels.items())): sample.value
-        for metric in counter.collect()
-        for sample in metric.samples
-        if sample.name.endswith("_total")
-    }
+def _samples(metric: MetricWrapperBase, suffix: str) -> Iterable[tuple[Mapping[str, str], float]]:
+    """The labels and value of each of ``metric``'s samples whose name ends in ``suffix``
+    (the readers below: what ``/metrics`` shows, read back without parsing it)."""
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith(suffix):
+                yield sample.labels, sample.value
+
+
+def counter_total(metric: MetricWrapperBase, **labels: str) -> float:
+    """A counter's value summed over its label sets that match ``labels``."""
+    return sum(
+        value
+        for got, value in _samples(metric, "_total")
+        if all(got.get(k) == v for k, v in labels.items())
+    )
+
+
+def counter_by(metric: MetricWrapperBase, label: str) -> dict[str, float]:
+    """A counter's values summed by one of its labels."""
+    by: dict[str, float] = {}
+    for got, value in _samples(metric, "_total"):
+        by[got[label]] = by.get(got[label], 0.0) + value
+    return by
+
+
+def gauge_value(metric: MetricWrapperBase) -> float:
+    """An unlabelled gauge's value."""
+    return next((value for _, value in _samples(metric, "")), math.nan)
+
+
+def buckets(metric: MetricWrapperBase, **labels: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts by upper bound (``+Inf`` included),
+    summed over its label sets that match ``labels``."""
+    counts: dict[float, float] = {}
+    for got, value in _samples(metric, "_bucket"):
+        if all(got.get(k) == v for k, v in labels.items()):
+            bound = float(got["le"])
+            counts[bound] = counts.get(bound, 0.0) + value
+    return counts
