@@ -134,6 +134,15 @@ def _run_meta(task: Task, run: str) -> dict[str, Any]:
     return json.loads((HERE / task.folder / "runs" / run / "results.json").read_text())["meta"]
 
 
+def paired(a: list[Result], b: list[Result], size: int) -> tuple[float, float]:
+    """The mean over folds of a's accuracy minus b's on the same fold and training
+    subset, and its standard error, in points."""
+    by_fold = {r["fold"]: r["accuracy"] for r in b if r["train_size"] == size}
+    d = 100 * np.array([r["accuracy"] - by_fold[r["fold"]] for r in a if r["train_size"] == size])
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(d.mean()), se
+
+
 def task_section(task: Task) -> list[str]:
     runs = load_runs(task)
     if not runs:
@@ -219,13 +228,26 @@ def checks(runs: dict[Row, list[Result]], sizes: list[int]) -> list[str]:
         )
     if pretrained and "cnn" in by_method:
         for row, results in pretrained.items():
-            gaps = [(s, mean(results, s) - mean(by_method["cnn"], s)) for s in sizes]
-            worst = min(gaps, key=lambda g: g[1])
-            verdict = "within" if worst[1] >= -NO_LOSS else "NOT within"
+            gaps = [(s, *paired(results, by_method["cnn"], s)) for s in sizes]
+            worse = [(s, g, se) for s, g, se in gaps if g < -NO_LOSS]
+            if not worse:
+                verdict = f"within {NO_LOSS:g} points of it or better at every size"
+            else:
+                noise = all(-g < 2 * se for _, g, se in worse)
+                verdict = (
+                    f"more than {NO_LOSS:g} points worse at "
+                    + ", ".join(str(s) for s, _, _ in worse)
+                    + (
+                        " (each within twice its paired standard error)"
+                        if noise
+                        else " (beyond twice its paired standard error)"
+                    )
+                )
             lines.append(
-                f"- {row.name} against the CNN, at {', '.join(str(s) for s, _ in gaps)}: "
-                + ", ".join(f"{g:+.1f}" for _, g in gaps)
-                + f"; {verdict} {NO_LOSS:g} points of it at every size."
+                f"- {row.name} against the CNN, paired over the folds (mean difference "
+                "+- standard error) at "
+                + ", ".join(f"{s}: {g:+.1f} +- {se:.1f}" for s, g, se in gaps)
+                + f"; {verdict}."
             )
     method, trunk = served_method()
     served = next(
