@@ -282,7 +282,7 @@ def _neck(mask: np.ndarray, pixel_size_um: tuple[float, float], min_core: float)
             continue
         tops = np.sort(ndi.maximum(distance, pieces, np.arange(1, count + 1)))[::-1]
         if tops[1] >= min_core * highest:
-            ratio = min(ratio, t / float(tops[1]))
+            ratio = min(ratio, float(t) / float(tops[1]))
     return ratio
 
 
@@ -464,7 +464,8 @@ class Segmenter:
         neck = _neck(filled, pixel_size_um, cfg.min_core_fraction)
         if neck < cfg.neck_ratio:
             return True
-        return neck < cfg.split_neck_ratio and self._splits(opd, mask)
+        # bool(): a QC value is stored as JSON, which takes no NumPy bool.
+        return bool(neck < cfg.split_neck_ratio and self._splits(opd, mask))
 
     def _splits(self, opd: np.ndarray, mask: np.ndarray) -> bool:
         """True when the object falls apart into several large domes when cut higher

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -311,3 +312,18 @@ def test_neck_of_an_outline():
     # A bleb (a fifth of the radius) on the outline is no second cell.
     bleb = disk | (np.hypot(yy - 60, xx - 92) < 6)
     assert _neck(bleb, (0.5, 0.5), 0.3) == 1.0
+
+
+@pytest.mark.parametrize("separation_px", [0, 20, 24, 28, 32, 40])
+def test_touching_and_neck_are_plain_python_values(separation_px):
+    """The QC is stored as JSON, which takes no NumPy bool: a slightly pinched outline
+    (neck between the two thresholds) once gave ``numpy.bool`` and lost its frame's
+    whole commit."""
+    yy, xx = np.mgrid[:80, :120]
+    half = separation_px / 2
+    mask = (np.hypot(yy - 40, xx - 60 + half) < 20) | (np.hypot(yy - 40, xx - 60 - half) < 20)
+    neck = _neck(mask, (0.12, 0.12), 0.3)
+    touching = Segmenter(SegmentationConfig())._touching(mask * 300.0, mask, mask, (0.12, 0.12))
+    assert type(neck) is float
+    assert type(touching) is bool
+    json.dumps({"neck": neck, "touching": touching})
