@@ -1,7 +1,8 @@
 """The camera loop's sustained frame rate, latency and stage times, with SimulatedCamera.
 
-1024x1024 simulated SW480/SW620 holograms (8-bit, cells flowing along +y at 2 mm/s,
-about 4 in a frame, each seen in 5 to 22 frames at 90 frames/s) go through the
+1280x1024 simulated SW480/SW620 holograms (``--shape``, rows x columns; 8-bit, cells
+flowing along +y at 2 mm/s, about 5 in a frame, each seen in 5 to 22 frames at 90
+frames/s) go through the
 service's own runner in this process: grab thread -> drop-oldest queue ->
 reconstruction and segmentation workers -> frames back in grab order -> tracking
 (an event id per cell) -> the shared micro-batcher and the bundled model -> a
@@ -63,7 +64,7 @@ from service.store import ResultRow  # noqa: E402
 
 STAGES = ("reconstruct", "segment", "track", "classify", "store")
 #: The benchmark's flow: 2 mm/s at 90 frames/s, about 4 cells in a 1024x1024 frame (5 with
-#: those the border clips) while cells enter.
+#: those the border clips; 4.9 in all in 1280x1024) while cells enter.
 FLOW = FlowConfig(flow_speed_um_s=2000.0, frame_rate_hz=90.0, cells_per_second=600.0)
 TRACKING = TrackerConfig(pixel_size_um=0.12)
 RECONSTRUCTION = ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, sample_half="left")
@@ -276,6 +277,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pool", type=int, default=128, help="distinct frames the camera cycles")
     parser.add_argument(
+        "--shape",
+        default="1024x1280",
+        help="the simulated frames, rows x columns (1024x1280: the acA1300-200um's 1280x1024)",
+    )
+    parser.add_argument(
         "--emulator-rate", type=float, default=100.0, help="frames/s asked of the pylon emulator"
     )
     args = parser.parse_args()
@@ -285,12 +291,13 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    scene = SceneConfig(shape=(1024, 1024))
+    rows, columns = (int(v) for v in args.shape.split("x"))
+    scene = SceneConfig(shape=(rows, columns))
     camera = SimulatedCamera(["sw480", "sw620"], scene, pool_frames=args.pool, seed=0, flow=FLOW)
     start = time.perf_counter()
     camera.open()
     print(
-        f"camera: {args.pool} simulated 1024x1024 frames of a flow rendered in "
+        f"camera: {args.pool} simulated {columns}x{rows} frames of a flow rendered in "
         f"{time.perf_counter() - start:.1f} s, {np.mean(camera.cells_per_frame):.1f} cells a "
         f"frame; {args.workers} worker processes"
     )
@@ -372,7 +379,7 @@ def main() -> None:
         return
     print(
         f"sustained without a drop for {args.seconds:g} s: {best['fps']:.1f} frames/s of "
-        f"1024x1024 (asked {best['rate']:g}), {best['cells'] / args.seconds:.0f} cells/s, "
+        f"{columns}x{rows} (asked {best['rate']:g}), {best['cells'] / args.seconds:.0f} cells/s, "
         f"every cut cell stored: {best['cut'] == best['stored']}"
     )
     print(
