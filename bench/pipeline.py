@@ -2,9 +2,9 @@
 
 1280x1024 simulated SW480/SW620 holograms (``--shape``, rows x columns; 8-bit, cells
 flowing along +y at 2 mm/s, about 5 in a frame, each seen in 5 to 22 frames at 90
-frames/s) go through the
-service's own runner in this process: grab thread -> drop-oldest queue ->
-reconstruction and segmentation workers -> frames back in grab order -> tracking
+frames/s) go through the service's own runner in this process: grab thread ->
+drop-oldest queue -> reconstruction and segmentation workers -> frames back in grab
+order -> tracking
 (an event id per cell) -> the shared micro-batcher and the bundled model -> a
 SQLite file (each view, and each cell once as its event). The camera renders a pool
 of frames first (a flow that loops cleanly), then streams it at a set rate.
