@@ -4,10 +4,10 @@
 flowing along +y at 2 mm/s, about 5 in a frame, each seen in 5 to 22 frames at 90
 frames/s) go through the service's own runner in this process: grab thread ->
 drop-oldest queue -> reconstruction and segmentation workers -> frames back in grab
-order -> tracking
-(an event id per cell) -> the shared micro-batcher and the bundled model -> a
-SQLite file (each view, and each cell once as its event). The camera renders a pool
-of frames first (a flow that loops cleanly), then streams it at a set rate.
+order -> tracking (an event id per cell) -> the shared micro-batcher and the bundled
+model -> a SQLite file (each view, and each cell once as its event). The camera
+renders a pool of frames first (a flow that loops cleanly), then streams it at a set
+rate.
 
 1. probe: ``--probe-seconds`` at rising rates (``--rates``) until a rate drops a
    frame or the camera cannot deliver it;
