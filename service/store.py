@@ -858,8 +858,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _values(row: ResultRow | EventRow) -> dict[str, Any]:
-    """A row's columns: its fields, JSON for the mappings, the latency from ``started``."""
-    values = dataclasses.asdict(row)
+    """A row's columns: its fields, JSON for the mappings, the latency from ``started``.
+    A shallow copy of the fields (``dataclasses.asdict`` deep-copies the mappings, the
+    most of a commit's time)."""
+    values = dict(vars(row))
     started = values.pop("started")
     values["latency_s"] = time.monotonic() - started if started is not None else None
     values["probabilities"] = json.dumps(row.probabilities)
