@@ -21,7 +21,8 @@ with each backend's ratio of its largest size to its smallest: flat is 1x.
 
 Usage: ``python bench/store.py [--sizes 100000,1000000] [--repeats 7] [--postgres
 auto|URL]``. ``auto`` starts a throw-away PostgreSQL server (Debian's, as the tests
-do: ``tests/postgres.py``) and deletes it at the end, also on Ctrl+C or an error;
+do: ``tests/postgres.py``) and deletes it at the end, also on Ctrl+C, a kill (SIGTERM)
+or an error;
 without one installed it says so and measures SQLite alone. A URL names an empty
 database to fill. ``--sizes 100000,1000000,10000000`` for the 10 M rows of issue 15
 (SQLite fills some 30-60 k rows a second here, PostgreSQL fewer).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import statistics
 import sys
 import tempfile
@@ -203,6 +205,11 @@ def main() -> int:
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # a kill, as Ctrl+C: the server is stopped and deleted
+
+    signal.signal(signal.SIGTERM, stop)
 
     measured: dict[str, list[dict[str, float]]] = {}
     try:
