@@ -25,7 +25,8 @@ do: ``tests/postgres.py``) and deletes it at the end, also on Ctrl+C, a kill (SI
 or an error;
 without one installed it says so and measures SQLite alone. A URL names an empty
 database to fill. ``--sizes 100000,1000000,10000000`` for the 10 M rows of issue 15
-(SQLite fills some 30-60 k rows a second here, PostgreSQL fewer).
+(on a shared, busy 2-core machine SQLite filled 5-6 k rows a second through the
+store, PostgreSQL 2-3 k: over half an hour for 10 M rows on SQLite alone).
 """
 
 from __future__ import annotations
@@ -126,26 +127,36 @@ def pages(store: ResultStore, stored: int, t0: float) -> dict[str, Callable[[], 
     }
 
 
+def settle(store: ResultStore) -> None:
+    """Do now what the database would do in the background after a fill, so that it
+    does not while the figures are measured: a running service's steady state, not
+    the backlog a bulk fill leaves (PostgreSQL: autovacuum's VACUUM ANALYZE, and a
+    checkpoint; SQLite: the WAL checkpointed)."""
+    autocommit = store.engine.execution_options(isolation_level="AUTOCOMMIT")
+    with autocommit.connect() as conn:
+        if store.engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("VACUUM ANALYZE")
+            conn.exec_driver_sql("CHECKPOINT")
+        else:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def measure(
     url: str, sizes: list[int], repeats: int, say: Callable[[str], None]
 ) -> Iterator[dict[str, float]]:
     """Fill the store at ``url`` to each size in turn; each size's figures."""
     store = ResultStore(url)
-    name = store.engine.dialect.name
     t0 = time.time() - sizes[-1] / CELLS_PER_S
     try:
         stored = 0
         for size in sizes:
-            began = time.perf_counter()
+            began, before = time.perf_counter(), stored
             while stored < size:
                 n = min(BATCH, size - stored)
                 store.add(rows(n, stored, t0)).result(timeout=600)
                 stored += n
             fill_s = time.perf_counter() - began
-            if name == "postgresql":  # the statistics autovacuum keeps, brought up to date
-                with store.engine.connect() as conn:
-                    conn.exec_driver_sql("ANALYZE")
-                    conn.commit()
+            settle(store)
             figures = {
                 "summary": median_ms(store.summary, repeats),
                 "counted": median_ms(lambda: store.summary(since=0), repeats),
@@ -159,7 +170,8 @@ def measure(
                 stored += 64
 
             figures["insert 64 rows"] = median_ms(insert, repeats)
-            say(f"{name}: {size} rows ({size / max(fill_s, 1e-9) / 1e3:.0f} k rows/s filling)")
+            rate_k = (size - before) / max(fill_s, 1e-9) / 1e3
+            say(f"{store.engine.dialect.name}: {size} rows ({rate_k:.0f} k rows/s filling)")
             yield figures
     finally:
         store.close()
