@@ -14,7 +14,8 @@ of ``--repeats`` calls in ms:
   (``source=api``, 1 %), of the uncertain ones (5 %), of the oldest reference (its
   rows ever further from the newest), of the newest pipeline and a label, and of the
   last 10 000 rows' time window, newest first (the window's rows next to the
-  cursor) and oldest first (the window read from its index: docs/design.md, "Store");
+  cursor) and oldest first (the window read from its index: docs/design.md, "The
+  index plan of the listings");
 - ``insert``: one commit of 64 rows (a camera frame's group commit);
 
 with each backend's ratio of its largest size to its smallest: flat is 1x.

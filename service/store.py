@@ -41,8 +41,9 @@ metadata = sa.MetaData()
 def _listed_by(table: str, *columns: str) -> list[sa.Index]:
     """The indexes of a listing's filters of equality, each beside the id
     (``ix_<table>_<column>_id``): a page of one is a walk of its index in id order
-    from the cursor, whatever the table's size (docs/design.md, "Store"). A time
-    window (``since``) is served by the ``created`` index (:func:`_page_statements`)."""
+    from the cursor, whatever the table's size (docs/design.md, "The index plan of
+    the listings"). A time window (``since``) is served by the ``created`` index
+    (:func:`_page_statements`)."""
     return [sa.Index(f"ix_{table}_{column}_id", column, "id") for column in columns]
 
 
@@ -606,7 +607,8 @@ def _page_statements(
 ) -> Iterator[sa.Select[Any]]:
     """The statements that read one page of ``table`` (each column of ``equal`` given a
     value equal to it, created at or after ``since``), to run in turn until one fills
-    the page (docs/design.md, "Store", the index plan); each made when asked for.
+    the page (docs/design.md, "The index plan of the listings"); each made when
+    asked for.
 
     Without ``since``, one: the walk from the cursor in id order, of the primary key,
     or with filters of the ``(column, id)`` index of the first of them in

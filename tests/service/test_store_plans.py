@@ -1,4 +1,4 @@
-"""The index plan of the listings (docs/design.md, "Store"): every page ``GET /results``
+"""The index plan of the listings (docs/design.md): every page ``GET /results``
 and ``GET /events`` can ask for (each filter, each pair of them, all at once; from
 the start, after an id, newest, before an id; with and without a time window) is
 read through an index narrowed by one of its filters, never by a scan of the table,
