@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +30,23 @@ CHECKPOINT_INTERVAL_S = 1.0
 #: How often the retention settings are applied, and rows deleted per transaction.
 PRUNE_INTERVAL_S = 60.0
 PRUNE_CHUNK = 10_000
+#: A page of a time window first walks this many rows per row asked past its cursor
+#: (:func:`_page_statements`): the window's rows among them fill the page unless
+#: fewer than one in ten is in the window.
+SINCE_WALK_ROWS_PER_ROW = 10
 
 metadata = sa.MetaData()
+
+
+def _listed_by(table: str, *columns: str) -> list[sa.Index]:
+    """The indexes of a listing's filters of equality, each beside the id
+    (``ix_<table>_<column>_id``): a page of one is a walk of its index in id order
+    from the cursor, whatever the table's size (docs/design.md, "The index plan of
+    the listings"). A time window (``since``) is served by the ``created`` index
+    (:func:`_page_statements`)."""
+    return [sa.Index(f"ix_{table}_{column}_id", column, "id") for column in columns]
+
+
 results = sa.Table(
     "results",
     metadata,
@@ -41,7 +56,7 @@ results = sa.Table(
     sa.Column("frame_id", sa.Integer, nullable=True),
     sa.Column("y_px", sa.Float, nullable=True),
     sa.Column("x_px", sa.Float, nullable=True),
-    sa.Column("label", sa.String(64), nullable=False, index=True),
+    sa.Column("label", sa.String(64), nullable=False),
     sa.Column("probabilities", sa.Text, nullable=False),  # JSON {class: p}
     sa.Column("model_name", sa.String(128), nullable=False),
     sa.Column("model_version", sa.String(64), nullable=False),
@@ -53,8 +68,11 @@ results = sa.Table(
     sa.Column("uncertain", sa.Boolean, nullable=True),
     # The reference hologram it was reconstructed against (service.loop.reference_id)
     # and its pipeline (the pipelines table); None: none, a posted crop, or stored before.
-    sa.Column("reference_id", sa.String(16), nullable=True, index=True),
-    sa.Column("pipeline_id", sa.String(16), nullable=True, index=True),
+    sa.Column("reference_id", sa.String(16), nullable=True),
+    sa.Column("pipeline_id", sa.String(16), nullable=True),
+    *_listed_by(
+        "results", "source", "label", "model_version", "uncertain", "reference_id", "pipeline_id"
+    ),
 )
 #: Counts of the stored rows, kept in the transaction that stores them, so that the
 #: summary never counts a table: per kind ("results" or "events"), source, label and
@@ -81,7 +99,7 @@ events = sa.Table(
     sa.Column("last_frame", sa.Integer, nullable=False),
     sa.Column("views", sa.Integer, nullable=False),  # classified views
     sa.Column("sightings", sa.Integer, nullable=False),  # frames seen in, clipped ones too
-    sa.Column("label", sa.String(64), nullable=False, index=True),
+    sa.Column("label", sa.String(64), nullable=False),
     sa.Column("probabilities", sa.Text, nullable=False),  # JSON {class: p}, views combined
     sa.Column("speed_um_s", sa.Float, nullable=True),
     sa.Column("qc", sa.Text, nullable=False),  # JSON: the views' mean QC
@@ -93,6 +111,14 @@ events = sa.Table(
     # Its last view's reference and pipeline (None: stored before they were recorded).
     sa.Column("reference_id", sa.String(16), nullable=True),
     sa.Column("pipeline_id", sa.String(16), nullable=True),
+    *_listed_by("events", "label", "model_version", "uncertain", "reference_id", "pipeline_id"),
+)
+#: Single-column indexes of earlier versions that the ones above replace: dropped.
+SUPERSEDED_INDEXES = (
+    "ix_results_label",
+    "ix_results_reference_id",
+    "ix_results_pipeline_id",
+    "ix_events_label",
 )
 #: One row per configuration that stored a result (service.pipelines): its id and
 #: the canonical JSON the id is the SHA-256 of. Never pruned: a handful of rows.
@@ -397,18 +423,16 @@ class ResultStore:
     ) -> list[dict[str, Any]]:
         """Events with an id above ``after_id`` (oldest first), or with ``descending``
         below ``before_id`` (newest first), matching every filter given."""
-        filters = _filters(
-            events,
-            label=label,
-            model_version=model_version,
-            since=since,
-            uncertain=uncertain,
-            reference_id=reference_id,
-            pipeline_id=pipeline_id,
-        )
-        query = _page(events, filters, after_id, limit, descending, before_id)
-        with self.engine.connect() as conn:
-            return [_row_dict(r) for r in conn.execute(query).mappings()]
+        equal = {
+            "label": label,
+            "model_version": model_version,
+            "uncertain": uncertain,
+            "reference_id": reference_id,
+            "pipeline_id": pipeline_id,
+        }
+        cursor = _Cursor(after_id, limit, descending, before_id)
+        statements = _page_statements(events, equal, since, cursor, self.engine.dialect.name)
+        return _read_page(self.engine, statements, limit)
 
     def list(
         self,
@@ -427,19 +451,17 @@ class ResultStore:
     ) -> list[dict[str, Any]]:
         """Results with an id above ``after_id`` (oldest first), or with ``descending``
         below ``before_id`` (newest first), matching every filter given."""
-        filters = _filters(
-            results,
-            source=source,
-            label=label,
-            model_version=model_version,
-            since=since,
-            uncertain=uncertain,
-            reference_id=reference_id,
-            pipeline_id=pipeline_id,
-        )
-        query = _page(results, filters, after_id, limit, descending, before_id)
-        with self.engine.connect() as conn:
-            return [_row_dict(r) for r in conn.execute(query).mappings()]
+        equal = {
+            "source": source,
+            "label": label,
+            "model_version": model_version,
+            "uncertain": uncertain,
+            "reference_id": reference_id,
+            "pipeline_id": pipeline_id,
+        }
+        cursor = _Cursor(after_id, limit, descending, before_id)
+        statements = _page_statements(results, equal, since, cursor, self.engine.dialect.name)
+        return _read_page(self.engine, statements, limit)
 
     def summary(
         self, since: float | None = None, flow_rate_ul_min: float | None = None
@@ -552,32 +574,140 @@ def _split(rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
     return split
 
 
-def _filters(
-    table: sa.Table, *, since: float | None = None, **equal: str | bool | None
-) -> list[sa.ColumnElement[bool]]:
-    """The conditions of a listing: each column equal to its given value, created at
-    or after ``since``."""
-    conditions = [table.c[name] == value for name, value in equal.items() if value is not None]
-    if since is not None:
-        conditions.append(table.c.created >= since)
-    return conditions
+@dataclass(frozen=True)
+class _Cursor:
+    """Where a page starts and how many rows it holds: ascending after ``after_id``,
+    or ``descending`` before ``before_id`` (from the newest when None)."""
+
+    after_id: int
+    limit: int
+    descending: bool
+    before_id: int | None
 
 
-def _page(
+def _read_page(
+    engine: sa.Engine, statements: Iterator[sa.Select[Any]], limit: int
+) -> list[dict[str, Any]]:
+    """Run ``statements`` in turn until one fills the page (``limit`` rows); the rows
+    of that one, or of the last."""
+    with engine.connect() as conn:
+        for statement in statements:
+            rows = conn.execute(statement).mappings().all()
+            if len(rows) == limit:
+                break
+    return [_row_dict(r) for r in rows]
+
+
+def _page_statements(
     table: sa.Table,
-    filters: list[sa.ColumnElement[bool]],
-    after_id: int,
-    limit: int,
-    descending: bool,
-    before_id: int | None,
-) -> sa.Select[Any]:
-    """One page by id: ascending after ``after_id``, or descending before ``before_id``."""
-    if descending:
-        bound = [table.c.id < before_id] if before_id is not None else []
-        order = table.c.id.desc()
+    equal: dict[str, str | bool | None],
+    since: float | None,
+    cursor: _Cursor,
+    dialect: str,
+) -> Iterator[sa.Select[Any]]:
+    """The statements that read one page of ``table`` (each column of ``equal`` given a
+    value equal to it, created at or after ``since``), to run in turn until one fills
+    the page (docs/design.md, "The index plan of the listings"); each made when
+    asked for.
+
+    Without ``since``, one: the walk from the cursor in id order, of the primary key,
+    or with filters of the ``(column, id)`` index of the first of them in
+    :data:`DRIVING_ORDER`, the others checked row by row. With ``since``, first the
+    same walk cut off after :data:`SINCE_WALK_ROWS_PER_ROW` rows per row asked, its
+    rows in the window kept: it fills the page whenever the rows next to the cursor
+    are in the window (the newest page of a recent window; the pages after the first
+    of a window, oldest first); else the rows of the window from the ``created``
+    index, sorted by id, costing as many as the window holds, not the table (the
+    first oldest-first page of a recent window; a window without rows). Both give
+    exactly the rows of the page."""
+    given = {name: value for name, value in equal.items() if value is not None}
+    walk = _walk(table, given, cursor, dialect)
+    if since is None:
+        yield walk.limit(cursor.limit)
+        return
+    walked = walk.limit(cursor.limit * SINCE_WALK_ROWS_PER_ROW).subquery("walked")
+    walked_order = walked.c.id.desc() if cursor.descending else walked.c.id.asc()
+    yield (
+        sa.select(walked)
+        .where(walked.c.created >= since)
+        .order_by(walked_order)
+        .limit(cursor.limit)
+    )
+    # The window's rows: neither the id order nor (on SQLite, which keeps no statistics
+    # here and would take any index of equality over a range) a filter's index.
+    hide = _unary_plus if dialect == "sqlite" else _same
+    where = [hide(table.c[name]) == value for name, value in given.items()]
+    where += _bound(_unary_plus(table.c.id), cursor)
+    order = _unary_plus(table.c.id)
+    yield (
+        sa.select(table)
+        .where(table.c.created >= since, *where)
+        .order_by(order.desc() if cursor.descending else order.asc())
+        .limit(cursor.limit)
+    )
+
+
+#: The filters of equality in the order they choose the index a page walks: first
+#: those whose rows come together in time (a reference, a pipeline, a model version:
+#: an old one's rows lie far from the newest), then those spread over the table.
+DRIVING_ORDER = ("reference_id", "pipeline_id", "model_version", "uncertain", "source", "label")
+
+
+def _walk(table: sa.Table, given: dict[str, Any], cursor: _Cursor, dialect: str) -> sa.Select[Any]:
+    """``table``'s rows matching ``given`` from the cursor on, in id order: of the
+    primary key without filters, else of the driving filter's ``(column, id)`` index
+    (the first in :data:`DRIVING_ORDER`), the other filters checked row by row.
+
+    SQLite walks it when the others are hidden from it. PostgreSQL, which drops a
+    column equal to a value from the order, may walk the primary key instead,
+    checking every row (it does when the value is common, though its rows may lie far
+    from the cursor): for it the equality is written as a range of that index, and
+    the order as the index's, (column, id)."""
+    driver = next((name for name in DRIVING_ORDER if name in given), None)
+    if driver is None:
+        order = table.c.id.desc() if cursor.descending else table.c.id.asc()
+        return sa.select(table).where(*_bound(table.c.id, cursor)).order_by(order)
+    column = table.c[driver]
+    value = sa.bindparam(None, given[driver], type_=column.type)
+    hide = _unary_plus if dialect == "sqlite" else _same
+    others = [hide(table.c[name]) == v for name, v in given.items() if name != driver]
+    if dialect == "sqlite":
+        order = table.c.id.desc() if cursor.descending else table.c.id.asc()
+        return (
+            sa.select(table)
+            .where(column == value, *_bound(table.c.id, cursor), *others)
+            .order_by(order)
+        )
+    pair = sa.tuple_(column, table.c.id)
+    if cursor.descending:
+        if cursor.before_id is None:
+            where = [column >= value, column <= value]
+        else:
+            where = [column >= value, pair < sa.tuple_(value, cursor.before_id)]
+        orders = [column.desc(), table.c.id.desc()]
     else:
-        bound, order = [table.c.id > after_id], table.c.id.asc()
-    return sa.select(table).where(*bound, *filters).order_by(order).limit(limit)
+        where = [column <= value, pair > sa.tuple_(value, cursor.after_id)]
+        orders = [column.asc(), table.c.id.asc()]
+    return sa.select(table).where(*where, *others).order_by(*orders)
+
+
+def _bound(id_column: Any, cursor: _Cursor) -> list[Any]:
+    """The cursor's condition on ``id_column``: above ``after_id`` ascending, below
+    ``before_id`` (if any) descending."""
+    if cursor.descending:
+        return [] if cursor.before_id is None else [id_column < cursor.before_id]
+    return [id_column > cursor.after_id]
+
+
+def _same(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+    """``column`` as it is: where nothing needs hiding."""
+    return column
+
+
+def _unary_plus(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+    """``+column``: the same value, but no index serves it (SQLite's documented way of
+    choosing among indexes; PostgreSQL has it for numbers only)."""
+    return sa.UnaryExpression(column, operator=sa.sql.operators.custom_op("+"), type_=column.type)
 
 
 def _insert_pipelines(conn: sa.Connection, rows: list[PipelineRow]) -> None:
@@ -622,45 +752,48 @@ class _Pending:
     future: Future[list[int]]
 
 
-#: Columns added since the first schema: (table, column, its SQL, an index to create).
-#: Rows stored before a column existed keep NULL there (never tracked, never
-#: judged, reference and pipeline not recorded), the tallies' uncertain counts 0 for them.
+#: Columns added since the first schema: (table, column, its SQL). Rows stored before
+#: a column existed keep NULL there (never tracked, never judged, reference and
+#: pipeline not recorded), the tallies' uncertain counts 0 for them.
 ADDED_COLUMNS = (
-    ("results", "event_id", "INTEGER", "CREATE INDEX ix_results_event_id ON results (event_id)"),
-    ("results", "uncertain", "BOOLEAN", None),
-    ("events", "uncertain", "BOOLEAN", None),
-    ("tallies", "uncertain", "BIGINT NOT NULL DEFAULT 0", None),
-    (
-        "results",
-        "reference_id",
-        "VARCHAR(16)",
-        "CREATE INDEX ix_results_reference_id ON results (reference_id)",
-    ),
-    (
-        "results",
-        "pipeline_id",
-        "VARCHAR(16)",
-        "CREATE INDEX ix_results_pipeline_id ON results (pipeline_id)",
-    ),
-    ("events", "reference_id", "VARCHAR(16)", None),
-    ("events", "pipeline_id", "VARCHAR(16)", None),
+    ("results", "event_id", "INTEGER"),
+    ("results", "uncertain", "BOOLEAN"),
+    ("events", "uncertain", "BOOLEAN"),
+    ("tallies", "uncertain", "BIGINT NOT NULL DEFAULT 0"),
+    ("results", "reference_id", "VARCHAR(16)"),
+    ("results", "pipeline_id", "VARCHAR(16)"),
+    ("events", "reference_id", "VARCHAR(16)"),
+    ("events", "pipeline_id", "VARCHAR(16)"),
 )
 
 
 def _migrate(engine: sa.Engine) -> None:
     """Bring a database created by an earlier version up to this schema: tables
-    without a column of :data:`ADDED_COLUMNS` gain it; tallies are counted once for
-    a database from before them."""
+    without a column of :data:`ADDED_COLUMNS` gain it, then every index of the
+    schema missing is created and those of :data:`SUPERSEDED_INDEXES` dropped;
+    tallies are counted once for a database from before them."""
     inspector = sa.inspect(engine)
     present = {t: {c["name"] for c in inspector.get_columns(t)} for t in metadata.tables}
-    for name, column, sql, index in ADDED_COLUMNS:
+    for name, column, sql in ADDED_COLUMNS:
         if column in present[name]:
             continue
         with engine.begin() as conn:
             conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN {column} {sql}"))
-            if index:
-                conn.execute(sa.text(index))
         logger.info("%s table migrated: %s added", name, column)
+    for table in metadata.tables.values():
+        indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index.name in indexes:
+                continue
+            # One pass over the table: a while for millions of rows, once.
+            logger.info("%s table migrated: creating index %s", table.name, index.name)
+            with engine.begin() as conn:
+                index.create(conn)
+        for old in SUPERSEDED_INDEXES:
+            if old in indexes:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f"DROP INDEX {old}"))
+                logger.info("%s table migrated: index %s dropped", table.name, old)
     with engine.begin() as conn:
         if conn.execute(sa.select(tallies.c.n).limit(1)).first() is None:
             # No tallies yet (a new database, or one from before they existed):
@@ -727,8 +860,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _values(row: ResultRow | EventRow) -> dict[str, Any]:
-    """A row's columns: its fields, JSON for the mappings, the latency from ``started``."""
-    values = dataclasses.asdict(row)
+    """A row's columns: its fields, JSON for the mappings, the latency from ``started``.
+    A shallow copy of the fields (``dataclasses.asdict`` deep-copies the mappings, the
+    most of a commit's time)."""
+    values = dict(vars(row))
     started = values.pop("started")
     values["latency_s"] = time.monotonic() - started if started is not None else None
     values["probabilities"] = json.dumps(row.probabilities)

@@ -2,66 +2,23 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from service.store import ResultRow, ResultStore
-from tests.service.conftest import free_port, start_server
+from tests.postgres import MISSING, server_bin_dir, throwaway_server
+from tests.service.conftest import start_server
 from tests.service.test_api import NPY, crops, npy
-
-
-def _as_postgres(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.fail(
-            "PostgreSQL server binaries are missing: install Debian's postgresql (make test does)"
-        )
-    bin_dir = Path(found[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="topgan-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    port = free_port()
-    data = root / "data"
-    initdb = [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
-    subprocess.run(_as_postgres(initdb), check=True, capture_output=True, timeout=120)
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-w",
-                "-l",
-                str(root / "log"),
-                "-o",
-                f"-p {port} -k {root} -h 127.0.0.1",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        stop = [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]
-        subprocess.run(_as_postgres(stop), capture_output=True, timeout=120, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+    if server_bin_dir() is None:
+        pytest.fail(MISSING)
+    with throwaway_server() as url:
+        yield url
 
 
 def test_store_on_postgres_keeps_order_and_ids(postgres_url):
@@ -110,6 +67,34 @@ def test_service_on_postgres_survives_a_restart(tmp_path, models_root, postgres_
         again.stop()
 
 
+def fresh_database(postgres_url: str, name: str) -> str:
+    """The URL of a new, empty database ``name`` on the server (dropped first if there)."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_every_page_on_postgres_is_exact_and_read_through_an_index(postgres_url):
+    """The index plan on PostgreSQL (tests/service/test_store_plans.py): every page
+    of either listing holds exactly its rows, and an index narrowed by its filters
+    can serve each of its statements (sequential scans off: on a table this small
+    the planner would rather read it all)."""
+    from tests.service.test_store_plans import check_pages, check_plans, fill
+
+    store = ResultStore(fresh_database(postgres_url, "plans"))
+    try:
+        fill(store)
+        check_pages(store)
+        check_plans(store)
+    finally:
+        store.close()
+
+
 def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
     """A results table from before events gains event_id, and it, events and tallies
     from before the uncertain flag gain it; events are stored and listed; event ids
@@ -118,12 +103,7 @@ def test_events_on_postgres_and_an_older_database_migrated(postgres_url):
 
     from service.store import EventRow
 
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS before_events"))
-        conn.execute(sa.text("CREATE DATABASE before_events"))
-    admin.dispose()
-    url = postgres_url.rsplit("/", 1)[0] + "/before_events"
+    url = fresh_database(postgres_url, "before_events")
     old = sa.create_engine(url)
     with old.begin() as conn:
         conn.execute(
@@ -223,14 +203,10 @@ def test_a_postgres_database_from_before_the_ids_is_migrated(postgres_url):
     for the old rows), the pipelines table is created; both are stored and read back."""
     import sqlalchemy as sa
 
+    from service.store import events, results
     from tests.service.test_provenance import check_migrated_store
 
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS before_ids"))
-        conn.execute(sa.text("CREATE DATABASE before_ids"))
-    admin.dispose()
-    url = postgres_url.rsplit("/", 1)[0] + "/before_ids"
+    url = fresh_database(postgres_url, "before_ids")
     old = sa.create_engine(url)
     with old.begin() as conn:
         conn.execute(
@@ -277,12 +253,17 @@ def test_a_postgres_database_from_before_the_ids_is_migrated(postgres_url):
         conn.execute(
             sa.text("INSERT INTO tallies VALUES ('results', 'camera', 'sw480', '1', 1, 0)")
         )
+        for table in ("results", "events"):  # the indexes of that version
+            for column in ("created", "label"):
+                conn.execute(sa.text(f"CREATE INDEX ix_{table}_{column} ON {table} ({column})"))
+        conn.execute(sa.text("CREATE INDEX ix_results_event_id ON results (event_id)"))
         conn.execute(sa.text("INSERT INTO tallies VALUES ('events', 'camera', 'sw480', '1', 1, 0)"))
     old.dispose()
     store = ResultStore(url)
     try:
         check_migrated_store(store)
-        indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("results")}
-        assert {"ix_results_reference_id", "ix_results_pipeline_id"} <= indexes
+        for schema in (results, events):
+            indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes(schema.name)}
+            assert indexes == {i.name for i in schema.indexes}, "the old label index replaced"
     finally:
         store.close()

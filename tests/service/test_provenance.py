@@ -322,7 +322,7 @@ def test_a_database_from_before_the_ids_is_migrated(tmp_path):
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(results)")}
     assert {"reference_id", "pipeline_id"} <= columns["results"] & columns["events"]
     assert columns["pipelines"] == {"id", "created", "description"}
-    assert {"ix_results_reference_id", "ix_results_pipeline_id"} <= indexes
+    assert {"ix_results_reference_id_id", "ix_results_pipeline_id_id"} <= indexes
 
     # the export of the migrated database: the old event's ids are not recorded
     out = tmp_path / "old.rtdc"
