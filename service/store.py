@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 logger = logging.getLogger(__name__)
@@ -370,9 +371,19 @@ class ResultStore:
                     conn.execute(events.insert(), [_values(e) for e in event_rows])
                 _add_tallies(conn, tally)
         except Exception as exc:
-            logger.exception("storing %d result batches failed", len(pending))
-            for p in pending:
-                p.future.set_exception(exc)
+            if len(pending) > 1:
+                # One bad submission must not lose the others it was grouped with:
+                # each is committed on its own, and only the bad one fails.
+                logger.warning(
+                    "a group commit of %d submissions failed (%s); committing each alone",
+                    len(pending),
+                    exc,
+                )
+                for p in pending:
+                    self._commit([p])
+                return
+            logger.exception("storing a result batch failed")
+            pending[0].future.set_exception(exc)
             return
         seconds = time.perf_counter() - start
         done = time.monotonic()
@@ -866,9 +877,17 @@ def _values(row: ResultRow | EventRow) -> dict[str, Any]:
     values = dict(vars(row))
     started = values.pop("started")
     values["latency_s"] = time.monotonic() - started if started is not None else None
-    values["probabilities"] = json.dumps(row.probabilities)
-    values["qc"] = json.dumps(row.qc)
+    values["probabilities"] = json.dumps(row.probabilities, default=_plain)
+    values["qc"] = json.dumps(row.qc, default=_plain)
     return values
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar (a QC flag computed by NumPy, a float32 probability) as the
+    Python value JSON takes; anything else is refused as ``json`` refuses it."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _row_dict(row: Any) -> dict[str, Any]:

@@ -176,3 +176,39 @@ def test_retention_settings_are_checked():
         ResultStore("sqlite:///:memory:", retention_s=0)
     with pytest.raises(ValueError, match="max_rows"):
         ResultStore("sqlite:///:memory:", max_rows=0)
+
+
+def test_numpy_values_are_stored_and_a_bad_submission_loses_only_itself(tmp_path):
+    """QC flags and probabilities computed by NumPy are stored as plain JSON values;
+    a submission the database refuses fails alone, not the others the writer grouped
+    into the same commit."""
+    import numpy as np
+
+    path = tmp_path / "r.sqlite"
+    store = ResultStore(f"sqlite:///{path}")
+    try:
+        numpy_qc = {"touching": np.bool_(False), "area_um2": np.float32(80.5)}
+        first = ResultRow("api", "sw480", {"sw480": np.float32(0.75)}, "m", "1", numpy_qc)
+        store.add([first]).result(timeout=10)
+        # Hold the database so the writer waits on the next submission and finds the
+        # three after it queued together: one group commit.
+        lock = sqlite3.connect(path, timeout=10)
+        lock.execute("BEGIN EXCLUSIVE")
+        waiting = store.add([ResultRow("api", "sw480", {"sw480": 1.0}, "m", "1")])
+        time.sleep(0.3)
+        good = store.add([ResultRow("api", "sw620", {"sw620": 1.0}, "m", "1")])
+        bad = store.add([ResultRow("api", "sw620", {"sw620": 1.0}, "m", "1", {"x": {1, 2}})])
+        later = store.add([ResultRow("api", "sw480", {"sw480": 1.0}, "m", "1")])
+        lock.rollback()
+        lock.close()
+        assert len(waiting.result(timeout=30)) == 1
+        assert len(good.result(timeout=30)) == 1
+        assert len(later.result(timeout=30)) == 1
+        with pytest.raises(TypeError, match="set"):
+            bad.result(timeout=30)
+        assert _counted(store)["results"] == 4
+        assert store.summary()["total_stored"] == 4
+        stored = store.list(limit=10)
+        assert {"touching": False, "area_um2": 80.5} in [r["qc"] for r in stored]
+    finally:
+        store.close()
