@@ -355,6 +355,12 @@ def main() -> None:
         "was settled on separate dev datasets (below). Folds, training subsets and seeds "
         "are the same for every method; nothing was tuned on the test folds.",
         "",
+        "The runs below are the earlier protocol (the bundled sperm GAN only, before the "
+        "features method, SSL pretraining and calibration). The few-label report of every "
+        "method, on these two tasks and a third, held-out pair, with pretraining on each "
+        "task's own unlabeled pool, linear probes, calibration and a ceiling, is "
+        "[few-labels.md](few-labels.md) (written by `fewlabels.py`).",
+        "",
     ]
     for task, title, size, margin in TASKS:
         if (HERE / task / "results.json").exists():
