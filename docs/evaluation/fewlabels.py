@@ -195,7 +195,10 @@ def task_section(task: Task) -> list[str]:
     probe = HERE / task.folder / "probe.md"
     if probe.exists():
         lines += [
-            "Linear probes of the frozen trunks (`docs/evaluation/dev/probe.py --refit` on this task's data):",
+            "Linear probes of the frozen trunks, each at its pretraining's scale and at "
+            "the data's (`python docs/evaluation/dev/probe.py --data "
+            f"{task.folder}.h5 --pretrained models/pretrained/sperm-dcgan gan-{task.folder} "
+            f"ssl-{task.folder} --refit`):",
             "",
         ]
         lines += [line for line in probe.read_text().splitlines()[1:] if line.startswith("|")]
