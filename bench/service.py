@@ -9,7 +9,7 @@ keep-alive connections:
    ``?qc=false`` beside it (what the posted crops' QC costs);
 2. closed loop, as fast as it answers (``--connections``): requests/s, and the
    server's CPU time per request (all its threads; on a shared machine steadier
-   than requests/s);
+   than requests/s) and the cores it kept busy meanwhile;
 3. open loop at half that rate: p50 / p99 latency;
 4. server memory (VmRSS) before and after ``--requests`` single-crop requests;
 5. side by side, the peer floor: the same ONNX model run directly in ONNX Runtime
@@ -418,7 +418,8 @@ def main() -> int:
         direct = {1: direct_onnx(model, cells_nm[:1]), 32: direct_onnx(model, cells_nm[:32])}
         print(
             "| request | p50 / p99 alone | requests/s (closed loop) | cells/s | "
-            "server CPU per request | p50 / p99 at full load | p50 / p99 at half rate | "
+            "server CPU per request (cores used) | p50 / p99 at full load | "
+            "p50 / p99 at half rate | "
             "server p99 at half rate | client lateness p99 | reconnects | "
             "ONNX Runtime direct, calls/s | HTTP / direct |"
         )
@@ -427,7 +428,8 @@ def main() -> int:
             unfinished = f", {opened.unfinished} unfinished" if opened.unfinished else ""
             print(
                 f"| {name} | {p99_text(alone)} | {closed.rate:.0f} ({len(closed.latencies)} in "
-                f"{closed.seconds:.0f} s) | {closed.rate * cells:.0f} | {cpu_ms:.1f} ms | "
+                f"{closed.seconds:.0f} s) | {closed.rate * cells:.0f} | {cpu_ms:.1f} ms "
+                f"({cpu_ms * closed.rate / 1000:.2f}) | "
                 f"{p99_text(closed)} | "
                 f"{p99_text(opened)}{unfinished} | {server_p99} | "
                 f"{percentile(opened.late, 99):.1f} ms | "
