@@ -241,6 +241,11 @@ class MicroBatcher:
             self._infer(batch)
 
     def _infer(self, batch: list[_Request]) -> None:
+        # A request whose caller gave up (its awaiting task cancelled) is dropped: its
+        # future takes no result.
+        batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         runtime = self.holder.current
         if runtime is None:
             for request in batch:

@@ -26,10 +26,11 @@ import numpy as np
 
 from acquisition.cameras import GrabbedFrame
 from acquisition.frames import CropGeometry
-from acquisition.segmentation import Cell
+from acquisition.segmentation import Cell, SegmentationConfig
 from models.manifest import Manifest, ModelError
 from models.runtime import MicroBatcher, ModelHolder, ModelRuntime, Prediction
 
+from .crop_checks import CropChecker, CropChecks
 from .metrics import Metrics
 from .pipelines import Pipeline, Pipelines, Stages
 from .reloads import ServedModelFile
@@ -59,7 +60,8 @@ class Classified:
 
 
 class Classification:
-    """The model, the batcher in front of it and the store behind it.
+    """The model, the batcher in front of it and the store behind it (and the checks
+    of posted crops beside the batcher).
 
     Parameters
     ----------
@@ -91,6 +93,7 @@ class Classification:
         self.served = served
         self.min_confidence = min_confidence
         self.pipelines = Pipelines(store, min_confidence)
+        self.checker = CropChecker()
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> Classification:
@@ -190,15 +193,47 @@ class Classification:
         qc: list[dict[str, Any]] | None = None,
         positions: list[tuple[float, float]] | None = None,
         frame_id: int | None = None,
-        keep: list[bool] | None = None,
         stages: Stages | None = None,
         reference_id: str | None = None,
     ) -> Classified:
         """Classify ``crops`` and commit one result row each (from the event loop);
-        with ``keep``, only the crops it marks are stored (the others' ids are None);
         cut from a hologram by ``stages`` (against the reference ``reference_id``),
         the rows record them (posted crops: no stages, no pipeline)."""
         prediction = await asyncio.wrap_future(self.batcher.submit(crops))
+        return await self._commit(
+            prediction, source, started, qc, positions, frame_id, None, stages, reference_id
+        )
+
+    async def classify_checked(
+        self, crops: np.ndarray, source: str, started: float, config: SegmentationConfig
+    ) -> tuple[Classified, CropChecks]:
+        """Classify crops posted as cells, each checked by the camera's rules
+        (:mod:`service.crop_checks`, with ``config``) while the model runs on them, and
+        commit the results of those that hold a cell (the others' ids are None).
+
+        The checks run on their own thread, the model on the batcher's: a request
+        waits for the slower of the two, not for both one after the other."""
+        predicted = self.batcher.submit(crops)  # the batch forms and runs meanwhile
+        checks = await asyncio.wrap_future(self.checker.submit(crops, config))
+        prediction = await asyncio.wrap_future(predicted)
+        qc = [q or {} for q in checks.qc]
+        keep = [r is None for r in checks.rejected]
+        return await self._commit(prediction, source, started, qc, keep=keep), checks
+
+    async def _commit(
+        self,
+        prediction: Prediction,
+        source: str,
+        started: float,
+        qc: list[dict[str, Any]] | None = None,
+        positions: list[tuple[float, float]] | None = None,
+        frame_id: int | None = None,
+        keep: list[bool] | None = None,
+        stages: Stages | None = None,
+        reference_id: str | None = None,
+    ) -> Classified:
+        """Commit one result row per crop of ``prediction``; with ``keep``, only of the
+        crops it marks."""
         pipeline = self.pipelines.of(stages, prediction.manifest) if stages else None
         rows, labels = result_rows(
             prediction,
@@ -273,7 +308,8 @@ class Classification:
         return self.store.add_event(dataclasses.replace(event, uncertain=flag))
 
     def close(self) -> None:
-        """Drain the batcher, then commit every queued result."""
+        """Finish the crops' checks, drain the batcher, then commit every queued result."""
+        self.checker.close()
         self.batcher.close()
         self.store.close()
 

@@ -7,13 +7,11 @@ import math
 import time
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from acquisition.frames import CropGeometry
 from acquisition.reconstruction import ReconstructionConfig
-from acquisition.segmentation import SegmentationConfig, Segmenter
 from models.runtime import ModelNotLoadedError
 
 from ..holograms import PostedHologram
@@ -115,16 +113,6 @@ def _plain_qc(qc: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in qc.items()}
 
 
-def _crop_checks(
-    crops: np.ndarray, pixel_size_um: float, config: SegmentationConfig
-) -> tuple[list[dict[str, Any] | None], list[str | None]]:
-    """Each posted crop's QC and, for one that is not a cell by the camera's rules,
-    why (``Segmenter.crop_qc``)."""
-    segmenter = Segmenter(config)
-    checked = [segmenter.crop_qc(c, pixel_size_um) for c in crops]
-    return [dict(q) if q is not None else None for q, _ in checked], [r for _, r in checked]
-
-
 def _crop_geometry(classification: ClassificationDep) -> CropGeometry:
     if classification.runtime is None:
         raise HTTPException(503, NO_MODEL)
@@ -152,31 +140,23 @@ async def classify(
     ] = True,
 ) -> Response:
     """Classify single-cell OPD crops (nm): a .npy or TIFF of shape (128, 128) or
-    (N, 128, 128), or JSON ``{"opd": nested lists}``. Each crop is first segmented by
-    the camera's rules (its ``qc``); one that holds no cell (``rejected``: empty,
-    too small, cut by the crop's edge, ...) is classified but neither stored nor
-    counted. Every other result is stored."""
+    (N, 128, 128), or JSON ``{"opd": nested lists}``. Each crop is segmented by the
+    camera's rules (its ``qc``) while the model classifies it; one that holds no cell
+    (``rejected``: empty, too small, cut by the crop's edge, ...) is classified but
+    neither stored nor counted. Every other result is stored."""
     started = time.monotonic()
     kind = media_type(request, (NPY, TIFF, JSON))
     body = await read_body(request, settings.max_body_bytes)
     crop = _crop_geometry(classification)
     crops = crops_from(parse_array(body, kind), crop.shape, settings.max_crops_per_request)
-    qcs: list[dict[str, Any] | None] | None = None
-    reasons: list[str | None] | None = None
-    if qc:
-        config = settings.segmentation_config().for_crop(crop.size_px, crop.pixel_size_um)
-        qcs, reasons = await run_in_threadpool(_crop_checks, crops, crop.pixel_size_um, config)
     try:
-        result = await classification.classify(
-            crops,
-            "api",
-            started,
-            qc=[q or {} for q in qcs] if qcs else None,
-            keep=[r is None for r in reasons] if reasons else None,
-        )
+        if not qc:
+            return _response(await classification.classify(crops, "api", started))
+        config = settings.segmentation_config().for_crop(crop.size_px, crop.pixel_size_um)
+        result, checks = await classification.classify_checked(crops, "api", started, config)
     except ModelNotLoadedError:
         raise HTTPException(503, NO_MODEL) from None
-    return _response(result, qcs, reasons=reasons)
+    return _response(result, checks.qc, reasons=checks.rejected)
 
 
 @router.post(

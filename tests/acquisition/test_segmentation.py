@@ -327,3 +327,85 @@ def test_touching_and_neck_are_plain_python_values(separation_px):
     assert type(neck) is float
     assert type(touching) is bool
     json.dumps({"neck": neck, "touching": touching})
+
+
+def _neck_level_by_level(mask: np.ndarray, pixel_size_um: tuple[float, float], min_core: float):
+    """The neck as first written: every level labelled on its own and measured with
+    ``ndi.maximum`` (the reference of the stacked flooding in ``_neck``)."""
+    distance = ndi.distance_transform_edt(np.pad(mask, 1), sampling=pixel_size_um)
+    highest = float(distance.max())
+    if highest <= 0:
+        return 1.0
+    tops = (distance == ndi.maximum_filter(distance, size=3)) & (distance >= min_core * highest)
+    top_parts, count = ndi.label(tops, structure=np.ones((3, 3)))
+    if count < 2:
+        return 1.0
+    second = float(np.sort(ndi.maximum(distance, top_parts, np.arange(1, count + 1)))[-2])
+    ratio = 1.0
+    for t in np.linspace(0.0, highest, 33)[:-1]:
+        if t >= ratio * second:
+            break
+        pieces, count = ndi.label(distance > t, structure=np.ones((3, 3)))
+        if count < 2:
+            continue
+        maxima = np.sort(ndi.maximum(distance, pieces, np.arange(1, count + 1)))[::-1]
+        if maxima[1] >= min_core * highest:
+            ratio = min(ratio, t / float(maxima[1]))
+    return ratio
+
+
+def _outlines(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Cells, pairs and triples of them at every gap, ellipses and ragged blobs."""
+    yy, xx = np.mgrid[:110, :150].astype(float)
+    out = []
+    for _ in range(n):
+        disks = []
+        for _ in range(rng.integers(1, 4)):
+            r = rng.uniform(8, 28)
+            disks.append(
+                np.hypot(
+                    (yy - rng.uniform(35, 75)) / rng.uniform(0.6, 1.0), xx - rng.uniform(30, 120)
+                )
+                < r
+            )
+        mask = np.logical_or.reduce(disks)
+        if rng.random() < 0.3:
+            mask ^= ndi.binary_erosion(mask, iterations=2) & (rng.random(mask.shape) < 0.02)
+        labels, count = ndi.label(mask)
+        if count:
+            biggest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+            out.append(ndi.binary_fill_holes(labels == biggest))
+    return out
+
+
+@pytest.mark.parametrize("min_core", [0.3, 0.6])
+def test_neck_is_the_level_by_level_flooding(min_core):
+    """The stacked flooding gives exactly the level-by-level answer."""
+    outlines = _outlines(np.random.default_rng(4), 150)
+    necks = [_neck(m, (0.25, 0.3), min_core) for m in outlines]
+    assert necks == [_neck_level_by_level(m, (0.25, 0.3), min_core) for m in outlines]
+    assert sum(n < 1.0 for n in necks) > 30, "the outlines include necks to find"
+
+
+def test_objects_numbered_as_labelling_the_seeded_candidates():
+    """A frame's labels: the candidates that hold a seed, numbered as ``ndi.label``
+    numbers them when they are labelled again (unseeded candidates in between)."""
+    objects = [
+        Disk(256.0, 4.0, 40.0, 800.0),
+        Disk(100.0, 120.0, 8.0, 300.0),
+        Disk(420.0, 120.0, 40.0, 800.0),
+        Disk(300.0, 150.0, 30.0, 60.0),  # faint: a candidate that holds no seed
+    ]
+    maps = reconstruct(make_scene([objects], seed=11), get_backend("numpy"))
+    gaps = 0
+    for config in (SegmentationConfig(), SegmentationConfig(threshold=200.0)):
+        found = Segmenter(config).segment_frame(maps, 0)
+        opd = maps.opd_nm[0]
+        candidates, found_count = ndi.label(opd > found.low_threshold_nm, np.ones((3, 3)))
+        seeded = np.unique(candidates[opd > found.threshold_nm])
+        expected, count = ndi.label(np.isin(candidates, seeded[seeded > 0]), np.ones((3, 3)))
+        assert count >= 2
+        gaps += found_count > count
+        np.testing.assert_array_equal(found.labels, expected)
+        assert found.labels.dtype == expected.dtype
+    assert gaps, "some candidates hold no seed"

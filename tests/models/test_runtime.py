@@ -118,3 +118,20 @@ def test_batcher_without_model_and_providers():
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
     with pytest.raises(ValueError, match="auto, cuda or cpu"):
         choose_providers("tpu")  # type: ignore[arg-type]
+
+
+def test_batcher_drops_a_request_its_caller_gave_up(models_root):
+    """A request cancelled while it waits for company takes no result, and the
+    batcher goes on serving the others (set_result on it would end the thread)."""
+    holder = ModelHolder("cpu")
+    holder.load(models_root / "m1")
+    sizes: list[int] = []
+    batcher = MicroBatcher(holder, max_wait_s=1.0, on_batch=lambda n, s: sizes.append(n))
+    crops = np.random.default_rng(1).normal(200, 50, (3, 128, 128)).astype(np.float32)
+    given_up = batcher.submit(crops[:2])
+    assert given_up.cancel()
+    kept = batcher.submit(crops[2:])
+    assert kept.result(timeout=30).probabilities.shape == (1, 2)
+    assert sizes == [1], "only the request still awaited was run"
+    assert batcher.submit(crops).result(timeout=30).probabilities.shape == (3, 2)
+    batcher.close()
