@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
+from typing import Any
 
 import pytest
 
@@ -187,8 +188,9 @@ def test_numpy_values_are_stored_and_a_bad_submission_loses_only_itself(tmp_path
     path = tmp_path / "r.sqlite"
     store = ResultStore(f"sqlite:///{path}")
     try:
-        numpy_qc = {"touching": np.bool_(False), "area_um2": np.float32(80.5)}
-        first = ResultRow("api", "sw480", {"sw480": np.float32(0.75)}, "m", "1", numpy_qc)
+        numpy_qc: dict[str, Any] = {"touching": np.bool_(False), "area_um2": np.float32(80.5)}
+        probabilities: dict[str, Any] = {"sw480": np.float32(0.75)}
+        first = ResultRow("api", "sw480", probabilities, "m", "1", numpy_qc)
         store.add([first]).result(timeout=10)
         # Hold the database so the writer waits on the next submission and finds the
         # three after it queued together: one group commit.
