@@ -22,6 +22,8 @@ import numpy as np
 
 from acquisition.segmentation import SegmentationConfig, Segmenter
 
+from .queues import with_waiting
+
 logger = logging.getLogger(__name__)
 
 
@@ -75,16 +77,7 @@ class CropChecker:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
-            while True:  # everything already waiting, checked in one go
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
+            batch, stopping = with_waiting(self._queue, first)  # checked in one go
             answers: list[tuple[Future[CropChecks], CropChecks]] = []
             for request in batch:
                 if not request.future.set_running_or_notify_cancel():

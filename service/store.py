@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from .queues import with_waiting
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL_S = 1.0
@@ -336,17 +338,7 @@ class ResultStore:
             item = self._queue.get()
             if item is None:
                 return
-            pending = [item]
-            stop = False
-            while True:  # group commit: take everything that is already waiting
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                pending.append(more)
+            pending, stop = with_waiting(self._queue, item)  # group commit
             self._commit(pending)
             if stop:
                 return
