@@ -218,6 +218,20 @@ def checks(runs: dict[Row, list[Result]], sizes: list[int]) -> list[str]:
     by_method = {row.method: results for row, results in runs.items() if not row.pretrained}
     pretrained = {row: results for row, results in runs.items() if row.pretrained}
     smallest = sizes[0]
+    if "cnn" in by_method and "features" in by_method:
+        gaps = [(s, *paired(by_method["features"], by_method["cnn"], s)) for s in sizes]
+        lines.append(
+            "- features against the CNN from scratch, paired over the folds (mean difference "
+            "+- standard error) at "
+            + ", ".join(f"{s}: {g:+.1f} +- {se:.1f}" for s, g, se in gaps)
+            + "."
+        )
+    if not pretrained:
+        lines.append(
+            "- No pretrained method's run is committed for this task yet, so the "
+            "pretraining checks (a lead at the fewest labels, no loss against the CNN) "
+            "cannot be judged here."
+        )
     if pretrained and "cnn" in by_method and "features" in by_method:
         best = max(pretrained, key=lambda row: mean(pretrained[row], smallest))
         top = mean(pretrained[best], smallest)
