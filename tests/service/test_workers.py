@@ -35,7 +35,8 @@ def _same(a: ProcessedFrames, b: ProcessedFrames) -> None:
     assert len(a.segmentations) == len(b.segmentations)
     for x, y in zip(a.segmentations, b.segmentations, strict=True):
         np.testing.assert_array_equal(x.labels, y.labels)
-        assert x.rejected == y.rejected and x.clipped_px == y.clipped_px
+        assert x.rejected == y.rejected
+        assert x.clipped_px == y.clipped_px
     assert [c.qc for c in a.cells] == [c.qc for c in b.cells]
     assert [c.position_px for c in a.cells] == [c.position_px for c in b.cells]
     np.testing.assert_array_equal(a.crops(), b.crops())
@@ -75,8 +76,10 @@ def test_a_payload_larger_than_its_block_goes_by_pipe_and_the_block_grows(images
     try:
         first_in, first_out = child._in.name, child._out.name
         _same(local.process(frame, CROP), child.process(frame, CROP))
-        assert child._in.size >= frame.nbytes and child._out.size > 4096
-        assert not _shm(first_in).exists() and not _shm(first_out).exists()
+        assert child._in.size >= frame.nbytes
+        assert child._out.size > 4096
+        assert not _shm(first_in).exists()
+        assert not _shm(first_out).exists()
         grown = child._in.name, child._out.name
         _same(local.process(frame, CROP), child.process(frame, CROP))
         assert (child._in.name, child._out.name) == grown, "no growth once it fits"
@@ -89,7 +92,7 @@ def test_a_bad_frame_is_a_value_error_and_the_child_goes_on(images):
     frame = tifffile.imread(sorted(images.frames.glob("*.tif*"))[0])
     child = ChildWorker(CONFIG, reference)
     try:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="shape"):
             child.process(frame[:100, :100], CROP)  # another shape than the reference's
         assert child.process(frame, CROP).cells
     finally:
