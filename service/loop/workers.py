@@ -20,7 +20,7 @@ import contextlib
 import logging
 import pickle
 from dataclasses import dataclass
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from typing import Any, Protocol
 
 import numpy as np
@@ -120,11 +120,10 @@ class _Mapped:
     def get(self, name: str) -> memoryview:
         block = self._blocks.get(name)
         if block is None:
+            # Mapping registers the name with the resource tracker again; a spawned
+            # child shares its parent's tracker, so that is the parent's one entry,
+            # which the parent's unlink removes (the child must not unregister it).
             block = shared_memory.SharedMemory(name=name)
-            # The parent owns and unlinks the block: the child must not have the
-            # resource tracker unlink it when the child ends (Python < 3.13).
-            with contextlib.suppress(Exception):
-                resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
             self._blocks[name] = block
         buf = block.buf
         assert buf is not None
