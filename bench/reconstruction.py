@@ -145,7 +145,6 @@ def main() -> int:
         def ratio(peer: float, ours: float = ours) -> str:
             return "n/a" if math.isnan(peer) else f"{peer / ours:.0f}x"
 
-
         def hz(seconds: float) -> str:
             return "n/a (needs square)" if math.isnan(seconds) else f"{1 / seconds:.1f}/s"
 
