@@ -6,8 +6,9 @@ mask is the crop's pixels above ``max(5 sigma, 0.1 peak)``, sigma the standard
 deviation of the crop's outer band (8 px wide: background) and peak the crop's
 largest OPD; 10 % of the peak is where the segmentation's mask ends too (20 % of
 an Otsu threshold near half the peak). Everything is reductions, a sort and fixed
-convolutions, so it exports to ONNX like every network, and it is invariant to the
-8 rotations and reflections of a crop (up to float rounding).
+separable Gaussian blurs (written as products with band matrices, ONNX Runtime's
+fastest way to run them), so it exports to ONNX like every network, and it is
+invariant to the 8 rotations and reflections of a crop (up to float rounding).
 
 :class:`FeatureClassifier` standardises the features with the mean and standard
 deviation of the training crops and applies a multinomial logistic regression with
