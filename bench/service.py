@@ -8,8 +8,9 @@ keep-alive connections:
    32-crop ``POST /classify`` (npy bodies of simulated cells), each also with
    ``?qc=false`` beside it (what the posted crops' QC costs);
 2. closed loop, as fast as it answers (``--connections``): requests/s, and the
-   server's CPU time per request (all its threads; on a shared machine steadier
-   than requests/s) and the cores it kept busy meanwhile;
+   server's CPU time per request (all its threads and its child processes, the
+   posted crops' QC among them; on a shared machine steadier than requests/s) and
+   the cores it kept busy meanwhile;
 3. open loop at half that rate: p50 / p99 latency;
 4. server memory (VmRSS) before and after ``--requests`` single-crop requests;
 5. side by side, the peer floor: the same ONNX model run directly in ONNX Runtime
@@ -258,10 +259,30 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid``'s live child processes, theirs, and so on (the posted crops' QC process)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """CPU time the process has used (every thread's, user and system)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time the process and its live descendants have used (every thread's, user
+    and system)."""
+    total = 0.0
+    for each in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -84,6 +84,7 @@ class Classification:
         crop_pixel_size_um: float = 0.25,
         served: ServedModelFile | None = None,
         min_confidence: float = 0.0,
+        qc_process: bool = True,
     ) -> None:
         self.holder = holder
         self.batcher = batcher
@@ -93,7 +94,7 @@ class Classification:
         self.served = served
         self.min_confidence = min_confidence
         self.pipelines = Pipelines(store, min_confidence)
-        self.checker = CropChecker()
+        self.checker = CropChecker(processes=qc_process)
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> Classification:
@@ -162,6 +163,7 @@ class Classification:
             settings.crop_pixel_size_um,
             served,
             settings.min_confidence,
+            qc_process=settings.worker_processes,
         )
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from concurrent.futures import wait
 
 import httpx
@@ -59,6 +60,22 @@ def same_qc(got: dict | None, want: dict | None) -> bool:
     )
 
 
+def qc_processes() -> list:
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if p.name == "crop-qc"]
+
+
+def ready_checker(processes: bool) -> CropChecker:
+    """A checker whose QC process (if any) has started and answered."""
+    checker = CropChecker(processes)
+    deadline = time.monotonic() + 60
+    while processes and checker._child is None:  # it answers once its imports are done
+        assert time.monotonic() < deadline, "the QC process never answered"
+        time.sleep(0.1)
+    return checker
+
+
 def test_mixed_crops_hold_cells_and_rejections():
     qc, rejected = expected(mixed_crops(0))
     assert rejected == [None, "empty", "clipped", None, "touching", None]
@@ -76,7 +93,7 @@ def test_checker_answers_each_request_with_its_crops_checks(monkeypatch):
         return real(crops, config)
 
     monkeypatch.setattr(crop_checks, "check_crops", counted)
-    checker = CropChecker()
+    checker = CropChecker(processes=False)  # counted here: on the thread itself
     try:
         requests = [mixed_crops(seed) for seed in range(4)]
         busy = checker.submit(np.concatenate(requests * 3), CONFIG)  # keeps the thread busy
@@ -95,8 +112,43 @@ def test_checker_answers_each_request_with_its_crops_checks(monkeypatch):
         checker.close()
 
 
-def test_a_failed_check_fails_its_request_only():
-    checker = CropChecker()
+def test_the_qc_process_answers_every_request_with_its_crops_checks_and_is_replaced():
+    """In the child process: requests queued together are checked in one call, each
+    answered with its own crops' checks; a child killed between calls is replaced."""
+    checker = ready_checker(processes=True)
+    try:
+        requests = [mixed_crops(seed) for seed in range(3)]
+        busy = checker.submit(np.concatenate(requests * 3), CONFIG)
+        futures = [checker.submit(r, CONFIG) for r in requests]
+        wait([busy, *futures], timeout=120)
+        for crops, future in zip(requests, futures, strict=True):
+            qc, rejected = expected(crops)
+            got = future.result()
+            assert got.rejected == rejected
+            assert all(same_qc(g, w) for g, w in zip(got.qc, qc, strict=True))
+        (child,) = qc_processes()
+        child.kill()
+        child.join()
+        again = checker.submit(requests[0], CONFIG).result(timeout=120)
+        assert again.rejected == expected(requests[0])[1]  # checked on the thread
+        deadline = time.monotonic() + 60
+        while not (started := qc_processes()):
+            assert time.monotonic() < deadline, "no new QC process"
+            time.sleep(0.1)
+        assert started[0].pid != child.pid
+        while checker._child is None:  # ready: the next request goes to it
+            assert time.monotonic() < deadline, "the new QC process never answered"
+            time.sleep(0.1)
+        last = checker.submit(requests[1], CONFIG).result(timeout=120)
+        assert last.rejected == expected(requests[1])[1]
+    finally:
+        checker.close()
+    assert not qc_processes()
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_a_failed_check_fails_its_request_only(processes):
+    checker = ready_checker(processes)
     try:
         bad = checker.submit(np.array([["not", "opd"]]), CONFIG)
         good = checker.submit(mixed_crops(1), CONFIG)
@@ -107,10 +159,11 @@ def test_a_failed_check_fails_its_request_only():
         checker.close()
 
 
-def test_close_checks_what_is_queued_and_a_cancelled_request_is_skipped():
+@pytest.mark.parametrize("processes", [True, False])
+def test_close_checks_what_is_queued_and_a_cancelled_request_is_skipped(processes):
     """A request cancelled while it waits is skipped; the ones after it are still
     answered, and close() answers every request queued before it."""
-    checker = CropChecker()
+    checker = ready_checker(processes)
     busy = checker.submit(np.concatenate([mixed_crops(9)] * 6), CONFIG)
     before = checker.submit(mixed_crops(0), CONFIG)
     cancelled = checker.submit(mixed_crops(1), CONFIG)

@@ -13,7 +13,8 @@ from acquisition.cameras.emulator import prepare_emulator_images
 from acquisition.frames import CropGeometry, ProcessedFrames
 from acquisition.reconstruction import ReconstructionConfig
 from acquisition.segmentation import SegmentationConfig
-from service.loop.workers import ChildWorker, LocalWorker, WorkerConfig, pack, unpack
+from service.children import pack, unpack
+from service.loop.workers import ChildWorker, LocalWorker, WorkerConfig
 
 CONFIG = WorkerConfig(
     ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, sample_half="left"),
@@ -52,7 +53,7 @@ def test_a_child_answers_what_the_processor_answers_in_process(images):
     local = LocalWorker(CONFIG, reference)
     child = ChildWorker(CONFIG, reference)
     try:
-        names = [child._in.name, child._out.name]
+        names = [child.child.argument.name, child.child.answer.name]
         assert all(_shm(n).exists() for n in names)
         for frame in frames:
             expected = local.process(frame, CROP)
@@ -74,15 +75,17 @@ def test_a_payload_larger_than_its_block_goes_by_pipe_and_the_block_grows(images
     local = LocalWorker(CONFIG, reference)
     child = ChildWorker(CONFIG, reference, block_bytes=4096)
     try:
-        first_in, first_out = child._in.name, child._out.name
+        first_in, first_out = child.child.argument.name, child.child.answer.name
         _same(local.process(frame, CROP), child.process(frame, CROP))
-        assert child._in.size >= frame.nbytes
-        assert child._out.size > 4096
+        assert child.child.argument.size >= frame.nbytes
+        assert child.child.answer.size > 4096
         assert not _shm(first_in).exists()
         assert not _shm(first_out).exists()
-        grown = child._in.name, child._out.name
+        grown = child.child.argument.name, child.child.answer.name
         _same(local.process(frame, CROP), child.process(frame, CROP))
-        assert (child._in.name, child._out.name) == grown, "no growth once it fits"
+        assert (child.child.argument.name, child.child.answer.name) == grown, (
+            "no growth once it fits"
+        )
     finally:
         child.close()
 
