@@ -92,9 +92,10 @@ class CropChecker:
     """Checks posted crops (:func:`check_crops`) on its own thread, in turn: in a
     child process of its own (``processes``), else on the thread itself.
 
-    The child starts in the background (its imports take a second or two): until it
-    answers, and while a child that died is replaced, the thread checks the crops
-    itself, so no request waits for a process to start.
+    The child starts in the background at the first posted crops (its imports take a
+    second or two; a service that is posted none, a camera-only one, starts none):
+    until it answers, and while a child that died is replaced, the thread checks the
+    crops itself, so no request waits for a process to start.
     """
 
     def __init__(self, processes: bool = True) -> None:
@@ -106,8 +107,6 @@ class CropChecker:
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="crop-qc", daemon=True)
         self._thread.start()
-        if processes:
-            self._start_child()
 
     def submit(self, crops: np.ndarray, config: SegmentationConfig) -> Future[CropChecks]:
         """Queue (N, H, W) crops; the future gives their checks."""
@@ -137,8 +136,11 @@ class CropChecker:
                 child.call([])  # answers once its imports are done
             except Exception:
                 logger.exception("the crop QC process did not start; the thread checks")
+                with self._lock:
+                    self._starter = None
                 return
             with self._lock:
+                self._starter = None
                 if not self._closed:
                     self._child = child
                     return
@@ -177,6 +179,9 @@ class CropChecker:
         """("ok", CropChecks) or ("error", the exception), one per request."""
         with self._lock:
             child = self._child
+            start = self.processes and child is None and self._starter is None
+        if start:  # the first posted crops: a service that gets none starts no process
+            self._start_child()
         if child is not None:
             try:
                 answers: list[tuple[str, Any]] = child.call([(r.crops, r.config) for r in requests])

@@ -67,8 +67,14 @@ def qc_processes() -> list:
 
 
 def ready_checker(processes: bool) -> CropChecker:
-    """A checker whose QC process (if any) has started and answered."""
+    """A checker whose QC process (if any) has started and answered: it starts at the
+    first posted crops (checked on the thread meanwhile)."""
+    before = len(qc_processes())
     checker = CropChecker(processes)
+    time.sleep(0.2)
+    assert len(qc_processes()) == before, "no process before any crop is posted"
+    first = checker.submit(mixed_crops(5), CONFIG).result(timeout=60)
+    assert first.rejected == expected(mixed_crops(5))[1]
     deadline = time.monotonic() + 60
     while processes and checker._child is None:  # it answers once its imports are done
         assert time.monotonic() < deadline, "the QC process never answered"
