@@ -31,13 +31,10 @@ class ChildDied(RuntimeError):
 
 
 class SharedBlock:
-    """A shared-memory block the parent creates and its child maps by name.
-
-    Messages through it are ``(pickle, lengths, name)``: the pickle (protocol 5)
-    of the object with its out-of-band buffers, their lengths, and the block that
-    holds them one after another (None: the buffers follow in-band, a list of
-    bytes, as the payload did not fit).
-    """
+    """A shared-memory block the parent creates and owns (it unlinks it), and its
+    child maps by name: :func:`pack` lays a message's buffers out in it one after
+    another, and the pipe carries the pickle, the buffers' lengths and the block's
+    name (:meth:`ChildProcess.call`)."""
 
     def __init__(self, size: int = BLOCK_BYTES) -> None:
         self.memory = shared_memory.SharedMemory(create=True, size=size)
