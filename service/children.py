@@ -119,6 +119,21 @@ def unpack(
     return pickle.loads(data, buffers=views)
 
 
+def settle_child() -> None:
+    """What every child does first. It ignores SIGINT and SIGTERM: the parent
+    decides when it stops (a Ctrl+C or a SIGTERM to the process group must not end a
+    child with work to finish). And one BLAS thread: the small matrix products of
+    crops gain nothing from more, whose spinning would take the cores from the other
+    processes."""
+    import signal
+
+    from threadpoolctl import threadpool_limits
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threadpool_limits(1)
+
+
 def serve(connection: Any, handle: Callable[[Any], Any]) -> None:
     """The child's side: answer each call with ``handle(argument)`` until the parent
     sends None or goes away. ``handle`` must not raise (it answers its errors)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from acquisition.segmentation import SegmentationConfig, Segmenter
 
-from .children import ChildDied, ChildProcess, serve
+from .children import ChildDied, ChildProcess, serve, settle_child
 from .queues import with_waiting
 
 logger = logging.getLogger(__name__)
@@ -61,13 +61,7 @@ def _sendable(exc: Exception) -> Exception:
 def _checks_main(connection: Any) -> None:
     """The QC process: a batch of (crops, config) calls answered by a list of
     ("ok", CropChecks) or ("error", why), one per request."""
-    import signal
-
-    from threadpoolctl import threadpool_limits
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threadpool_limits(1)
+    settle_child()
 
     def handle(batch: list[tuple[np.ndarray, SegmentationConfig]]) -> list[tuple[str, Any]]:
         answers: list[tuple[str, Any]] = []

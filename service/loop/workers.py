@@ -19,7 +19,7 @@ from acquisition.frames import CropGeometry, FrameProcessor, ProcessedFrames
 from acquisition.reconstruction import ReconstructionConfig
 from acquisition.segmentation import SegmentationConfig
 
-from ..children import BLOCK_BYTES, ChildDied, ChildProcess, serve
+from ..children import BLOCK_BYTES, ChildDied, ChildProcess, serve, settle_child
 
 #: A worker process ended; a new one takes the next frame.
 WorkerDied = ChildDied
@@ -72,20 +72,10 @@ class LocalWorker:
 def _child_main(connection: Any, config: WorkerConfig) -> None:
     """A worker process: the reference first, then (frame, crop geometry) calls
     answered ("ok", ProcessedFrames), ("bad frame", why) or ("error", why)."""
-    import signal
-
-    from threadpoolctl import threadpool_limits
-
-    # The parent decides when to stop: a Ctrl+C or a SIGTERM to the process group
-    # must not end a worker while it has frames to finish.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    settle_child()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [worker]: %(message)s"
     )
-    # The crops' small matrix products gain nothing from BLAS threads, whose spinning
-    # would take the cores from the other workers.
-    threadpool_limits(1)
     try:
         (reference,) = connection.recv()
     except (EOFError, OSError):
