@@ -373,6 +373,7 @@ def test_at_a_gentle_rate_nothing_is_dropped(tmp_path, emulator_images):
 def test_live_page_in_chromium_follows_the_camera(tmp_path, flow_images, browser_paths):
     """The emulator streams cells in flow; the page follows the frames, draws each
     tracked cell's path with its event id, and counts each cell once."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     server = serve(
@@ -445,8 +446,17 @@ def test_live_page_in_chromium_follows_the_camera(tmp_path, flow_images, browser
         assert driver.find_elements(By.CSS_SELECTOR, "#chart-background line.threshold")
         assert page_text(driver, "#opd-lo") == "0"
         assert page_text(driver, "#opd-hi") == "800"
-        # A cell's QC: click its card.
-        driver.find_element(By.CSS_SELECTOR, ".crop").click()
+
+        # A cell's QC: click its card. The page redraws its cards as cells arrive, so a
+        # card found may be replaced before the click lands: find it again then.
+        def click_a_card(d: Any) -> bool:
+            try:
+                d.find_element(By.CSS_SELECTOR, ".crop").click()
+            except StaleElementReferenceException:
+                return False
+            return True
+
+        wait.until(click_a_card)
         area = '#selected-qc tr[data-key="area_um2"] .value'
         wait.until(lambda d: page_text(d, area).endswith("µm²"))
         assert float(page_text(driver, area).split()[0]) > 20
