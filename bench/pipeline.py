@@ -28,7 +28,8 @@ kept busy and the CPU milliseconds a frame took in all (so the rate two cores co
 carry at best), the ratios to tracking off and to the serial peer, the tracker's own
 cost per frame against the segmentation's, and the emulator's run.
 
-Usage: ``python bench/pipeline.py [--seconds 60] [--rates 50,60,...] [--emulator-rate 100]``
+Usage: ``python bench/pipeline.py [--seconds 60] [--rates 50,60,...] [--emulator-rate 100]
+[--model DIR]`` (``--model``: classify with another model directory than the served one)
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ RECONSTRUCTION = ReconstructionConfig(wavelength_nm=632.8, pixel_size_um=0.12, s
 
 
 Source = Callable[[], tuple[Camera, np.ndarray | None]]
+#: The model every run classifies with (``--model``; default: the one ``topgan serve`` serves).
+MODEL = DEFAULT_MODEL
 
 
 def simulated(camera: SimulatedCamera, rate: float) -> Source:
@@ -116,7 +119,7 @@ def run(
     settings = Settings(
         camera="none",
         database_url=f"sqlite:///{db}",
-        model_dir=DEFAULT_MODEL,
+        model_dir=MODEL,
         execution_provider=provider,
     )
     state = Services.start(settings)
@@ -267,7 +270,7 @@ def serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
     settings = Settings(
         camera="none",
         database_url=f"sqlite:///{folder}/serial.sqlite",
-        model_dir=DEFAULT_MODEL,
+        model_dir=MODEL,
         execution_provider="cpu",
     )
     state = Services.start(settings)
@@ -319,7 +322,12 @@ def main() -> None:
     parser.add_argument(
         "--emulator-rate", type=float, default=100.0, help="frames/s asked of the pylon emulator"
     )
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: served one)"
+    )
     args = parser.parse_args()
+    global MODEL
+    MODEL = args.model
     rates = [float(r) for r in args.rates.split(",")]
     enable_emulator()  # before pylon first enumerates its transport layers
 

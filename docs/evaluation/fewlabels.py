@@ -191,7 +191,7 @@ def task_section(task: Task) -> list[str]:
             for row, results in runs.items()
         ],
     )
-    lines += ["", *checks(runs, sizes), ""]
+    lines += ["", *checks(runs, sizes, task), ""]
     probe = HERE / task.folder / "probe.md"
     if probe.exists():
         lines += [
@@ -212,7 +212,7 @@ def task_section(task: Task) -> list[str]:
     return lines
 
 
-def checks(runs: dict[Row, list[Result]], sizes: list[int]) -> list[str]:
+def checks(runs: dict[Row, list[Result]], sizes: list[int], task: Task) -> list[str]:
     """The issue's must-shows, as the data give them."""
     lines = ["Checks:", ""]
     by_method = {row.method: results for row, results in runs.items() if not row.pretrained}
@@ -277,6 +277,28 @@ def checks(runs: dict[Row, list[Result]], sizes: list[int]) -> list[str]:
             f"- ECE of the served model's method ({method}) at "
             + ", ".join(f"{s}: {e:.1f} %" for s, e in zip(sizes, eces, strict=True))
             + f"; at most {MAX_ECE:g} % at every size {'met' if ok else 'NOT met'}."
+        )
+    lines += served_scale(task, method)
+    return lines
+
+
+def served_scale(task: Task, method: str) -> list[str]:
+    """The served model's method trained as the bundled models are, on nearly the whole
+    dataset (``runs/<method>-<size>``: the same folds, a training size past 160)."""
+    lines = []
+    for run in sorted((HERE / task.folder / "runs").glob(f"{method}-*")):
+        data = json.loads((run / "results.json").read_text())
+        results = [r for r in data["results"] if r["method"] == method]
+        if not results:
+            continue
+        size = results[0]["train_size"]
+        accuracy = fold_range(_values(results, size, "accuracy"))
+        ece = fold_range(_values(results, size, "ece"))
+        met = mean(results, size, "ece") <= MAX_ECE
+        lines.append(
+            f"- At the served model's scale ({method} on {size} training crops, the same "
+            f"folds: `{data['meta']['command']}`): accuracy {accuracy}, ECE {ece} %; at "
+            f"most {MAX_ECE:g} % {'met' if met else 'NOT met'}."
         )
     return lines
 

@@ -557,6 +557,13 @@ def written_by(meta: dict[str, Any]) -> str:
     return text
 
 
+def model_name(run: dict[str, Any]) -> str:
+    """A run's model as the report names it: version, and method and precision where the
+    run recorded them (runs before they were recorded: TOP-GAN-AUG, int8)."""
+    method = run.get("model_method", "topgan-aug")
+    return f"{method}, {run.get('model_precision', 'int8')}, version {run['model_version']}"
+
+
 def report(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
@@ -567,7 +574,8 @@ def report(results: dict[str, Any]) -> str:
         "continuous flow per speed carrying both lines mixed (each entering cell drawn "
         "at random from the two); every frame goes through FrameProcessor (the "
         "simulator's segmentation for these lines, the model's 128 px crops at "
-        "0.25 um), the bundled model (ONNX Runtime, CPU, int8) on every kept cell, "
+        "0.25 um), the task's bundled model (ONNX Runtime, CPU; its method and "
+        "version with each table) on every kept cell, "
         "and the Tracker (flow direction auto). After the entry frames no cell "
         "enters and the field empties, so every event is complete. Each detection is "
         "matched to the nearest true cell of its frame; an event's true line is the "
@@ -615,7 +623,7 @@ def report(results: dict[str, Any]) -> str:
             lines += [
                 f"### {task.title}",
                 "",
-                f"Model `{task.model}` ({runs[0]['model_version']}). Accuracy (%):",
+                f"Model `{task.model}` ({model_name(runs[0])}). Accuracy (%):",
                 "",
                 *accuracy_table(runs),
                 "",
@@ -754,6 +762,8 @@ def main() -> None:
                         "task_title": task.title,
                         "model": task.model,
                         "model_version": model.manifest.version,
+                        "model_method": model.manifest.method,
+                        "model_precision": model.manifest.metrics.get("precision", "fp32"),
                         "split": split,
                         "seed": seed,
                         "condition": dataclasses.asdict(condition) | {"frames": frames},

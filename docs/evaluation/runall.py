@@ -37,9 +37,12 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from fewlabels import RUNS, TASKS, Row, Task  # noqa: E402
+from fewlabels import RUNS, TASKS, Row, Task, served_method  # noqa: E402
 
 SIZES = "10,20,40,80,160"
+#: The served model's scale: 4 of the 5 folds' 800 crops, as the bundled models use
+#: nearly all of theirs (the report's served-scale check).
+SERVED_SIZE = 640
 SPERM = REPO / "models" / "pretrained" / "sperm-dcgan"
 
 
@@ -61,7 +64,25 @@ def positive(task: Task) -> str:
     return task.lines.split(",")[1]
 
 
-def steps_for(task: Task, rows: list[Row], work: Path, ceiling_too: bool = True) -> list[Step]:
+def served_step(task: Task, work: Path) -> Step | None:
+    """The served model's method at :data:`SERVED_SIZE` on the task's folds, unless its
+    run is committed (``runs/<method>-640``)."""
+    method, trunk = served_method()
+    run = f"{method}-{SERVED_SIZE}"
+    t = task.folder
+    if (HERE / t / "runs" / run).exists() or trunk == "own":
+        return None  # an own-pool trunk would need its pretraining step first
+    pretrained = ["--pretrained", str(SPERM)] if trunk == "sperm" else []
+    out = f"runs/{t}/{run}"
+    command = _topgan("--seed", "0", "evaluate", "--data", f"{t}.h5", "--methods", method)
+    command += [*pretrained, "--train-sizes", str(SERVED_SIZE), "--folds", "5"]
+    command += ["--positive", positive(task), "--preset", "cpu", "--out", out]
+    return Step(f"{t}:served", command, [f"{t}:data"], (work / out, HERE / t / "runs" / run))
+
+
+def steps_for(
+    task: Task, rows: list[Row], work: Path, ceiling_too: bool = True, served_too: bool = True
+) -> list[Step]:
     """The steps ``task`` still needs for ``rows``, the data and trunks first."""
     data, pool, ceiling = task.seeds
     lines = task.lines
@@ -221,6 +242,9 @@ def steps_for(task: Task, rows: list[Row], work: Path, ceiling_too: bool = True)
                 [f"{t}:data", f"{t}:ceiling-model"],
             ),
         ]
+    served = served_step(task, work) if served_too else None
+    if served is not None:
+        steps.append(served)
     return steps
 
 
@@ -236,6 +260,8 @@ def ordered(steps: list[Step]) -> list[Step]:
             return (1 + rank[what], order)
         if what.startswith("ceiling"):
             return (len(RUNS) + 1, order)
+        if what == "served":
+            return (len(RUNS) + 2, order)
         return (0, order)
 
     return sorted(steps, key=key)
@@ -310,7 +336,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="steps at once (one thread each)")
     parser.add_argument("--tasks", help="task folders, comma-separated (default: all)")
     parser.add_argument(
-        "--runs", help="run folders and/or ceiling, comma-separated (default: all of them)"
+        "--runs",
+        help="run folders, ceiling and/or served (the served model's method at "
+        f"{SERVED_SIZE} crops), comma-separated (default: all of them)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the steps, run none")
     args = parser.parse_args()
@@ -318,11 +346,12 @@ def main() -> int:
         parser.error("--jobs must be at least 1")
     tasks = [t for t in TASKS if not args.tasks or t.folder in args.tasks.split(",")]
     rows = [r for r in RUNS if not args.runs or r.run in args.runs.split(",")]
-    if not tasks or not (rows or "ceiling" in (args.runs or "")):
+    asked = args.runs.split(",") if args.runs else []
+    ceiling_too, served_too = not asked or "ceiling" in asked, not asked or "served" in asked
+    if not tasks or not (rows or ceiling_too or served_too):
         parser.error("no task or no run matches")
     work = args.work.resolve()
-    ceiling_too = not args.runs or "ceiling" in args.runs.split(",")
-    steps = ordered([s for t in tasks for s in steps_for(t, rows, work, ceiling_too)])
+    steps = ordered([s for t in tasks for s in steps_for(t, rows, work, ceiling_too, served_too)])
     if args.dry_run:
         for s in steps:
             print(f"{s.name}: {shlex.join(s.command)}")
