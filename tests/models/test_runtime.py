@@ -33,6 +33,7 @@ def _features_model(directory: str, classes: list[str], seed: int, data: str) ->
     assert [f["name"] for f in m.training["features"]][:2] == ["area_um2", "dry_mass_pg"]
     assert 0.5 < m.metrics["cv_accuracy"] <= 1
     assert m.metrics["precision"] == "fp32"
+    assert m.calibration is not None
     assert m.calibration.method == "out-of-fold"
     assert m.calibration.temperature > 0
 
@@ -55,6 +56,7 @@ def test_the_bundled_topgan_model_and_its_gan():
     # --int8 keeps int8 only within 0.5 points of fp32 (this one lost 0.6: fp32).
     kept = m.metrics["validation_accuracy_int8"] >= m.metrics["validation_accuracy_fp32"] - 0.005
     assert m.metrics["precision"] == ("int8" if kept else "fp32")
+    assert m.calibration is not None
     assert m.calibration.method == "validation"
     assert m.calibration.temperature > 0
     gan = REPO / "models" / "pretrained" / "sperm-dcgan"
@@ -72,8 +74,8 @@ def test_no_bundled_model_carries_a_machine_path():
         for marker in (b"/home/", b"/work/", b"/tmp/", b"site-packages", b'.py"', b".py:"):
             assert marker not in data, (onnx, marker)
         manifest = (onnx.parent / "manifest.json").read_text()
-        for marker in ("/home/", "/work/", "/tmp/"):
-            assert marker not in manifest, (onnx.parent, marker)
+        for text in ("/home/", "/work/", "/tmp/"):
+            assert text not in manifest, (onnx.parent, text)
 
 
 def test_manifest_errors(models_root, tmp_path):
