@@ -558,10 +558,8 @@ def written_by(meta: dict[str, Any]) -> str:
 
 
 def model_name(run: dict[str, Any]) -> str:
-    """A run's model as the report names it: version, and method and precision where the
-    run recorded them (runs before they were recorded: TOP-GAN-AUG, int8)."""
-    method = run.get("model_method", "topgan-aug")
-    return f"{method}, {run.get('model_precision', 'int8')}, version {run['model_version']}"
+    """A run's model as the report names it: its method, precision and version."""
+    return f"{run['model_method']}, {run['model_precision']}, version {run['model_version']}"
 
 
 def report(results: dict[str, Any]) -> str:
