@@ -71,7 +71,7 @@ CONTRACT = [
 ]
 
 
-@pytest.mark.parametrize("model", ["sw480-sw620", "hs895", "sw480-sw620-topgan-aug"])
+@pytest.mark.parametrize("model", ["sw480-sw620", "hs895", "sw480-sw620-features"])
 def test_the_bundled_manifests_are_what_manifest_writes(model):
     text = (REPO / "models" / model / "manifest.json").read_text()
     manifest = Manifest.from_dict(json.loads(text))

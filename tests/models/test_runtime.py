@@ -39,13 +39,13 @@ def _features_model(directory: str, classes: list[str], seed: int, data: str) ->
 
 
 def test_bundled_models_load_and_say_how_they_were_made():
-    # The served default (the features recipe: docs/evaluation/dev/served.md).
-    _features_model("sw480-sw620", ["sw480", "sw620"], 3, "sw480-sw620.h5")
+    # Beside the served network (docs/evaluation/dev/served.md says why it is served).
+    _features_model("sw480-sw620-features", ["sw480", "sw620"], 3, "sw480-sw620.h5")
     _features_model("hs895", ["hs895-sk", "hs895-t"], 5, "hs895.h5")
 
 
 def test_the_bundled_topgan_model_and_its_gan():
-    runtime = ModelRuntime(REPO / "models" / "sw480-sw620-topgan-aug", "cpu")
+    runtime = ModelRuntime(REPO / "models" / "sw480-sw620", "cpu")  # the served default
     m = runtime.manifest
     assert m.classes == ["sw480", "sw620"]
     assert (m.method, m.input_shape, m.pixel_size_um) == ("topgan-aug", (1, 128, 128), 0.25)
