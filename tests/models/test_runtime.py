@@ -69,13 +69,14 @@ def test_the_bundled_topgan_model_and_its_gan():
 def test_no_bundled_model_carries_a_machine_path():
     """Exports drop the exporter's per-node stack traces (they named the training
     machine's files); manifests carry paths relative to the repository or bare names."""
+    here = f"{REPO.parent}/"  # where this checkout sits, as any machine's path would be
     for onnx in sorted((REPO / "models").glob("*/model.onnx")):
         data = onnx.read_bytes()
-        for marker in (b"/home/", b"/work/", b"/tmp/", b"site-packages", b'.py"', b".py:"):
-            assert marker not in data, (onnx, marker)
+        for marker in ("/home/", "/tmp/", here, "site-packages", '.py"', ".py:"):
+            assert marker.encode() not in data, (onnx, marker)
         manifest = (onnx.parent / "manifest.json").read_text()
-        for text in ("/home/", "/work/", "/tmp/"):
-            assert text not in manifest, (onnx.parent, text)
+        for marker in ("/home/", "/tmp/", here):
+            assert marker not in manifest, (onnx.parent, marker)
 
 
 def test_manifest_errors(models_root, tmp_path):
