@@ -71,7 +71,9 @@ CONTRACT = [
 ]
 
 
-@pytest.mark.parametrize("model", ["sw480-sw620", "hs895", "sw480-sw620-features"])
+@pytest.mark.parametrize(
+    "model", ["sw480-sw620", "hs895", "sw480-sw620-features", "hs895-features"]
+)
 def test_the_bundled_manifests_are_what_manifest_writes(model):
     text = (REPO / "models" / model / "manifest.json").read_text()
     manifest = Manifest.from_dict(json.loads(text))

@@ -41,19 +41,20 @@ def _features_model(directory: str, classes: list[str], seed: int, data: str) ->
 def test_bundled_models_load_and_say_how_they_were_made():
     # Beside the served network (docs/evaluation/dev/served.md says why it is served).
     _features_model("sw480-sw620-features", ["sw480", "sw620"], 3, "sw480-sw620.h5")
-    _features_model("hs895", ["hs895-sk", "hs895-t"], 5, "hs895.h5")
+    _features_model("hs895-features", ["hs895-sk", "hs895-t"], 5, "hs895.h5")
 
 
-def test_the_bundled_topgan_model_and_its_gan():
-    runtime = ModelRuntime(REPO / "models" / "sw480-sw620", "cpu")  # the served default
-    m = runtime.manifest
-    assert m.classes == ["sw480", "sw620"]
+def _network_model(directory: str, classes: list[str], seed: int, data: str) -> None:
+    """A bundled TOP-GAN-AUG network from the bundled GAN: it loads, its manifest says
+    how it was made, and the int8 rule was applied as it says."""
+    m = ModelRuntime(REPO / "models" / directory, "cpu").manifest
+    assert m.classes == classes
     assert (m.method, m.input_shape, m.pixel_size_um) == ("topgan-aug", (1, 128, 128), 0.25)
     assert "train classifier --method topgan-aug" in m.training["command"]
-    assert "--data sw480-sw620.h5" in m.training["command"]
-    assert m.training["seed"] == 3
+    assert f"--data {data}" in m.training["command"]
+    assert m.training["seed"] == seed
     assert 0.5 < m.metrics["validation_accuracy"] <= 1
-    # --int8 keeps int8 only within 0.5 points of fp32 (this one lost 0.6: fp32).
+    # --int8 keeps int8 only within 0.5 points of fp32.
     kept = m.metrics["validation_accuracy_int8"] >= m.metrics["validation_accuracy_fp32"] - 0.005
     assert m.metrics["precision"] == ("int8" if kept else "fp32")
     assert m.calibration is not None
@@ -64,6 +65,11 @@ def test_the_bundled_topgan_model_and_its_gan():
     assert info["weights_sha256"] == sha256_of(gan / "gan.pt")
     assert m.training["gan_sha256"] == info["weights_sha256"]
     assert "train gan" in info["command"]
+
+
+def test_the_bundled_networks_and_their_gan():
+    _network_model("sw480-sw620", ["sw480", "sw620"], 3, "sw480-sw620.h5")  # the served default
+    _network_model("hs895", ["hs895-sk", "hs895-t"], 5, "hs895.h5")
 
 
 def test_no_bundled_model_carries_a_machine_path():
