@@ -95,6 +95,9 @@ RUNS = (
 #: The checks' thresholds (points): the best pretrained recipe's lead at 10 labels, the
 #: largest loss against the CNN a pretrained method may show, the largest ECE (%).
 LEAD, NO_LOSS, MAX_ECE = 3.0, 2.0, 5.0
+#: The served model's scale: 4 of the 5 folds' 800 crops, as the bundled models use
+#: nearly all of theirs (the served-scale check; runall.py --runs served).
+SERVED_SIZE = 640
 
 
 def load_runs(task: Task) -> dict[Row, list[Result]]:
@@ -306,7 +309,7 @@ def served_scale(task: Task, method: str) -> list[str]:
         )
     if not served_run:
         lines.append(
-            f"- {method} (the served model's method) at the served scale (640 training "
+            f"- {method} (the served model's method) at the served scale ({SERVED_SIZE} training "
             "crops): not run yet (`python docs/evaluation/runall.py --runs served`)."
         )
     return lines

@@ -37,12 +37,9 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from fewlabels import RUNS, TASKS, Row, Task, served_method  # noqa: E402
+from fewlabels import RUNS, SERVED_SIZE, TASKS, Row, Task, served_method  # noqa: E402
 
 SIZES = "10,20,40,80,160"
-#: The served model's scale: 4 of the 5 folds' 800 crops, as the bundled models use
-#: nearly all of theirs (the report's served-scale check).
-SERVED_SIZE = 640
 SPERM = REPO / "models" / "pretrained" / "sperm-dcgan"
 
 
