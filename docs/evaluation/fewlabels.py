@@ -282,7 +282,29 @@ def checks(runs: dict[Row, list[Result]], sizes: list[int], task: Task) -> list[
             + f"; at most {MAX_ECE:g} % at every size {'met' if ok else 'NOT met'}."
         )
     lines += served_scale(task, method)
+    lines += ceiling_against_features(task)
     return lines
+
+
+def ceiling_against_features(task: Task) -> list[str]:
+    """The ceiling's accuracy against the ``features`` baseline trained on 640 crops
+    of the evaluation folds, paired over the same test folds: whether the network,
+    given three times the labels, reaches what the statistics of the crop hold."""
+    ceiling = HERE / task.folder / "ceiling.json"
+    features = HERE / task.folder / "runs" / f"features-{SERVED_SIZE}" / "results.json"
+    if not (ceiling.exists() and features.exists()):
+        return []
+    c = json.loads(ceiling.read_text())
+    results = json.loads(features.read_text())["results"]
+    by_fold = {r["fold"]: r["accuracy"] for r in results if r["train_size"] == SERVED_SIZE}
+    d = 100 * np.array([f["accuracy"] - by_fold[f["fold"]] for f in c["folds"]])
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    verdict = "above it" if d.mean() > 2 * se else ("below it" if d.mean() < -2 * se else "level")
+    return [
+        f"- The ceiling ({c['method']} on {c['train_crops']} labeled crops) against features "
+        f"on {SERVED_SIZE}, paired over the test folds: {d.mean():+.1f} +- {se:.1f} points "
+        f"({verdict})."
+    ]
 
 
 def served_scale(task: Task, method: str) -> list[str]:
