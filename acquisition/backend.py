@@ -71,6 +71,31 @@ class ArrayBackend:
         return {"workers": self.workers if size >= PARALLEL_FFT_MIN_SIZE else 1}
 
 
+def median(values: Any, xp: ModuleType = np) -> Any:
+    """The median of all of ``values`` (a 0-d array), equal to ``xp.median(values)``.
+
+    On NumPy a single-pivot ``partition`` and the lower half's maximum: the same two
+    middle values ``np.median`` averages, at a tenth of its cost (NumPy 2's
+    ``partition`` with the two pivots ``np.median`` asks for is ten times slower
+    than with one: 0.40 against 0.04 ms for the 36 000 pixels of a 240x150 map).
+    NaN anywhere gives NaN, as ``np.median`` does. Other array modules use their own.
+    """
+    if xp is not np:
+        return xp.median(values)
+    flat = np.asarray(values).ravel()
+    n = flat.size
+    if n == 0:
+        return np.median(flat)  # NaN, with NumPy's warning
+    if flat.dtype.kind in "fc" and np.isnan(flat).any():
+        return np.median(flat)
+    k = n // 2
+    part = np.partition(flat, k)
+    if n % 2:
+        return np.mean(part[k : k + 1])
+    # np.median's own average of the pair (in the array's precision): bit-identical.
+    return np.mean(np.stack([part[:k].max(), part[k]]))
+
+
 def cpu_count() -> int:
     """Cores this process may use (respects CPU affinity and cgroup pinning)."""
     try:

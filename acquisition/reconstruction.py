@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.special import erfc
 
-from .backend import ArrayBackend, get_backend
+from .backend import ArrayBackend, get_backend, median
 from .background import remove_background
 from .errors import HologramError, ReferenceMismatchError, SidebandNotFoundError
 from .unwrap import LeastSquaresUnwrapper
@@ -563,7 +563,8 @@ class Reconstructor:
         phase, residues = geometry.unwrapper.unwrap(xp.angle(fields), residues=True)
         amplitude = xp.abs(fields)
         if geometry.reference_factor is None:
-            amplitude /= xp.median(amplitude, axis=(-2, -1), keepdims=True) + 1e-30
+            for frame in amplitude:
+                frame /= median(frame, xp) + 1e-30
         phase = xp.stack([remove_background(p, order, b) for p in phase])
         sign = self._sign(geometry, phase, xp)
         opd_nm = (phase * (sign * cfg.wavelength_nm / (2 * math.pi))).astype(xp.float32)
@@ -639,7 +640,7 @@ class Reconstructor:
         up, down = float(high - mid), float(mid - low)
         sign = 1 if up >= down else -1
         # Noise from neighbour differences, which cells of any size barely affect.
-        noise = 1.4826 * float(xp.median(xp.abs(xp.diff(sub, axis=-1)))) / math.sqrt(2)
+        noise = 1.4826 * float(median(xp.abs(xp.diff(sub, axis=-1)), xp)) / math.sqrt(2)
         if max(up, down) >= max(2 * min(up, down), 20 * noise):
             with geometry.lock:
                 if geometry.sign is None:

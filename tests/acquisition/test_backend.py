@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from acquisition.backend import ArrayBackend, BackendUnavailableError, get_backend
+from acquisition.backend import ArrayBackend, BackendUnavailableError, get_backend, median
 from acquisition.reconstruction import ReconstructionConfig, Reconstructor
 
 
@@ -109,3 +109,21 @@ def test_gpu_path_matches_cpu(flipping_scene, with_reference):
     np.testing.assert_allclose(gpu_drift, cpu_drift, atol=1e-6)
     # A wrapped difference within rounding of pi may fall on either side: a residue or two.
     assert np.abs(gpu_residues - cpu_residues).max() <= 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint8])
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 11, 36000, 36001])
+def test_median_is_numpys_median(dtype, n):
+    """The one-pivot median gives np.median's value, bit for bit and in its dtype."""
+    rng = np.random.default_rng(n)
+    for _ in range(5):
+        values = (rng.normal(size=(n,)) * 100).astype(dtype).reshape(-1, 1)
+        expected, got = np.median(values), median(values)
+        assert got == expected
+        assert np.asarray(got).dtype == np.asarray(expected).dtype
+
+
+def test_median_of_nan_is_nan():
+    values = np.arange(101, dtype=np.float32)
+    values[3] = np.nan
+    assert np.isnan(median(values))

@@ -409,3 +409,28 @@ def test_objects_numbered_as_labelling_the_seeded_candidates():
         np.testing.assert_array_equal(found.labels, expected)
         assert found.labels.dtype == expected.dtype
     assert gaps, "some candidates hold no seed"
+
+
+def test_solidity_matches_qhull_on_random_outlines():
+    """The monotone-chain hull's area is Qhull's on the same corners."""
+    from scipy.spatial import ConvexHull
+
+    from acquisition.segmentation import _solidity
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(400):
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        blobs = ndi.binary_dilation(rng.random(shape) < rng.uniform(0.01, 0.3))
+        parts, count = ndi.label(blobs)
+        if count == 0:
+            continue
+        mask = ndi.binary_fill_holes(parts == 1)
+        ys, xs = np.nonzero(mask)
+        corners = np.concatenate(
+            [np.stack([ys + dy, xs + dx], axis=1) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)]
+        )
+        expected = min(1.0, mask.sum() / ConvexHull(corners).volume)
+        assert _solidity(mask) == pytest.approx(expected, rel=1e-12)
+        checked += 1
+    assert checked > 300
