@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.ndimage as ndi
 
-from .backend import ArrayBackend
+from .backend import ArrayBackend, median
 
 #: Pixels further than this many robust standard deviations from the fitted surface
 #: are taken for objects and left out of the next fit.
@@ -98,7 +98,7 @@ def remove_background(phase: Any, order: int, backend: ArrayBackend | None = Non
     if int(xp.count_nonzero(keep)) < 4 * n_terms:
         keep = xp.ones(sub.shape, dtype=bool)
     if int(xp.count_nonzero(keep)) < 4 * n_terms:
-        return phase - xp.median(phase)  # a map too small for this surface: the offset only
+        return phase - median(phase, xp)  # a map too small for this surface: the offset only
     coeffs = xp.zeros(n_terms)
     for _ in range(ITERATIONS):
         if int(xp.count_nonzero(keep)) < 4 * n_terms:
@@ -106,7 +106,8 @@ def remove_background(phase: Any, order: int, backend: ArrayBackend | None = Non
         a = design[keep]
         coeffs = xp.linalg.solve(a.T @ a + 1e-9 * xp.eye(n_terms), a.T @ sub[keep])
         residual = sub - design @ coeffs.astype(xp.float32)
-        spread = 1.4826 * xp.median(xp.abs(residual[keep] - xp.median(residual[keep])))
+        outside = residual[keep]
+        spread = 1.4826 * median(xp.abs(outside - median(outside, xp)), xp)
         inside = xp.abs(residual) <= OUTLIER_SIGMAS * max(float(spread), 1e-6)
         # Objects' rims (halos, out-of-focus fringes) fall just inside the cut: grow
         # the excluded areas by a pixel before the next fit.
