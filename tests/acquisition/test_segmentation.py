@@ -434,3 +434,22 @@ def test_solidity_matches_qhull_on_random_outlines():
         assert _solidity(mask) == pytest.approx(expected, rel=1e-12)
         checked += 1
     assert checked > 300
+
+
+@pytest.mark.parametrize("start", [-1.3, 0.0, 0.6, 2.5])
+def test_crop_weights_evaluate_the_spline_as_map_coordinates(start):
+    """The separable crop (rows' weights, spline coefficients, columns' weights) is
+    ``ndi.map_coordinates(order=3, mode="constant")`` on the grid, whether every tap
+    lies inside the window (from 2.5 on) or the mirror folds some (near the edge)."""
+    from acquisition.segmentation import _cubic_weights
+
+    rng = np.random.default_rng(1)
+    window = rng.normal(size=(40, 33))
+    ys = start + np.arange(20) * 1.37
+    xs = start + np.arange(20) * 1.21
+    ys[-1] = math.ceil(ys[-1])  # an integer position: its tap at t = 2 weighs 0
+    coefficients = ndi.spline_filter(window, order=3, mode="mirror")
+    crop = _cubic_weights(ys, 40) @ coefficients @ _cubic_weights(xs, 33).T
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    expected = ndi.map_coordinates(window, [gy, gx], order=3, mode="constant")
+    np.testing.assert_allclose(crop, expected, atol=1e-12, rtol=0)
