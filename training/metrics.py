@@ -76,6 +76,30 @@ def ece_of(table: np.ndarray) -> float:
     return float((count[used] / total * gap).sum())
 
 
+def ece_floor(table: np.ndarray) -> float:
+    """The ECE a perfectly calibrated model would still show on a :func:`reliability`
+    table's crops from sampling alone (NaN if empty): the expected ECE when each bin's
+    right answers are Binomial(crops in the bin, the bin's mean confidence), every crop
+    of a bin taken at its mean confidence (a bin is 1/15 wide, so this barely differs
+    from each crop at its own). A measured ECE near it is as calibrated as this many
+    crops can show; 160 crops at 90 % accuracy put it near 5 %."""
+    from scipy.stats import binom
+
+    count = table[:, 0]
+    total = count.sum()
+    if total == 0:
+        return float("nan")
+    expected = 0.0
+    for n, confidence_sum in zip(count, table[:, 1], strict=True):
+        if n == 0:
+            continue
+        n_crops = int(n + 0.5)  # a count, stored as a float
+        c = min(max(float(confidence_sum) / n, 0.0), 1.0)
+        k = np.arange(n_crops + 1)
+        expected += n / total * float(np.sum(binom.pmf(k, n_crops, c) * np.abs(k / n_crops - c)))
+    return float(expected)
+
+
 def expected_calibration_error(
     probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
 ) -> float:

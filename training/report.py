@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import ECE_BINS, ece_of
+from .metrics import ECE_BINS, ece_floor, ece_of
 from .quantize import INT8_TOLERANCE, int8_kept
 
 #: One row of ``results.json``: a method, a training size, a fold and its scores.
@@ -112,6 +112,12 @@ def calibration_section(results: Sequence[Result]) -> list[str]:
             ece_of(_pooled(scored, method, size, key))
             for key in ("reliability_uncalibrated", "reliability")
         ]
+        floors = [
+            ece_floor(np.asarray(r["reliability"], dtype=float))
+            for r in scored
+            if (r["method"], r["train_size"]) == (method, size)
+        ]
+        pooled_floor = ece_floor(_pooled(scored, method, size, "reliability"))
         rows.append(
             [
                 method,
@@ -119,10 +125,18 @@ def calibration_section(results: Sequence[Result]) -> list[str]:
                 fold_range(metric_values(scored, method, size, "ece_uncalibrated")),
                 fold_range(metric_values(scored, method, size, "ece")),
                 f"{100 * pooled[0]:.1f} -> {100 * pooled[1]:.1f}",
+                f"{100 * np.mean(floors):.1f} / {100 * pooled_floor:.1f}",
                 f"{np.mean(t):.2f} [{np.min(t):.2f}, {np.max(t):.2f}]",
             ]
         )
-    header = ["method", "train size", "ECE, T = 1", "ECE, calibrated", "ECE, folds pooled"]
+    header = [
+        "method",
+        "train size",
+        "ECE, T = 1",
+        "ECE, calibrated",
+        "ECE, folds pooled",
+        "floor: per fold / pooled",
+    ]
     return [
         "## Calibration",
         "",
@@ -132,7 +146,10 @@ def calibration_section(results: Sequence[Result]) -> list[str]:
         "methods: on the validation split from 32 crops, else on out-of-fold logits of 5 more "
         "trainings; features: on its cross-validation's out-of-fold logits; knn: none; T = 1 "
         "on fewer than 20 training crops). The pooled column bins every fold's test crops "
-        "together (T = 1 -> calibrated).",
+        "together (T = 1 -> calibrated). The floor is the ECE a perfectly calibrated model "
+        "with the same confidences would show from sampling alone (`training.metrics."
+        "ece_floor`), mean over folds / pooled: a calibrated ECE near it is as good as "
+        "that many test crops can show.",
         "",
         *markdown_table([*header, "temperature"], rows),
         "",
@@ -232,6 +249,15 @@ def plot_learning_curves(results: Sequence[Result], path: Path) -> None:
 def write_report(out: Path, results: Sequence[Result], meta: dict[str, Any]) -> None:
     """``out/report.md``, ``out/learning-curves.png`` and (results with calibration
     scores) ``out/reliability.png`` of one evaluation."""
+    (out / "report.md").write_text(report_markdown(results, meta))
+    plot_learning_curves(results, out / "learning-curves.png")
+    if any("ece" in r for r in results):
+        plot_reliability(results, out / "reliability.png", len(meta["classes"]))
+
+
+def report_markdown(results: Sequence[Result], meta: dict[str, Any]) -> str:
+    """The text of one evaluation's ``report.md`` (its ``results.json``'s rows and
+    meta), which the figures beside it illustrate."""
     lines = [
         f"# Evaluation: {' vs '.join(meta['classes'])} (positive class {meta['positive']})",
         "",
@@ -246,7 +272,4 @@ def write_report(out: Path, results: Sequence[Result], meta: dict[str, Any]) -> 
         *calibration_section(results),
         *int8_section(results),
     ]
-    (out / "report.md").write_text("\n".join(lines))
-    plot_learning_curves(results, out / "learning-curves.png")
-    if any("ece" in r for r in results):
-        plot_reliability(results, out / "reliability.png", len(meta["classes"]))
+    return "\n".join(lines)

@@ -18,7 +18,13 @@ from service.cli import main
 from training.calibration import BOUNDS, TemperatureFit, fit_temperature, nll, softmax
 from training.classifier import result_lines
 from training.export import export_onnx
-from training.metrics import ECE_BINS, ece_of, expected_calibration_error, reliability
+from training.metrics import (
+    ECE_BINS,
+    ece_floor,
+    ece_of,
+    expected_calibration_error,
+    reliability,
+)
 
 
 def _sampled(temperature: float, n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +90,28 @@ def test_the_ece_of_a_hand_computed_case():
     # A perfectly calibrated bin has no error.
     half = np.full((4, 2), 0.5)
     assert expected_calibration_error(half, np.array([0, 1, 1, 0])) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("crops", [40, 160, 800])
+def test_the_ece_floor_is_a_calibrated_models_mean_ece(crops):
+    """Labels drawn from the confidences themselves (a perfectly calibrated model)
+    score, on average over many draws, the ECE the floor predicts from the table."""
+    rng = np.random.default_rng(crops)
+    confidence = np.clip(rng.beta(8, 1.5, size=crops), 0.5, 1.0)
+    probabilities = np.stack([confidence, 1 - confidence], axis=1)
+    draws = [rng.random(crops) < confidence for _ in range(4000)]
+    simulated = np.mean([ece_of(reliability(probabilities, right)) for right in draws])
+    floor = ece_floor(reliability(probabilities, draws[0]))
+    assert floor == pytest.approx(simulated, rel=0.05)
+    assert 0.0 < floor < 0.2
+
+
+def test_the_ece_floor_of_certain_answers_is_zero_and_falls_with_more_crops():
+    certain = reliability(np.array([[1.0, 0.0]] * 50), np.ones(50, bool))
+    assert ece_floor(certain) == 0.0
+    assert ece_floor(np.zeros((ECE_BINS, 3))) != ece_floor(np.zeros((ECE_BINS, 3)))  # NaN
+    table = reliability(np.array([[0.8, 0.2]] * 10), np.ones(10, bool))
+    assert ece_floor(4 * table) < ece_floor(table) / 1.8  # about 1 / sqrt(n)
 
 
 def test_the_onnx_graph_divides_the_logits_by_the_temperature():

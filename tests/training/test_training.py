@@ -20,6 +20,7 @@ from training.calibration import too_few
 from training.classifier import result_lines
 from training.config import classifier_preset, gan_preset, override
 from training.gan import train_gan
+from training.report import report_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -418,6 +419,13 @@ def test_evaluate_scores_int8_on_the_test_folds(data, tmp_path):
     assert all("accuracy_int8" not in r for r in results if r["method"] == "knn")
     report = (out / "report.md").read_text()
     assert "## int8 on the evaluation folds" in report
+    # The text is its results.json's, as fewlabels.py rewrites it; the calibration
+    # table has the sampling floor of every row.
+    saved = json.loads((out / "results.json").read_text())
+    assert report_markdown(saved["results"], saved["meta"]) == report
+    calibration = report.split("## Calibration")[1].split("![")[0]
+    assert "floor: per fold / pooled" in calibration
+    assert re.search(r"\| cnn \| 8 \|.*\| \d+\.\d / \d+\.\d \|", calibration)
     assert "| cnn | 8 |" in report.split("## int8")[1]
     bad = [
         "-q",
