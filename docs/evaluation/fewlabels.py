@@ -134,11 +134,16 @@ def mean(results: list[Result], size: int, key: str = "accuracy") -> float:
     return float(100 * np.nanmean(_values(results, size, key)))
 
 
+def fold_tables(results: list[Result], size: int) -> list[np.ndarray]:
+    """Each fold's reliability table (calibrated) at training size ``size``."""
+    return [np.asarray(r["reliability"], float) for r in results if r["train_size"] == size]
+
+
 def pooled_calibration(results: list[Result], size: int) -> str:
     """The ECE of every test fold's crops binned together, and the floors (per fold and
     pooled) a perfectly calibrated model with the same confidences would show from
     sampling alone: a fold of 160 crops cannot show an ECE far below its floor."""
-    tables = [np.asarray(r["reliability"], float) for r in results if r["train_size"] == size]
+    tables = fold_tables(results, size)
     pooled = np.sum(tables, axis=0)
     ece, floor = 100 * ece_of(pooled), 100 * ece_floor(pooled)
     per_fold = 100 * float(np.mean([ece_floor(t) for t in tables]))
@@ -292,10 +297,7 @@ def checks(runs: dict[Row, list[Result]], sizes: list[int], task: Task) -> list[
     if served is not None:
         eces = [mean(served, s, "ece") for s in sizes]
         ok = all(e <= MAX_ECE for e in eces)
-        pooled = [
-            100 * ece_of(np.sum([r["reliability"] for r in served if r["train_size"] == s], 0))
-            for s in sizes
-        ]
+        pooled = [100 * ece_of(np.sum(fold_tables(served, s), axis=0)) for s in sizes]
         lines.append(
             f"- ECE of the served model's method ({method}) at "
             + ", ".join(f"{s}: {e:.1f} %" for s, e in zip(sizes, eces, strict=True))
