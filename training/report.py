@@ -108,16 +108,13 @@ def calibration_section(results: Sequence[Result]) -> list[str]:
     rows = []
     for method, size in _groups(scored):
         t = metric_values(scored, method, size, "temperature")
+        calibrated = _pooled(scored, method, size, "reliability")
         pooled = [
-            ece_of(_pooled(scored, method, size, key))
-            for key in ("reliability_uncalibrated", "reliability")
+            ece_of(_pooled(scored, method, size, "reliability_uncalibrated")),
+            ece_of(calibrated),
         ]
-        floors = [
-            ece_floor(np.asarray(r["reliability"], dtype=float))
-            for r in scored
-            if (r["method"], r["train_size"]) == (method, size)
-        ]
-        pooled_floor = ece_floor(_pooled(scored, method, size, "reliability"))
+        floors = [ece_floor(t) for t in _tables(scored, method, size, "reliability")]
+        pooled_floor = ece_floor(calibrated)
         rows.append(
             [
                 method,
@@ -158,14 +155,18 @@ def calibration_section(results: Sequence[Result]) -> list[str]:
     ]
 
 
-def _pooled(results: Sequence[Result], method: str, size: int, key: str) -> np.ndarray:
-    """``method``'s reliability tables ``key`` at ``size``, summed over its folds."""
-    tables = [
+def _tables(results: Sequence[Result], method: str, size: int, key: str) -> list[np.ndarray]:
+    """``method``'s reliability tables ``key`` at ``size``, one per fold."""
+    return [
         np.asarray(r[key], dtype=float)
         for r in results
         if (r["method"], r["train_size"]) == (method, size)
     ]
-    return np.sum(tables, axis=0)
+
+
+def _pooled(results: Sequence[Result], method: str, size: int, key: str) -> np.ndarray:
+    """``method``'s reliability tables ``key`` at ``size``, summed over its folds."""
+    return np.sum(_tables(results, method, size, key), axis=0)
 
 
 def plot_reliability(results: Sequence[Result], path: Path, classes: int = 2) -> None:
