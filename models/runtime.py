@@ -4,7 +4,9 @@ The CUDA provider is requested only when its libraries load (onnxruntime-gpu log
 an error for every session otherwise); the provider in use is logged. All callers
 (the camera loop, every HTTP request) submit crops to one :class:`MicroBatcher`,
 which runs them through the current model in batches of at most ``max_batch``,
-waiting at most ``max_wait_s`` for a batch to fill.
+waiting at most ``max_wait_s`` for a batch to fill. A caller whose crops are a batch
+already (the camera loop's frame) asks for no wait: its crops run with whatever is
+queued at that moment.
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ class ModelNotLoadedError(RuntimeError):
 class _Request:
     crops: np.ndarray
     future: Future[Prediction]
+    wait: bool = True
 
 
 class MicroBatcher:
@@ -200,13 +203,21 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, crops_nm: np.ndarray) -> Future[Prediction]:
-        """Queue (N, H, W) crops; the future gives their probabilities and the model."""
+    def submit(self, crops_nm: np.ndarray, wait: bool = True) -> Future[Prediction]:
+        """Queue (N, H, W) crops; the future gives their probabilities and the model.
+
+        ``wait=False``: the crops do not wait ``max_wait_s`` for company; they run
+        with the requests queued when they arrive (a batch already waiting for
+        company stops waiting and takes them). The camera loop submits each frame so:
+        its next frame comes later than any wait worth making, so waiting would
+        only add latency.
+        """
         future: Future[Prediction] = Future()
         if self.holder.current is None:
             future.set_exception(ModelNotLoadedError("no model is loaded"))
             return future
-        self._queue.put(_Request(np.ascontiguousarray(crops_nm, dtype=np.float32), future))
+        crops = np.ascontiguousarray(crops_nm, dtype=np.float32)
+        self._queue.put(_Request(crops, future, wait))
         return future
 
     def close(self, timeout: float = 10.0) -> None:
@@ -222,7 +233,7 @@ class MicroBatcher:
                 break
             batch = [first]
             size = len(first.crops)
-            deadline = time.monotonic() + self.max_wait_s
+            deadline = time.monotonic() + (self.max_wait_s if first.wait else 0.0)
             while size < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
@@ -238,6 +249,8 @@ class MicroBatcher:
                     break
                 batch.append(item)
                 size += len(item.crops)
+                if not item.wait:  # no more waiting: take only what is queued now
+                    deadline = 0.0
             self._infer(batch)
 
     def _infer(self, batch: list[_Request]) -> None:

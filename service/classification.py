@@ -275,7 +275,9 @@ class Classification:
     # -- the camera loop's side (service.loop.Classifier) ---------------------------
 
     def submit(self, crops: np.ndarray) -> Future[Prediction]:
-        return self.batcher.submit(crops)
+        """A camera frame's crops, classified without waiting for company (they are
+        a batch already; :meth:`MicroBatcher.submit`)."""
+        return self.batcher.submit(crops, wait=False)
 
     def store_cells(
         self,

@@ -167,3 +167,25 @@ def test_batcher_drops_a_request_its_caller_gave_up(models_root):
     assert sizes == [1], "only the request still awaited was run"
     assert batcher.submit(crops).result(timeout=30).probabilities.shape == (3, 2)
     batcher.close()
+
+
+def test_a_request_that_does_not_wait_runs_with_what_is_queued(models_root):
+    """A no-wait request (the camera loop's frame) ends the wait of a batch already
+    waiting for company and runs with it in one call; alone, it does not wait at all
+    (the batch window here is a minute: a request that waited would time out)."""
+    holder = ModelHolder("cpu")
+    runtime = holder.load(models_root / "m1")
+    sizes: list[int] = []
+    batcher = MicroBatcher(holder, max_wait_s=60.0, on_batch=lambda n, s: sizes.append(n))
+    crops = np.random.default_rng(2).normal(200, 50, (5, 128, 128)).astype(np.float32)
+    waiting = batcher.submit(crops[:2])
+    prompt = batcher.submit(crops[2:], wait=False)
+    np.testing.assert_allclose(
+        prompt.result(timeout=30).probabilities, runtime.predict(crops[2:]), atol=1e-6
+    )
+    assert waiting.result(timeout=30).probabilities.shape == (2, 2)
+    assert sizes == [5], "both requests ran in one call"
+    alone = batcher.submit(crops[:1], wait=False)
+    assert alone.result(timeout=30).probabilities.shape == (1, 2)
+    assert sizes == [5, 1]
+    batcher.close()
