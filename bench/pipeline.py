@@ -15,7 +15,8 @@ rate.
    drops, the next lower rate is tried;
 3. side by side, the same rate with tracking off (every detection its own event),
    and the peer: the same frames through the same stages one after another in one
-   thread (no queue, no workers, no batching across frames, no tracking);
+   thread (reconstruct, segment, track into events, classify, store the views and
+   the events; no queue, no workers, no batching across frames);
 4. the pylon camera emulator of ``topgan serve`` (1280x1024 Mono8 simulated
    holograms) as fast as it goes (``--emulator-rate``, 100 frames/s asked; its
    ceiling is about 90) for ``--seconds``: nothing should drop, every cut cell
@@ -59,13 +60,13 @@ from acquisition.segmentation import SegmentationConfig  # noqa: E402
 from acquisition.simulator.flow import FlowConfig  # noqa: E402
 from acquisition.simulator.scene import SceneConfig  # noqa: E402
 from acquisition.tracking import Tracker, TrackerConfig  # noqa: E402
-from models.runtime import Provider  # noqa: E402
+from models.runtime import Prediction, Provider  # noqa: E402
+from service.loop.events import EventBook  # noqa: E402
 from service.loop.runner import AcquisitionRunner  # noqa: E402
 from service.loop.states import Count  # noqa: E402
 from service.loop.workers import WorkerConfig  # noqa: E402
 from service.services import Services  # noqa: E402
 from service.settings import DEFAULT_MODEL, Settings  # noqa: E402
-from service.store import ResultRow  # noqa: E402
 
 STAGES = ("reconstruct", "segment", "track", "classify", "store")
 #: The benchmark's flow: 2 mm/s at 90 frames/s, about 4 cells in a 1024x1024 frame (5 with
@@ -267,7 +268,7 @@ def _stage_sums(state: Services) -> dict[str, tuple[float, float]]:
 
 
 def serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
-    """Frames/s of the same stages one after another in one thread, with one BLAS
+    """Frames/s of the loop's stages one after another in one thread, with one BLAS
     thread as the loop's workers have (more would spin on the crops' small matrix
     products: a crop takes 4x longer with two)."""
     with threadpool_limits(1):
@@ -275,15 +276,22 @@ def serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
 
 
 def _serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
+    """Each frame: reconstruct and segment, track its cells into events (the loop's
+    own :class:`EventBook`), classify its crops in one call, store the views and wait
+    for their commit, then hand the stored views to the events (an ended cell's
+    event row is queued to the same store, as in the loop)."""
     settings = Settings(
         camera="none",
         database_url=f"sqlite:///{folder}/serial.sqlite",
         model_dir=MODEL,
         execution_provider="cpu",
+        inference_threads=1,  # one thread: ONNX Runtime's default takes every core
     )
     state = Services.start(settings)
-    runtime = state.classification.runtime
+    classification = state.classification
+    runtime = classification.runtime
     assert runtime is not None
+    events = EventBook.create(classification, state.metrics, TRACKING)
     processor = FrameProcessor(RECONSTRUCTION, SegmentationConfig(), reference=camera.reference)
     camera.rate_hz = None
     camera.open()
@@ -293,25 +301,20 @@ def _serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
         began = time.perf_counter()
         for _ in range(frames):
             frame = camera.grab()
-            cells = processor.process(frame.image).cells
+            processed = processor.process(frame.image)
+            tracked = events.track(frame, processed)
+            cells = processed.cells
             if not cells:
                 continue
-            probabilities = runtime.predict(np.stack([c.crop_nm for c in cells]))
-            classes = runtime.manifest.classes
-            rows = [
-                ResultRow(
-                    "camera",
-                    classes[int(p.argmax())],
-                    dict(zip(classes, map(float, p), strict=True)),
-                    runtime.manifest.name,
-                    runtime.manifest.version,
-                    started=frame.monotonic,
-                )
-                for p in probabilities
-            ]
-            state.classification.store.add(rows).result()
+            prediction = Prediction(runtime.predict(processed.crops()), runtime.manifest)
+            _, stored = classification.store_cells(prediction, frame, cells, tracked.event_ids)
+            stored.result()
+            events.stored(
+                tracked.event_ids, prediction, [dict(c.qc) for c in cells], frame.monotonic
+            )
         return frames / (time.perf_counter() - began)
     finally:
+        events.close()
         state.close()
 
 
