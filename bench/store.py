@@ -21,7 +21,8 @@ of ``--repeats`` calls in ms:
 with each backend's ratio of its largest size to its smallest: flat is 1x.
 
 Usage: ``python bench/store.py [--sizes 100000,1000000] [--repeats 7] [--postgres
-auto|URL]``. ``auto`` starts a throw-away PostgreSQL server (Debian's, as the tests
+auto|URL] [--no-sqlite]`` (``--no-sqlite``: PostgreSQL alone). ``auto`` starts a
+throw-away PostgreSQL server (Debian's, as the tests
 do: ``tests/postgres.py``) and deletes it at the end, also on Ctrl+C, a kill (SIGTERM)
 or an error;
 without one installed it says so and measures SQLite alone. A URL names an empty
@@ -211,7 +212,15 @@ def main() -> int:
         metavar="auto|URL",
         help="also PostgreSQL: auto, a throw-away server; or an empty database's URL",
     )
+    parser.add_argument(
+        "--sqlite",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure SQLite (--no-sqlite: PostgreSQL alone, with --postgres)",
+    )
     args = parser.parse_args()
+    if not args.sqlite and not args.postgres:
+        parser.error("--no-sqlite needs --postgres")
     sizes = sorted(int(s) for s in args.sizes.split(","))
     if sizes[0] <= WINDOW_ROWS:
         parser.error(f"--sizes: each above {WINDOW_ROWS} rows (the time window's)")
@@ -228,9 +237,12 @@ def main() -> int:
     try:
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(tempfile.TemporaryDirectory())
-            urls = {"sqlite": f"sqlite:///{tmp}/bench.sqlite"}
+            urls = {"sqlite": f"sqlite:///{tmp}/bench.sqlite"} if args.sqlite else {}
             if args.postgres == "auto":
                 if server_bin_dir() is None:
+                    if not urls:
+                        say(f"--postgres auto: {MISSING}")
+                        return 2
                     say(f"--postgres auto: {MISSING}; SQLite only")
                 else:
                     urls["postgresql"] = stack.enter_context(throwaway_server())
