@@ -168,17 +168,28 @@ def test_a_failed_check_fails_its_request_only(processes):
 @pytest.mark.parametrize("processes", [True, False])
 def test_close_checks_what_is_queued_and_a_cancelled_request_is_skipped(processes):
     """A request cancelled while it waits is skipped; the ones after it are still
-    answered, and close() answers every request queued before it."""
+    answered, and close() answers every request queued before it.
+
+    The others are submitted once the checker has taken the busy request (a batch
+    takes whatever is queued when it starts: submitted together, they could all
+    join the busy one), and their crops are made before, so that they queue and the
+    cancel comes while the busy request's 180 crops are still being checked."""
+    crops = {seed: mixed_crops(seed) for seed in (0, 1, 2, 3)}
+    busy_crops = np.concatenate([mixed_crops(9)] * 30)
     checker = ready_checker(processes)
-    busy = checker.submit(np.concatenate([mixed_crops(9)] * 6), CONFIG)
-    before = checker.submit(mixed_crops(0), CONFIG)
-    cancelled = checker.submit(mixed_crops(1), CONFIG)
-    after = [checker.submit(mixed_crops(seed), CONFIG) for seed in (2, 3)]
+    busy = checker.submit(busy_crops, CONFIG)
+    deadline = time.monotonic() + 60
+    while not (busy.running() or busy.done()):
+        assert time.monotonic() < deadline, "the checker never took the busy request"
+        time.sleep(0.001)
+    before = checker.submit(crops[0], CONFIG)
+    cancelled = checker.submit(crops[1], CONFIG)
+    after = [checker.submit(crops[seed], CONFIG) for seed in (2, 3)]
     assert cancelled.cancel(), "still queued behind the busy request"
     checker.close()
     assert all(f.done() for f in (busy, before, *after))
     assert [f.result().rejected for f in (before, *after)] == [
-        check_crops(mixed_crops(seed), CONFIG).rejected for seed in (0, 2, 3)
+        check_crops(crops[seed], CONFIG).rejected for seed in (0, 2, 3)
     ]
 
 
