@@ -230,9 +230,33 @@ def task_section(task: Task) -> list[str]:
     commands = sorted({_run_meta(task, row.run)["command"] for row in runs})
     lines += ["The runs (each in `runs/`, with its own `report.md`):", ""]
     lines += [f"- `{c}`" for c in commands] + [""]
+    lines += trunk_notes(task, runs)
     missing = [row.name for row in RUNS if row not in runs]
     if missing:
         lines += ["Not run on this task: " + "; ".join(missing) + ".", ""]
+    return lines
+
+
+def trunk_notes(task: Task, runs: dict[Row, list[Result]]) -> list[str]:
+    """A line for each own-pool trunk whose runs did not all start from the same
+    bytes (its sha256, as each run recorded it): the work files do not outlive a
+    machine, and the same command run again elsewhere need not give the same trunk."""
+    by_path: dict[str, dict[str, list[str]]] = {}
+    for row in runs:
+        pretrained = _run_meta(task, row.run).get("pretrained")
+        if row.trunk == "own" and pretrained:
+            shas = by_path.setdefault(pretrained["path"], {})
+            shas.setdefault(pretrained["sha256"], []).append(row.run)
+    lines = []
+    for path, shas in by_path.items():
+        if len(shas) > 1:
+            each = "; ".join(f"{sha[:12]} ({', '.join(names)})" for sha, names in shas.items())
+            lines += [
+                f"The runs from `{path}` started from different trunks (sha256 {each}): "
+                "its pretraining command was run again on another machine and did not give "
+                "the same bytes, so they are pretrainings of one recipe, not one trunk.",
+                "",
+            ]
     return lines
 
 
