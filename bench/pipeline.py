@@ -42,7 +42,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -62,8 +61,8 @@ from acquisition.simulator.flow import FlowConfig  # noqa: E402
 from acquisition.simulator.scene import SceneConfig  # noqa: E402
 from acquisition.tracking import Tracker, TrackerConfig  # noqa: E402
 from models.runtime import Prediction, Provider  # noqa: E402
-from service.loop.events import EventBook  # noqa: E402
-from service.loop.runner import AcquisitionRunner  # noqa: E402
+from service.loop.events import EventBook, TrackedFrame  # noqa: E402
+from service.loop.runner import AcquisitionRunner, FrameResult, StoredCells  # noqa: E402
 from service.loop.states import Count  # noqa: E402
 from service.loop.workers import WorkerConfig  # noqa: E402
 from service.services import Services  # noqa: E402
@@ -98,27 +97,27 @@ class _Marks:
         runner.on_tracked.append(self._tracked)
         runner.on_stored.append(self._stored)
 
-    def _processed(self, result: Any) -> None:
+    def _processed(self, result: FrameResult) -> None:
         work = result.processed.reconstruct_s + result.processed.segment_s
         self._marks[result.frame.index] = [result.frame.monotonic, time.monotonic(), work]
 
-    def _tracked(self, tracked: Any) -> None:
+    def _tracked(self, tracked: TrackedFrame) -> None:
         marks = self._marks.get(tracked.frame.index)
         if marks is not None and len(marks) == 3:
             marks.append(time.monotonic())
 
-    def _stored(self, stored: Any) -> None:
+    def _stored(self, stored: StoredCells) -> None:
         marks = self._marks.get(stored.frame.index)
         if marks is not None and len(marks) == 4:
             marks.append(time.monotonic())
 
-    def parts_ms(self, start: float, end: float) -> dict[str, np.ndarray]:
-        """Each part's times (ms) for the frames grabbed in [start, end) whose views
+    def parts_s(self, start: float, end: float) -> dict[str, np.ndarray]:
+        """Each part's times (s) for the frames grabbed in [start, end) whose views
         were stored, and their totals."""
         done = [m for m in list(self._marks.values()) if len(m) == 5 and start <= m[0] < end]
         if not done:
             return {part: np.zeros(0) for part in (*PARTS, "total")}
-        grab, processed, work, tracked, stored = np.array(done).T * 1e3
+        grab, processed, work, tracked, stored = np.array(done).T
         return {
             PARTS[0]: processed - grab - work,
             PARTS[1]: work,
@@ -245,9 +244,9 @@ def run(
         if result["fps"]
         else float("nan")
     )
-    for part, times in marks.parts_ms(began, began + elapsed).items():
-        result[f"{part} p50"] = _percentile_ms(times / 1e3, 50)
-        result[f"{part} p99"] = _percentile_ms(times / 1e3, 99)
+    for part, times in marks.parts_s(began, began + elapsed).items():
+        result[f"{part} p50"] = _percentile_ms(times, 50)
+        result[f"{part} p99"] = _percentile_ms(times, 99)
     for stage in STAGES:
         total = stages_after[stage][0] - stages_before[stage][0]
         count = stages_after[stage][1] - stages_before[stage][1]
