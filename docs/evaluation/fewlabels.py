@@ -227,23 +227,24 @@ def task_section(task: Task) -> list[str]:
         ]
         lines += [line for line in probe.read_text().splitlines()[1:] if line.startswith("|")]
         lines.append("")
-    commands = sorted({_run_meta(task, row.run)["command"] for row in runs})
+    metas = {row: _run_meta(task, row.run) for row in runs}
+    commands = sorted({meta["command"] for meta in metas.values()})
     lines += ["The runs (each in `runs/`, with its own `report.md`):", ""]
     lines += [f"- `{c}`" for c in commands] + [""]
-    lines += trunk_notes(task, runs)
+    lines += trunk_notes(metas)
     missing = [row.name for row in RUNS if row not in runs]
     if missing:
         lines += ["Not run on this task: " + "; ".join(missing) + ".", ""]
     return lines
 
 
-def trunk_notes(task: Task, runs: dict[Row, list[Result]]) -> list[str]:
-    """A line for each own-pool trunk whose runs did not all start from the same
-    bytes (its sha256, as each run recorded it): the work files do not outlive a
+def trunk_notes(metas: dict[Row, dict[str, Any]]) -> list[str]:
+    """A line for each own-pool trunk whose runs (``metas``: each row's run record)
+    did not all start from the same bytes (its sha256, as each run recorded it): the work files do not outlive a
     machine, and the same command run again elsewhere need not give the same trunk."""
     by_path: dict[str, dict[str, list[str]]] = {}
-    for row in runs:
-        pretrained = _run_meta(task, row.run).get("pretrained")
+    for row, meta in metas.items():
+        pretrained = meta.get("pretrained")
         if row.trunk == "own" and pretrained:
             shas = by_path.setdefault(pretrained["path"], {})
             shas.setdefault(pretrained["sha256"], []).append(row.run)
