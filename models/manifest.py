@@ -85,8 +85,9 @@ class Normalization:
 
 
 #: How a model's temperature was fitted (training.calibration): on the training's
-#: validation split, on out-of-fold logits of its training crops, or not at all.
-CALIBRATION_METHODS = ("validation", "out-of-fold", "none")
+#: validation split, on the half of a large one that did not choose the epoch, on
+#: out-of-fold logits of its training crops, or not at all.
+CALIBRATION_METHODS = ("validation", "calibration-split", "out-of-fold", "none")
 
 
 @dataclass(frozen=True)

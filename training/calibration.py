@@ -87,8 +87,9 @@ def fit_temperature(
 class TemperatureFit:
     """A fitted temperature and what it did on the crops it was fitted on.
 
-    method : "validation" (the training's validation split) or "out-of-fold" (logits
-        of the training crops from models fitted without them)
+    method : "validation" (the training's validation split), "calibration-split"
+        (the half of it that did not choose the epoch) or "out-of-fold" (logits of
+        the training crops from models fitted without them)
     """
 
     temperature: float

@@ -207,7 +207,7 @@ def result_lines(manifest: Manifest, int8: bool) -> list[str]:
                 f"{m['cv_accuracy']:.4f}, log-loss {m['cv_log_loss']:.4f}, L2 {m['l2']:g}"
             )
     else:
-        crops, what = m["validation_size"], "validation"
+        crops, what = m.get("selection_size", m["validation_size"]), "validation"
         line = f"validation: accuracy {m['validation_accuracy']:.4f} on {crops} crops"
         if "validation_loss" in m:
             line += f", loss {m['validation_loss']:.4f}"
@@ -260,6 +260,11 @@ def calibration_line(manifest: Manifest) -> str:
     )
     if c.method == "validation":
         return f"temperature: {c.temperature:.3f}, fitted on {d['crops']} validation crops ({ece})"
+    if c.method == "calibration-split":
+        return (
+            f"temperature: {c.temperature:.3f}, fitted on {d['crops']} validation crops "
+            f"that did not choose the epoch ({ece})"
+        )
     cost = f", {d['seconds']:g} s of training" if "seconds" in d else ""
     return (
         f"temperature: {c.temperature:.3f}, fitted on out-of-fold logits of {d['crops']} crops "

@@ -111,6 +111,12 @@ class ClassifierConfig:
     dropout: float = 0.5
     hidden: int = 100
     val_fraction: float = 0.2
+    # From this many validation crops on, halve the split (stratified): one half stops
+    # training and chooses the epoch, the other fits the temperature. None (the
+    # default): the whole split does both. Tried on dev data at the served scale and
+    # not adopted: it left the test folds worse calibrated (docs/evaluation/dev/
+    # calibration.md, "A calibration split apart from the selection").
+    calibration_split_from: int | None = None
     patience: int = 60
     # Training runs at least this many optimizer steps (at 10 crops an epoch is a
     # single step, and 150 of them may not leave the untrained plateau).

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from models.manifest import Normalization
+from models.manifest import Normalization, sha256_of
 from models.methods import METHOD_NAMES, get_method
 from models.provenance import portable_command, portable_path
 
@@ -210,6 +210,9 @@ def evaluate(
     meta = {
         # Paths relative to out, or names (see models.provenance).
         "data": portable_path(data, out),
+        # The simulated crops depend on the installed numerical libraries: the bytes
+        # say which runs of one task saw the same crops.
+        "data_sha256": sha256_of(data),
         "folds": folds,
         "positive": positive,
         "classes": crops.class_names,

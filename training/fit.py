@@ -1,8 +1,10 @@
 """Fitting one network classifier (every method but knn and features): the untrained model of its
 method, then training with early stopping and model selection on a validation split of
 the training set only, both starting once the model has left the untrained plateau;
-then the temperature of its probabilities, fitted on the same validation split
-(:mod:`training.calibration`; :mod:`training.crossfit` when that split is small)."""
+then the temperature of its probabilities, fitted on the same validation split, or
+on a half of it the selection never saw once the split is large enough
+(``ClassifierConfig.calibration_split_from``; :mod:`training.calibration`;
+:mod:`training.crossfit` when the split is small)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .data import Crops, dihedral
 from .imagenet import ImageNetClassifier
 from .networks import Classifier
 from .pretrained import Pretrained, pretrained_for
-from .splits import split_validation
+from .splits import split_calibration, split_validation
 
 #: Training has left the untrained plateau once the loss on its training crops is at
 #: most this fraction of ln(classes) (0.52 for two classes, against 0.69 untrained).
@@ -46,15 +48,31 @@ def _loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tu
     return loss, accuracy
 
 
-def calibrate(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor) -> dict[str, Any]:
-    """The ``calibration`` record of a trained ``model``: its temperature fitted on the
-    validation crops (held out from the weights, though they chose the epoch). A split
-    too small for that (:data:`training.crossfit.CROSS_FIT_BELOW`) is replaced by
-    out-of-fold logits by :func:`training.crossfit.calibrate_network`."""
+def calibrate(
+    model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, method: str = "validation"
+) -> dict[str, Any]:
+    """The ``calibration`` record of a trained ``model``: its temperature fitted on
+    held-out crops: the validation crops (``method`` "validation": held out from the
+    weights, though they chose the epoch) or the half of them that did not
+    ("calibration-split"). A split too small for either
+    (:data:`training.crossfit.CROSS_FIT_BELOW`) is replaced by out-of-fold logits by
+    :func:`training.crossfit.calibrate_network`."""
     if len(y_val) == 0:
         return uncalibrated("no validation crops (a class has a single crop)")
     logits = logits_of(model, x_val).double().numpy()
-    return fitted_record(logits, y_val.numpy(), "validation")
+    return fitted_record(logits, y_val.numpy(), method)
+
+
+def validation_parts(
+    labels: np.ndarray, config: ClassifierConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, selection, calibration) positions into the training crops' ``labels``,
+    as :func:`fit` draws them for ``seed``: the validation split, and the halves of it
+    that choose the epoch and fit the temperature (both the whole split below
+    ``config.calibration_split_from`` crops)."""
+    train_pos, val_pos = split_validation(labels, config.val_fraction, np.random.default_rng(seed))
+    select_pos, calib_pos = split_calibration(labels, val_pos, config.calibration_split_from, seed)
+    return train_pos, select_pos, calib_pos
 
 
 def input_normalization(
@@ -124,15 +142,17 @@ def fit(
     if method not in NETWORK_METHOD_NAMES:
         raise ValueError(f"method must be one of {', '.join(NETWORK_METHOD_NAMES)}, got {method!r}")
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     aug_rng = torch.Generator().manual_seed(seed)
     start = pretrained_for(method, pretrained)
     model, groups = build_model(method, len(crops.class_names), config, start)
     labels = crops.label[indices]
-    train_pos, val_pos = split_validation(labels, config.val_fraction, rng)
+    train_pos, val_pos, calib_pos = validation_parts(labels, config, seed)
+    held_out = not np.array_equal(calib_pos, val_pos)  # the split was halved
     norm, norm_source = input_normalization(start, crops.opd[indices[train_pos]])
     x = torch.from_numpy(norm.apply(crops.opd[indices]))[:, None]
     y = torch.from_numpy(labels.astype(np.int64))
+    # x_val, y_val choose the epoch (and stop training); the temperature is fitted
+    # on calib_pos, the same crops unless the split was halved.
     x_train, y_train, x_val, y_val = x[train_pos], y[train_pos], x[val_pos], y[val_pos]
     optimizer = torch.optim.Adam(groups, lr=config.lr)
     augment = get_method(method).augment
@@ -197,7 +217,8 @@ def fit(
     model.eval()
     record = {
         "train_size": len(indices),
-        "validation_size": len(val_pos),
+        "validation_size": len(val_pos) + (len(calib_pos) if held_out else 0),
+        "selection_size": len(val_pos),
         "validation_accuracy": round(best[1], 4),
         "validation_loss": round(best[0], 4),
         "best_epoch": best_epoch,
@@ -205,7 +226,11 @@ def fit(
         "selection_from_epoch": selected_from,
         "epochs_run": epoch,
         "train_seconds": round(time.monotonic() - started, 2),
-        "calibration": calibrate(model, x_val, y_val),
+        "calibration": (
+            calibrate(model, x[calib_pos], y[calib_pos], "calibration-split")
+            if held_out
+            else calibrate(model, x_val, y_val)
+        ),
         "normalization_source": norm_source,
     }
     return model, norm, record

@@ -50,6 +50,19 @@ def split_validation(
     return np.concatenate(train), np.concatenate(val)
 
 
+def split_calibration(
+    labels: np.ndarray, val_pos: np.ndarray, split_from: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(selection, calibration) positions into ``labels`` from the validation
+    positions ``val_pos``: stratified halves once there are at least ``split_from`` of
+    them (drawn with their own generator, so the training split is the same either
+    way), else ``val_pos`` for both (``split_from`` None: always)."""
+    if split_from is None or len(val_pos) < split_from:
+        return val_pos, val_pos
+    select, calibrate = split_validation(labels[val_pos], 0.5, np.random.default_rng([seed, 2]))
+    return np.sort(val_pos[select]), np.sort(val_pos[calibrate])
+
+
 def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     """``folds`` disjoint test sets, each with the classes in their overall proportion."""
     rng = np.random.default_rng(seed)

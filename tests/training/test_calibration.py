@@ -197,3 +197,21 @@ def test_a_temperature_fit_reports_what_it_did():
     assert record["crops"] == 400
     assert record["bins"] == ECE_BINS
     assert math.isclose(record["temperature"], fitted.temperature, rel_tol=1e-5)
+
+
+def test_a_temperature_fitted_on_a_calibration_split_says_so():
+    from dataclasses import replace
+    from pathlib import Path
+
+    from models.manifest import Calibration
+    from training.classifier import calibration_line
+
+    manifest, _ = read_model_dir(Path(__file__).resolve().parents[2] / "models" / "sw480-sw620")
+    record = TemperatureFit.fit(*_sampled(1.5, 80, 2, seed=5), "calibration-split").record()
+    calibration = Calibration.from_dict(record)
+    assert calibration.method == "calibration-split"
+    line = calibration_line(replace(manifest, calibration=calibration))
+    assert line.startswith(
+        f"temperature: {record['temperature']:.3f}, fitted on 80 validation crops that did "
+        "not choose the epoch (ECE "
+    ), line

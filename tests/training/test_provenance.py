@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from models.manifest import sha256_of
 from training.classifier import train_classifier
 from training.config import classifier_preset, gan_preset, override
 from training.evaluate import evaluate
@@ -73,6 +74,7 @@ def test_training_records_no_absolute_path(data, tmp_path, monkeypatch):
     meta = json.loads((out / "results.json").read_text())["meta"]
     # results.json's paths are relative to its folder, the command's to the working one.
     assert (meta["data"], meta["gan"]) == ("cells.h5", "../models/pretrained/gan")
+    assert meta["data_sha256"] == sha256_of(cells)
     assert meta["pretrained"]["path"] == "../models/pretrained/gan"
     expected = "topgan evaluate --data cells.h5 --gan models/pretrained/gan --out eval"
     assert meta["command"] == expected

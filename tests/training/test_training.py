@@ -254,6 +254,7 @@ def test_a_real_run_prints_only_the_projects_lines_and_ends_with_its_result(data
     metrics = {
         **manifest.metrics,
         "validation_size": 40,
+        "selection_size": 40,
         "best_epoch": 7,
         "selection_from_epoch": 3,
         "epochs_run": 30,
@@ -486,3 +487,42 @@ def test_selection_starts_off_the_untrained_plateau(data):
     assert learnt["best_epoch"] >= learnt["selection_from_epoch"]
     assert learnt["epochs_run"] < 200
     assert PLATEAU_EXIT * np.log(2) < 0.6
+
+
+def test_a_large_validation_split_is_halved_between_the_epoch_and_the_temperature(tmp_path):
+    """From calibration_split_from validation crops on, one stratified half chooses the
+    epoch and the other, which never chose anything, fits the temperature; the
+    training crops are the same either way, and below the cut nothing changes."""
+    from acquisition.cropfile import write_crop_dataset
+    from acquisition.simulator.datasets import simulate_direct
+    from training.data import load_crops
+    from training.fit import fit, validation_parts
+
+    write_crop_dataset(tmp_path / "cells.h5", simulate_direct(["sw480", "sw620"], 100, seed=3))
+    crops = load_crops([tmp_path / "cells.h5"])
+    indices = np.arange(len(crops.label))
+    labels = crops.label[indices]
+    config = override(classifier_preset("cpu"), epochs=2, min_steps=0, calibration_split_from=40)
+    whole = replace(config, calibration_split_from=None)
+    train, select, calib = validation_parts(labels, config, seed=0)
+    train_whole, select_whole, calib_whole = validation_parts(labels, whole, seed=0)
+    # 200 crops, validation 40 (20 a class): disjoint halves of 10 a class each.
+    assert np.array_equal(train, train_whole)
+    assert np.array_equal(select_whole, calib_whole)
+    assert len(select_whole) == 40
+    assert not set(select) & set(calib)
+    assert set(select) | set(calib) == set(select_whole)
+    assert np.bincount(labels[select]).tolist() == np.bincount(labels[calib]).tolist() == [10, 10]
+    assert not set(train) & set(select_whole)
+    # The cut: 40 validation crops are below 41, so the whole split does both.
+    below = validation_parts(labels, replace(config, calibration_split_from=41), seed=0)
+    assert np.array_equal(below[1], below[2])
+
+    _, _, record = fit("cnn", crops, indices, config, None, seed=0)
+    assert (record["validation_size"], record["selection_size"]) == (40, 20)
+    assert record["calibration"]["method"] == "calibration-split"
+    assert record["calibration"]["crops"] == 20
+    _, _, record = fit("cnn", crops, indices, whole, None, seed=0)
+    assert (record["validation_size"], record["selection_size"]) == (40, 40)
+    assert record["calibration"]["method"] == "validation"
+    assert record["calibration"]["crops"] == 40

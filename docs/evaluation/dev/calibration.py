@@ -10,7 +10,7 @@ out-of-fold logits of its cross-validation. Every way of fitting the temperature
 then scored on the same logits: T = 1, plain temperature scaling (no prior) and a
 normal prior on log T of each width in ``PRIOR_SDS``. Also the share of test crops a confidence threshold would flag, and
 their accuracy (the service's ``min_confidence``). Results go to ``calibration.json``
-beside this file; the table is printed.
+beside this file (``--runs`` names another); the table is printed.
 
     topgan -q --seed 12 simulate cells --cell-line sw480,sw620 --count 400 --out sw-dev.h5
     OMP_NUM_THREADS=1 python docs/evaluation/dev/calibration.py --data sw-dev.h5 \\
@@ -22,6 +22,7 @@ beside this file; the table is printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -36,10 +37,10 @@ from training.calibration import fit_temperature, fitted_record, nll, softmax
 from training.crossfit import out_of_fold_logits
 from training.data import load_crops
 from training.features import cross_validated_logits, cv_folds, extract, fit_features
-from training.fit import fit, logits_of
+from training.fit import fit, logits_of, validation_parts
 from training.metrics import ece_floor, ece_of, expected_calibration_error, reliability
 from training.pretrained import Pretrained, load_pretrained
-from training.splits import split_validation, stratified_folds, stratified_indices
+from training.splits import stratified_folds, stratified_indices
 
 HERE = Path(__file__).resolve().parent
 POSITIVE = "sw620"
@@ -48,6 +49,9 @@ SEED = 0
 #: Widths of the prior on log T compared (None: plain temperature scaling).
 PRIOR_SDS: tuple[float | None, ...] = (None, 1.0, 0.5, 0.25)
 THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
+#: --calibration-split: the validation crops from which the split is halved (the
+#: served scale's 128 and 160 are above it, 160 labels' 32 below).
+SPLIT_FROM = 64
 
 
 def held_out_logits(
@@ -58,8 +62,12 @@ def held_out_logits(
     seed: int,
     start: Pretrained | None,
     out_of_fold: bool,
+    calibration_split: bool = False,
 ) -> dict[str, Any]:
-    """Logits of the crops a temperature is fitted on and of the test crops."""
+    """Logits of the crops a temperature is fitted on and of the test crops. Networks
+    choose their epoch on the whole validation split (the code's way), or with
+    ``calibration_split`` on half of it from :data:`SPLIT_FROM` validation crops on,
+    the other half being what the temperature is fitted on."""
     started = time.monotonic()
     source = "out-of-fold"
     if get_method(method).features:
@@ -74,16 +82,19 @@ def held_out_logits(
         fit_labels = y
         test_logits = fitted.logits(crops.opd[test])
     else:
-        config = cfg.classifier_preset("cpu")
+        config = dataclasses.replace(
+            cfg.classifier_preset("cpu"),
+            calibration_split_from=SPLIT_FROM if calibration_split else None,
+        )
         model, norm, _ = fit(method, crops, train, config, start, seed)
         labels = crops.label[train]
-        _, val_pos = split_validation(labels, config.val_fraction, np.random.default_rng(seed))
-        x_val = torch.from_numpy(norm.apply(crops.opd[train[val_pos]]))[:, None]
+        _, _, calib_pos = validation_parts(labels, config, seed)
+        x_val = torch.from_numpy(norm.apply(crops.opd[train[calib_pos]]))[:, None]
         fit_logits = logits_of(model, x_val).double().numpy()
-        fit_labels = labels[val_pos].astype(np.int64)
+        fit_labels = labels[calib_pos].astype(np.int64)
         x_test = torch.from_numpy(norm.apply(crops.opd[test]))[:, None]
         test_logits = logits_of(model, x_test).double().numpy()
-        source = "validation"
+        source = "calibration-split" if calibration_split else "validation"
         if out_of_fold:
             fit_logits, _ = out_of_fold_logits(method, crops, train, config, start, seed)
             fit_labels = labels.astype(np.int64)
@@ -139,9 +150,21 @@ def main() -> None:
     parser.add_argument(
         "--out-of-fold", action="store_true", help="network methods: out-of-fold logits"
     )
+    parser.add_argument(
+        "--calibration-split",
+        action="store_true",
+        help="network methods: half the validation split chooses the epoch, the other "
+        f"half fits the temperature (from {SPLIT_FROM} validation crops on)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=HERE / "calibration.json",
+        help="the file the runs are kept in (runs already there are not run again)",
+    )
     args = parser.parse_args()
     trunk = load_pretrained(args.pretrained) if args.pretrained else None
-    path = HERE / "calibration.json"
+    path = args.runs
     runs: list[dict[str, Any]] = json.loads(path.read_text())["runs"] if path.exists() else []
     crops = load_crops([args.data])
     pos = crops.class_names.index(POSITIVE)
@@ -150,7 +173,13 @@ def main() -> None:
     for method in args.methods.split(","):
         for size in [int(s) for s in args.sizes.split(",")]:
             for f in [int(v) for v in args.folds.split(",")]:
-                source = "out-of-fold" if args.out_of_fold or method == "features" else "validation"
+                source = (
+                    "out-of-fold"
+                    if args.out_of_fold or method == "features"
+                    else "calibration-split"
+                    if args.calibration_split
+                    else "validation"
+                )
                 key = (method, size, f, source)
                 if any((r["method"], r["train_size"], r["fold"], r["source"]) == key for r in runs):
                     continue
@@ -158,7 +187,16 @@ def main() -> None:
                 pool = np.setdiff1d(np.flatnonzero(crops.label >= 0), test)
                 rng = np.random.default_rng([SEED, f, size])
                 train = pool[stratified_indices(crops.label[pool], size, rng, crops.class_names)]
-                run = held_out_logits(method, crops, train, test, SEED + f, trunk, args.out_of_fold)
+                run = held_out_logits(
+                    method,
+                    crops,
+                    train,
+                    test,
+                    SEED + f,
+                    trunk,
+                    args.out_of_fold,
+                    args.calibration_split,
+                )
                 runs.append(
                     {"method": method, "train_size": size, "fold": f, "data": args.data.name, **run}
                 )
@@ -168,9 +206,20 @@ def main() -> None:
 
 
 def report(runs: list[dict[str, Any]]) -> None:
-    """The printed tables: test ECE (%) and NLL per way of fitting T, mean over folds,
-    and the confidence thresholds."""
+    """The printed tables: test accuracy, test ECE (%) and NLL per way of fitting T,
+    mean over folds, and the confidence thresholds."""
     groups = sorted({(r["method"], r["train_size"], r["source"]) for r in runs})
+    print("| method | size | T fitted on | test accuracy per fold (%) |")
+    print("|---|---|---|---|")
+    for group in groups:
+        chosen = [r for r in runs if (r["method"], r["train_size"], r["source"]) == group]
+        accuracy = [
+            100 * np.mean(np.argmax(r["test_logits"], 1) == np.array(r["test_labels"]))
+            for r in chosen
+        ]
+        folds = ", ".join(f"{r['fold']}: {a:.1f}" for r, a in zip(chosen, accuracy, strict=True))
+        print(f"| {group[0]} | {group[1]} | {group[2]} | {folds} (mean {np.mean(accuracy):.1f}) |")
+    print()
     ways = ["T = 1", "plain"] + [f"prior {sd:g}" for sd in PRIOR_SDS if sd is not None]
     ways.append("in use")
     print("| method | size | T fitted on | folds | " + " | ".join(ways) + " |")
