@@ -16,7 +16,9 @@ rate.
 3. side by side, the same rate with tracking off (every detection its own event),
    and the peer: the same frames through the same stages one after another in one
    thread (reconstruct, segment, track into events, classify, store the views and
-   the events; no queue, no workers, no batching across frames);
+   the events; no queue, no workers, no batching across frames), and ``--workers``
+   copies of that peer at once in processes of their own (the bound of any split
+   of the stages over that many processes);
 4. the pylon camera emulator of ``topgan serve`` (1280x1024 Mono8 simulated
    holograms) as fast as it goes (``--emulator-rate``, 100 frames/s asked; its
    ceiling is about 90) for ``--seconds``: nothing should drop, every cut cell
@@ -373,6 +375,34 @@ def _serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
         state.close()
 
 
+def parallel_peer(camera: SimulatedCamera, frames: int, folder: Path, processes: int) -> float:
+    """Frames/s of ``processes`` independent copies of :func:`serial_peer`, started
+    together, each a forked process with its own copy of the camera's frames, store
+    and model: the loop's stages with nothing shared and nothing moved between
+    processes, so what any split of the stages over that many processes could reach
+    at best."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(processes + 1)
+    answers = context.Queue()
+
+    def child(i: int) -> None:
+        sub = folder / f"parallel-{i}"
+        sub.mkdir(exist_ok=True)
+        start.wait()
+        answers.put(serial_peer(camera, frames, sub))
+
+    children = [context.Process(target=child, args=(i,)) for i in range(processes)]
+    for c in children:
+        c.start()
+    start.wait()
+    rates = [answers.get(timeout=600) for _ in children]
+    for c in children:
+        c.join()
+    return float(sum(rates))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the confirmed run")
@@ -466,6 +496,7 @@ def main() -> None:
             )
             show(untracked, args.seconds, tracking=False)
         serial = serial_peer(camera, 200, folder)
+        parallel = parallel_peer(camera, 200, folder, args.workers)
         print(
             f"\nthe pylon emulator as fast as it goes (asked {args.emulator_rate:g} frames/s "
             f"of 1280x1024, {args.seconds:g} s)\n{header}"
@@ -511,6 +542,12 @@ def main() -> None:
     print(
         f"peer, the same stages serially in one thread: {serial:.1f} frames/s; "
         f"camera loop / serial = {best['fps'] / serial:.2f}x"
+    )
+    print(
+        f"peer, {args.workers} independent copies of it at once (nothing shared or moved "
+        f"between processes: the most any split of the stages could reach): "
+        f"{parallel:.1f} frames/s ({parallel / serial:.2f}x serial); "
+        f"camera loop / it = {best['fps'] / parallel:.2f}x"
     )
     within = [p for p in probes if not p["dropped"] and p["p99_ms"] <= 100]
     if within:
