@@ -205,14 +205,25 @@ def main() -> None:
     report(runs)
 
 
+Group = tuple[str, int, str]
+
+
+def by_group(runs: list[dict[str, Any]]) -> dict[Group, list[dict[str, Any]]]:
+    """The runs by (method, training size, what T is fitted on), in that order, each
+    group's runs in the order they were made."""
+    groups: dict[Group, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["method"], r["train_size"], r["source"]), []).append(r)
+    return dict(sorted(groups.items()))
+
+
 def report(runs: list[dict[str, Any]]) -> None:
     """The printed tables: test accuracy, test ECE (%) and NLL per way of fitting T,
     mean over folds, and the confidence thresholds."""
-    groups = sorted({(r["method"], r["train_size"], r["source"]) for r in runs})
+    grouped = by_group(runs)
     print("| method | size | T fitted on | test accuracy per fold (%) |")
     print("|---|---|---|---|")
-    for group in groups:
-        chosen = [r for r in runs if (r["method"], r["train_size"], r["source"]) == group]
+    for group, chosen in grouped.items():
         accuracy = [
             100 * np.mean(np.argmax(r["test_logits"], 1) == np.array(r["test_labels"]))
             for r in chosen
@@ -224,12 +235,8 @@ def report(runs: list[dict[str, Any]]) -> None:
     ways.append("in use")
     print("| method | size | T fitted on | folds | " + " | ".join(ways) + " |")
     print("|---|---|---|---|" + "---|" * len(ways))
-    for method, size, source in groups:
-        chosen = [
-            score(r)
-            for r in runs
-            if (r["method"], r["train_size"], r["source"]) == (method, size, source)
-        ]
+    for (method, size, source), group_runs in grouped.items():
+        chosen = [score(r) for r in group_runs]
         cells = []
         for w in ways:
             ece = 100 * np.mean([c[w]["ece"] for c in chosen])
@@ -244,10 +251,7 @@ def report(runs: list[dict[str, Any]]) -> None:
         + " |"
     )
     print("|---|---|---|" + "---|" * len(THRESHOLDS))
-    for method, size, source in groups:
-        chosen = [
-            r for r in runs if (r["method"], r["train_size"], r["source"]) == (method, size, source)
-        ]
+    for (method, size, source), chosen in grouped.items():
         p, y = [], []
         for r in chosen:
             p.append(softmax(np.array(r["test_logits"]), in_use(r)))
@@ -262,10 +266,10 @@ def report(runs: list[dict[str, Any]]) -> None:
                 f"{100 * low.mean():.0f} %: {acc_low:.0f} / {100 * right[~low].mean():.0f} %"
             )
         print(f"| {method} | {size} | {source} | " + " | ".join(cells) + " |")
-    pooled_table(runs, groups, ways)
+    pooled_table(grouped, ways)
 
 
-def pooled_table(runs: list[dict[str, Any]], groups: list[Any], ways: list[str]) -> None:
+def pooled_table(grouped: dict[Group, list[dict[str, Any]]], ways: list[str]) -> None:
     """Test ECE (%) with every fold run binned together (each fold at its own fitted
     T), and the floor a perfectly calibrated model with those confidences would show
     from sampling alone (training.metrics.ece_floor): a single fold of 160 crops sits
@@ -273,10 +277,7 @@ def pooled_table(runs: list[dict[str, Any]], groups: list[Any], ways: list[str])
     print("\npooled over the folds run: ECE (floor) %")
     print("| method | size | T fitted on | crops | " + " | ".join(ways) + " |")
     print("|---|---|---|---|" + "---|" * len(ways))
-    for method, size, source in groups:
-        chosen = [
-            r for r in runs if (r["method"], r["train_size"], r["source"]) == (method, size, source)
-        ]
+    for (method, size, source), chosen in grouped.items():
         scores = [score(r) for r in chosen]
         cells = []
         for w in ways:
