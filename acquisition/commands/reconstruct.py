@@ -61,6 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"interferometer; default: {DEFAULTS.sample_half})",
     )
     p.add_argument(
+        "--sample-margin-px",
+        type=margin,
+        default=DEFAULTS.sample_margin_px,
+        metavar="PX|whole",
+        help="with a sample half: camera pixels of the other half transformed with it "
+        f"(default {DEFAULTS.sample_margin_px}); 'whole' transforms the whole frame",
+    )
+    p.add_argument(
         "--filter", default=DEFAULTS.filter, choices=choices_of(ReconstructionConfig, "filter")
     )
     p.add_argument(
@@ -98,6 +106,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def margin(text: str) -> int | None:
+    """``--sample-margin-px``: a whole number of pixels >= 0, or "whole" (None)."""
+    if text == "whole":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of pixels >= 0 or 'whole', got {text!r}"
+        )
+    return value
+
+
 def reconstruction_config(
     args: argparse.Namespace, wavelength_nm: float | None = None, pixel_size_um: float | None = None
 ) -> ReconstructionConfig:
@@ -111,6 +134,7 @@ def reconstruction_config(
         filter_size=args.filter_size,
         carrier=args.carrier,
         sample_half=args.sample_half,
+        sample_margin_px=args.sample_margin_px,
         output=args.resolution,
     )
 
@@ -175,6 +199,7 @@ def run(args: argparse.Namespace) -> None:
             "wavelength_nm": config.wavelength_nm,
             "camera_pixel_size_um": config.pixel_size_um,
             "sample_half": config.sample_half,
+            "sample_margin_px": config.sample_margin_px,
             "origin_px": list(maps.origin_px),
             "scale": list(maps.scale),
             "carrier_cycles_per_px": list(maps.carrier),

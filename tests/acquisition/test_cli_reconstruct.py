@@ -200,6 +200,9 @@ def test_argument_errors_exit_non_zero(tmp_path):
     result = run_cli("reconstruct", "x.tif", "--out", str(tmp_path), "--carrier", "0.2")
     assert result.returncode == 2
     assert "KY,KX" in result.stderr
+    result = run_cli("reconstruct", "x.tif", "--out", str(tmp_path), "--sample-margin-px", "-3")
+    assert result.returncode == 2
+    assert "'whole'" in result.stderr
 
 
 def test_inputs_are_never_overwritten(real_dir, tmp_path):
@@ -266,6 +269,7 @@ def test_rejections_are_reported_with_their_reason(rejecting_scene, tmp_path, ca
     assert code == 0, err
     meta = json.loads((out / "frames.json").read_text())
     assert meta["cells_per_frame"] == [1, 1]
+    assert meta["sample_margin_px"] == 128
     assert meta["rejected"] == [{"touching": 1, "clipped": 1}, {}]
     lines = err.splitlines()
     assert any(
@@ -277,3 +281,12 @@ def test_rejections_are_reported_with_their_reason(rejecting_scene, tmp_path, ca
     assert "touching 1" in frame0
     assert "clipped 1" in frame0
     assert "  frame 1: 1 cell(s)" in lines
+    # The whole frame transformed finds the same cells, for the same reasons.
+    whole = tmp_path / "whole"
+    whole_args = [*args, "--sample-half", "left", "--sample-margin-px", "whole"]
+    code = main(["reconstruct", *whole_args, "--out", str(whole)])
+    assert code == 0
+    meta_whole = json.loads((whole / "frames.json").read_text())
+    assert meta_whole["sample_margin_px"] is None
+    assert meta_whole["rejected"] == meta["rejected"]
+    assert meta_whole["shape"] == meta["shape"]
