@@ -18,7 +18,9 @@ rate.
    thread (reconstruct, segment, track into events, classify, store the views and
    the events; no queue, no workers, no batching across frames), and ``--workers``
    copies of that peer at once in processes of their own (the bound of any split
-   of the stages over that many processes);
+   of the stages over that many processes); and the serial peer again with the
+   whole frame transformed (``sample_margin_px=None``) rather than the sample
+   half's window;
 4. the pylon camera emulator of ``topgan serve`` (1280x1024 Mono8 simulated
    holograms) as fast as it goes (``--emulator-rate``, 100 frames/s asked; its
    ceiling is about 90) for ``--seconds``: nothing should drop, every cut cell
@@ -43,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -324,15 +327,22 @@ def _stage_sums(state: Services) -> dict[str, tuple[float, float]]:
     return sums
 
 
-def serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
+def serial_peer(
+    camera: SimulatedCamera,
+    frames: int,
+    folder: Path,
+    reconstruction: ReconstructionConfig = RECONSTRUCTION,
+) -> float:
     """Frames/s of the loop's stages one after another in one thread, with one BLAS
     thread as the loop's workers have (more would spin on the crops' small matrix
     products: a crop takes 4x longer with two)."""
     with threadpool_limits(1):
-        return _serial_peer(camera, frames, folder)
+        return _serial_peer(camera, frames, folder, reconstruction)
 
 
-def _serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
+def _serial_peer(
+    camera: SimulatedCamera, frames: int, folder: Path, reconstruction: ReconstructionConfig
+) -> float:
     """Each frame: reconstruct and segment, track its cells into events (the loop's
     own :class:`EventBook`), classify its crops in one call, store the views and wait
     for their commit, then hand the stored views to the events (an ended cell's
@@ -349,7 +359,7 @@ def _serial_peer(camera: SimulatedCamera, frames: int, folder: Path) -> float:
     runtime = classification.runtime
     assert runtime is not None
     events = EventBook.create(classification, state.metrics, TRACKING)
-    processor = FrameProcessor(RECONSTRUCTION, SegmentationConfig(), reference=camera.reference)
+    processor = FrameProcessor(reconstruction, SegmentationConfig(), reference=camera.reference)
     camera.rate_hz = None
     camera.open()
     try:
@@ -496,6 +506,7 @@ def main() -> None:
             )
             show(untracked, args.seconds, tracking=False)
         serial = serial_peer(camera, 200, folder)
+        whole = serial_peer(camera, 200, folder, replace(RECONSTRUCTION, sample_margin_px=None))
         parallel = parallel_peer(camera, 200, folder, args.workers)
         print(
             f"\nthe pylon emulator as fast as it goes (asked {args.emulator_rate:g} frames/s "
@@ -542,6 +553,10 @@ def main() -> None:
     print(
         f"peer, the same stages serially in one thread: {serial:.1f} frames/s; "
         f"camera loop / serial = {best['fps'] / serial:.2f}x"
+    )
+    print(
+        f"the same serial peer with the whole frame transformed, not the sample half's "
+        f"window: {whole:.1f} frames/s; window / whole frame = {serial / whole:.2f}x"
     )
     print(
         f"peer, {args.workers} independent copies of it at once (nothing shared or moved "
